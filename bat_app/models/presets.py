@@ -1,0 +1,82 @@
+"""Model presets, kept as data in ``presets.json``, and how a ``--model`` value is resolved.
+
+A model spec is a preset name (``shapes``, ``sd15``), a local diffusers folder, or a hub id:
+
+    >>> resolve_model("shapes").source        # doctest: +SKIP
+    PosixPath('.../assets/shapes/backbone')
+    >>> resolve_model("runwayml/stable-diffusion-v1-5").is_local
+    False
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from ..errors import ModelLoadError
+from ..paths import assets_dir
+
+PRESETS_FILE = Path(__file__).with_name("presets.json")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A backbone to load: where from, and the settings it was made for."""
+
+    name: str                 # what the user typed: preset name, folder or hub id
+    source: str | Path        # hub id (str) or local folder (Path)
+    resolution: int = 512     # native training/sampling resolution
+    sampling: dict = field(default_factory=lambda: {"steps": 30, "guidance_scale": 7.5})
+    preset: str | None = None
+
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self.source, Path)
+
+
+@lru_cache(maxsize=1)
+def presets() -> dict[str, dict]:
+    data = json.loads(PRESETS_FILE.read_text())
+    return {k: v for k, v in data.items() if not k.startswith("_")}
+
+
+def default_preset() -> str:
+    """``sd15`` where CUDA is available, else the CPU-sized ``shapes`` backbone."""
+    return "sd15" if torch.cuda.is_available() else "shapes"
+
+
+def resolve_model(spec: str | Path | None = None) -> ModelSpec:
+    """Turn a ``--model`` value (preset, folder or hub id; None = default) into a ModelSpec."""
+    name = str(spec) if spec is not None else default_preset()
+    if name in presets():
+        preset = presets()[name]
+        source = preset["source"]
+        if source.startswith("assets:"):
+            source = assets_dir() / source.removeprefix("assets:")
+        elif Path(source).is_absolute():
+            source = Path(source)
+        return ModelSpec(name, source, preset["resolution"], dict(preset["sampling"]), preset=name)
+
+    path = Path(name).expanduser()
+    if path.exists():
+        return ModelSpec(name, path.resolve(), _native_resolution(path))
+    # "org/name" (one slash, no leading ./ or /) is a hub id; anything else was meant as a path.
+    if name.count("/") == 1 and not name.startswith((".", "/", "~")):
+        return ModelSpec(name, name)
+    raise ModelLoadError(
+        f"Model {name!r} is neither a preset ({', '.join(presets())}), an existing folder, nor a "
+        f"hub id of the form 'org/name'. Check the spelling or the path."
+    )
+
+
+def _native_resolution(folder: Path) -> int:
+    """Guess a local SD model's resolution from its VAE config (sample_size), default 512."""
+    try:
+        vae_cfg = json.loads((folder / "vae" / "config.json").read_text())
+        return int(vae_cfg.get("sample_size", 512))
+    except (OSError, ValueError):
+        return 512

@@ -1,0 +1,30 @@
+"""Where BAT Studio finds its shipped assets and keeps its data.
+
+``BAT_ASSETS`` overrides the shipped ``assets/`` folder (next to the package in a checkout);
+``BAT_HOME`` is the data dir for jobs and caches (default ``./bat-data``; ``/data/bat`` on a
+Hugging Face Space with persistent storage).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def assets_dir() -> Path:
+    return Path(os.environ.get("BAT_ASSETS", REPO_ROOT / "assets"))
+
+
+def data_dir() -> Path:
+    if "BAT_HOME" in os.environ:
+        return Path(os.environ["BAT_HOME"])
+    if Path("/data").is_dir() and os.access("/data", os.W_OK):  # Space persistent storage
+        return Path("/data/bat")
+    return Path("bat-data").resolve()
+
+
+def cache_dir() -> Path:
+    """Caches that may be deleted at any time (encoded latents, class images)."""
+    return Path(os.environ.get("BAT_CACHE", data_dir() / "cache"))

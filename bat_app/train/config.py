@@ -1,0 +1,136 @@
+"""The training configuration: one commented dataclass that travels CLI/UI -> queue -> worker.
+
+    >>> cfg = TrainConfig(token="sks", class_noun="dog", steps=400)
+    >>> TrainConfig.from_dict(cfg.to_dict()) == cfg
+    True
+    >>> TrainConfig.from_dict({"stpes": 10})
+    Traceback (most recent call last):
+    ...
+    bat_app.errors.InputError: Unknown training setting 'stpes'. Known settings: ...
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+
+from ..errors import InputError
+
+PRECISIONS = ("auto", "no", "fp16", "bf16")
+LR_SCHEDULES = ("constant", "constant_with_warmup", "cosine", "linear")
+
+
+@dataclass
+class TrainConfig:
+    # --- subject -------------------------------------------------------------------------
+    token: str = "sks"                 # rare trigger token; "sks" is DreamBooth's classic choice
+    class_noun: str = "object"         # the subject's class ("dog", "backpack", "star")
+    instance_prompt: str | None = None  # default: "a photo of {token} {class_noun}"
+    captions: bool = False             # use each image's same-name .txt caption instead
+
+    # --- optimisation --------------------------------------------------------------------
+    steps: int = 400                   # DreamBooth-LoRA on SD 1.5 converges in ~400-800 steps
+    batch_size: int = 1                # instance images per step (each other group adds as many)
+    lr: float = 1e-4                   # UNet LoRA learning rate (diffusers' DreamBooth-LoRA default)
+    text_encoder_lr: float = 5e-5      # only with train_text_encoder
+    lr_schedule: str = "constant"
+    warmup_steps: int = 0
+    max_grad_norm: float = 1.0
+    seed: int = 0
+
+    # --- LoRA ----------------------------------------------------------------------------
+    rank: int = 4
+    alpha: float | None = None         # scale = alpha / rank; None means alpha = rank (scale 1)
+    target_modules: list[str] = field(default_factory=lambda: ["to_k", "to_q", "to_v", "to_out.0"])
+    train_text_encoder: bool = False   # also a LoRA on the text encoder's attention projections
+    text_encoder_targets: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj"])
+
+    # --- data ----------------------------------------------------------------------------
+    resolution: int | None = None      # None: the model's native resolution
+    aug_weight: float = 1.0            # lambda: loss weight of augmentation (backbone) examples
+    prior: bool = False                # DreamBooth prior preservation with generated class images
+    prior_weight: float = 1.0          # DreamBooth's default
+    num_class_images: int = 100        # class images generated (and cached) for prior preservation
+    class_prompt: str | None = None    # default: "a photo of {class_noun}"
+
+    # --- running -------------------------------------------------------------------------
+    checkpoint_every: int = 100        # 0 disables checkpoints (and resume)
+    keep_checkpoints: int = 2
+    mixed_precision: str = "auto"      # auto: bf16/fp16 on CUDA, fp32 on CPU
+    gradient_checkpointing: bool | None = None  # None: on for CUDA, off on CPU
+
+    def __post_init__(self):
+        self.validate()
+
+    # ---------------------------------------------------------------------------------------
+    def validate(self) -> None:
+        if not re.fullmatch(r"[\w<>\-]+", self.token or ""):
+            raise InputError(f"Trigger token {self.token!r} must be one word (letters, digits, _, -), e.g. 'sks'.")
+        if not (self.class_noun or "").strip():
+            raise InputError("class_noun is empty: name the subject's class, e.g. 'dog' or 'backpack'.")
+        positive_ints = {"steps": self.steps, "batch_size": self.batch_size, "rank": self.rank,
+                         "num_class_images": self.num_class_images, "keep_checkpoints": self.keep_checkpoints}
+        for name, value in positive_ints.items():
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise InputError(f"`{name}` must be a positive integer, got {value!r}.")
+        for name in ("checkpoint_every", "warmup_steps", "seed"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise InputError(f"`{name}` must be an integer >= 0, got {value!r}.")
+        for name in ("lr", "text_encoder_lr"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not 0 < value < 1:
+                raise InputError(f"`{name}` must be a number in (0, 1), got {value!r}; 1e-4 is typical.")
+        for name in ("aug_weight", "prior_weight", "max_grad_norm"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or value < 0:
+                raise InputError(f"`{name}` must be a number >= 0, got {value!r}.")
+        if self.alpha is not None and (not isinstance(self.alpha, (int, float)) or self.alpha <= 0):
+            raise InputError(f"`alpha` must be a positive number or null, got {self.alpha!r}.")
+        if self.resolution is not None and (
+                not isinstance(self.resolution, int) or self.resolution < 8 or self.resolution % 8):
+            raise InputError(f"`resolution` must be a multiple of 8 (e.g. 512), got {self.resolution!r}.")
+        if self.mixed_precision not in PRECISIONS:
+            raise InputError(f"`mixed_precision` must be one of {PRECISIONS}, got {self.mixed_precision!r}.")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise InputError(f"`lr_schedule` must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}.")
+        if not self.target_modules:
+            raise InputError("`target_modules` is empty: LoRA needs at least one module, e.g. to_q.")
+        if self.instance_prompt is not None and self.token not in self.instance_prompt:
+            raise InputError(f"instance_prompt {self.instance_prompt!r} does not contain the token "
+                             f"{self.token!r}; without it the LoRA has no trigger.")
+
+    # ---------------------------------------------------------------------------------------
+    @property
+    def lora_alpha(self) -> float:
+        return float(self.alpha if self.alpha is not None else self.rank)
+
+    @property
+    def prompt(self) -> str:
+        """The instance prompt that triggers the subject."""
+        return self.instance_prompt or f"a photo of {self.token} {self.class_noun}"
+
+    @property
+    def class_prompt_text(self) -> str:
+        return self.class_prompt or f"a photo of {self.class_noun}"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        for key in data:
+            if key not in known:
+                raise InputError(f"Unknown training setting {key!r}. Known settings: {', '.join(sorted(known))}.")
+        return cls(**data)
+
+    def fingerprint(self, *ignore: str) -> str:
+        """Hash of the settings that change the result (checkpoints refuse a different one)."""
+        data = {k: v for k, v in self.to_dict().items()
+                if k not in ignore and k not in ("checkpoint_every", "keep_checkpoints")}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]

@@ -1,0 +1,91 @@
+"""What the trainer trains on: examples (image + caption) grouped by role, each group weighted.
+
+Instance images (the user's subject), augmentation examples (backbone images with their own
+captions, weight lambda: the hook BAT uses) and prior-preservation class images are all the
+same thing to the training step: a group of examples and a loss weight. Every step draws
+``batch_size`` examples from each non-empty group.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from PIL import Image
+
+from ..errors import InputError
+
+
+@dataclass
+class Example:
+    """One training image with its caption. ``key`` identifies the pixels (for caching)."""
+
+    image: Image.Image
+    caption: str
+    key: str = ""
+    name: str = ""
+
+    def __post_init__(self):
+        if not self.key:
+            self.key = image_key(self.image)
+
+
+@dataclass
+class ExampleGroup:
+    role: str                     # "instance", "augment" or "prior"
+    examples: list[Example]
+    weight: float = 1.0
+    extras: dict = field(default_factory=dict)
+
+
+def image_key(image: Image.Image) -> str:
+    """Content hash of an image's pixels (mode and size included)."""
+    digest = hashlib.sha256(f"{image.mode}{image.size}".encode())
+    digest.update(image.tobytes())
+    return digest.hexdigest()[:32]
+
+
+def read_caption(image_path: Path) -> str | None:
+    """The same-name .txt caption next to an image, if any (e.g. dog01.jpg -> dog01.txt)."""
+    txt = image_path.with_suffix(".txt")
+    if txt.is_file():
+        text = txt.read_text(encoding="utf-8", errors="replace").strip()
+        return text or None
+    return None
+
+
+def instance_examples(images, prompt: str, token: str, use_captions: bool = False) -> list[Example]:
+    """Examples for the user's images. With ``use_captions`` each image's .txt caption is used;
+    a caption without the trigger token gets the instance prompt in front, so it still teaches
+    the token."""
+    examples = []
+    for item in images:
+        caption = prompt
+        if use_captions:
+            if item.source is None:
+                raise InputError(f"{item.name}: per-image captions need the image's .txt file next to it.")
+            text = read_caption(Path(item.source))
+            if text is None:
+                raise InputError(
+                    f"{item.name}: --captions is on but {Path(item.source).with_suffix('.txt').name} is "
+                    f"missing or empty. Add a caption file or drop --captions.")
+            caption = text if token in text.split() else f"{prompt}, {text}"
+        examples.append(Example(item.image, caption, name=item.name))
+    return examples
+
+
+def examples_from_pairs(pairs: Sequence[tuple[Image.Image | str | Path | bytes, str]]) -> list[Example]:
+    """Augmentation examples from (image, caption) pairs; images may be PIL, paths or bytes."""
+    out = []
+    for image, caption in pairs:
+        if isinstance(image, (str, Path)):
+            with Image.open(image) as im:
+                image = im.convert("RGB")
+        elif isinstance(image, bytes):
+            with Image.open(io.BytesIO(image)) as im:
+                image = im.convert("RGB")
+        out.append(Example(image.convert("RGB"), caption))
+    return out

@@ -1,0 +1,316 @@
+"""DreamBooth-LoRA training: the loop, named by stage.
+
+    from bat_app.images import load_user_images
+    from bat_app.train import TrainConfig, train_lora
+    report = load_user_images("photos/")
+    result = train_lora("shapes", report.images, TrainConfig(token="sks", class_noun="star"), "out/")
+
+Stages: ``check_inputs`` -> ``prepare_groups`` (instance, prior, augmentation) ->
+``encode_groups`` (latents and text once, cached) -> ``add_adapters`` -> ``make_optimizer`` ->
+``restore`` (with resume) -> ``training_step`` x N (checkpoints) -> ``export``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from diffusers.optimization import get_scheduler
+from peft import LoraConfig, get_peft_model_state_dict, set_peft_model_state_dict
+
+from ..errors import Cancelled, InputError
+from ..models import Components, load_components
+from ..paths import cache_dir
+from . import checkpoint as ckpt
+from .config import TrainConfig
+from .data import Example, ExampleGroup, instance_examples
+from .encode import LatentCache, TextCache, sample_latents, tokenize
+from .objective import draw_noise, per_sample_loss
+from .prior import ensure_class_images, load_class_images
+from .progress import ProgressCallback, ProgressEvent, RateMeter
+
+log = logging.getLogger(__name__)
+
+ADAPTER = "bat"
+_DTYPES = {"auto": None, "no": "fp32", "fp16": "fp16", "bf16": "bf16"}
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    files: dict[str, Path]
+    steps: int
+    losses: list[float]
+    seconds: float
+    steps_per_s: float
+    resumed_from: int = 0
+    unet_lora: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    text_encoder_lora: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+
+
+@dataclass
+class _Encoded:
+    """A group ready for training: latent stats, and text embeddings or token ids."""
+
+    group: ExampleGroup
+    latent_stats: list[tuple[torch.Tensor, torch.Tensor]]
+    text: list[torch.Tensor]
+
+
+def train_lora(
+    model: Components | str,
+    images: Sequence,
+    config: TrainConfig,
+    out_dir: str | Path,
+    *,
+    augment: Sequence[Example] = (),
+    resume: bool = False,
+    progress: ProgressCallback | None = None,
+    cancel: Callable[[], bool] | None = None,
+    cache_root: Path | None = None,
+    export: bool = True,
+) -> TrainResult:
+    """Train a DreamBooth-LoRA on ``images`` (checked UserImages) plus ``augment`` examples.
+
+    Args:
+        model: loaded Components, or a preset/folder/hub id to load.
+        images: the user's subject images (``bat_app.images.UserImage``).
+        config: every training setting; see :class:`TrainConfig`.
+        out_dir: where checkpoints, LoRA files and the model card go.
+        augment: backbone examples (image + own caption) mixed into every step, weight
+            ``config.aug_weight`` (lambda). This is where BAT's selected items come in.
+        resume: continue from the newest checkpoint in ``out_dir`` (same settings required).
+        progress: called with a :class:`ProgressEvent` on every step of every stage.
+        cancel: polled every step; when it returns True a checkpoint is saved and
+            :class:`~bat_app.errors.Cancelled` is raised.
+        cache_root: where encoded latents and class images are cached (default BAT cache).
+        export: write the diffusers/kohya files and the model card at the end.
+    """
+    started = time.perf_counter()
+    components = model if isinstance(model, Components) else load_components(model, dtype=_DTYPES[config.mixed_precision])
+    out_dir = Path(out_dir)
+    cache_root = Path(cache_root) if cache_root is not None else cache_dir()
+    emit = progress or (lambda event: None)
+    resolution = config.resolution or components.spec.resolution
+
+    check_inputs(components, images, config, resolution)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    groups = prepare_groups(components, images, config, augment, resolution, cache_root, emit)
+    encoded = encode_groups(components, groups, config, resolution, cache_root, emit)
+    unet_params, te_params = add_adapters(components, config)
+    try:
+        optimizer, lr_scheduler = make_optimizer(unet_params, te_params, config)
+        generator = torch.Generator().manual_seed(config.seed)
+        torch.manual_seed(config.seed)
+        fingerprint = config.fingerprint()
+        losses: list[float] = []
+        start_step = 0
+        if resume and (latest := ckpt.latest_checkpoint(out_dir)) is not None:
+            start_step, losses = restore(components, config, latest, fingerprint, optimizer, lr_scheduler, generator)
+            emit(ProgressEvent("train", start_step, config.steps, message=f"resumed from {latest.name}"))
+
+        meter = RateMeter(start_step)
+        autocast = _autocast(components)
+        # fp16 gradients underflow without loss scaling; bf16 and fp32 need none.
+        scaler = torch.amp.GradScaler("cuda", enabled=components.dtype == torch.float16)
+        components.unet.train()
+        if config.train_text_encoder:
+            components.text_encoder.train()
+        params = unet_params + te_params
+        for step in range(start_step + 1, config.steps + 1):
+            if cancel is not None and cancel():
+                _checkpoint(components, config, out_dir, step - 1, fingerprint, losses, optimizer, lr_scheduler, generator)
+                raise Cancelled(f"Training cancelled at step {step - 1}/{config.steps}; "
+                                f"a checkpoint is kept in {out_dir / 'checkpoints'} (resume with --resume).")
+            with autocast:
+                loss = training_step(components, config, encoded, generator)
+            scaler.scale(loss).backward()
+            if config.max_grad_norm > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+            scaler.step(optimizer)
+            scaler.update()
+            lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(float(loss.detach()))
+            if config.checkpoint_every and (step % config.checkpoint_every == 0 or step == config.steps):
+                _checkpoint(components, config, out_dir, step, fingerprint, losses, optimizer, lr_scheduler, generator)
+            emit(ProgressEvent("train", step, config.steps, loss=losses[-1],
+                               it_per_s=meter.rate(step), eta_s=meter.eta(step, config.steps)))
+
+        components.unet.eval()
+        components.text_encoder.eval()
+        unet_lora, te_lora = lora_state_dicts(components, config)
+        seconds = time.perf_counter() - started
+        steps_run = config.steps - start_step
+        result = TrainResult(out_dir, {}, config.steps, losses, seconds,
+                             (meter.rate(config.steps) or 0.0) if steps_run else 0.0, start_step, unet_lora, te_lora)
+        if export:
+            from ..export import export_lora
+
+            emit(ProgressEvent("export", 0, 1))
+            result.files = export_lora(components, config, out_dir, unet_lora, te_lora, losses=losses,
+                                       extra={"augmentation_examples": len(augment)})
+            emit(ProgressEvent("export", 1, 1))
+        return result
+    finally:
+        remove_adapters(components)
+
+
+# --- stages ------------------------------------------------------------------------------
+
+def check_inputs(components: Components, images: Sequence, config: TrainConfig, resolution: int) -> None:
+    if not images:
+        raise InputError("No instance images: give at least one image of the subject.")
+    if resolution % 8:
+        raise InputError(f"`resolution` has to be divisible by 8 but is {resolution}.")
+    known = {name for name, _ in components.unet.named_modules()}
+    targets = [t for t in config.target_modules if any(n == t or n.endswith("." + t) for n in known)]
+    if not targets:
+        raise InputError(f"None of target_modules {config.target_modules} exists in this UNet; "
+                         f"SD UNets have to_q, to_k, to_v, to_out.0, proj_in, proj_out, ff.net.0.proj ...")
+
+
+def prepare_groups(components, images, config, augment, resolution, cache_root, emit) -> list[ExampleGroup]:
+    groups = [ExampleGroup("instance", instance_examples(images, config.prompt, config.token, config.captions), 1.0)]
+    if config.prior and config.prior_weight > 0:
+        prompt = config.class_prompt_text
+        paths = ensure_class_images(
+            components, prompt, config.num_class_images, resolution, cache_root, seed=config.seed,
+            progress=lambda done, total: emit(ProgressEvent("class_images", done, total)))
+        groups.append(ExampleGroup("prior", [Example(im, prompt) for im in load_class_images(paths)],
+                                   config.prior_weight))
+    if augment and config.aug_weight > 0:
+        groups.append(ExampleGroup("augment", list(augment), config.aug_weight))
+    return groups
+
+
+def encode_groups(components, groups, config, resolution, cache_root, emit) -> list[_Encoded]:
+    latents = LatentCache(components, resolution, cache_root)
+    texts = TextCache(components)
+    encoded = []
+    for group in groups:
+        stats = latents.get(group.examples, progress=lambda d, t, g=group.role: emit(
+            ProgressEvent("encode", d, t, message=f"{g} images")))
+        captions = [e.caption for e in group.examples]
+        # A text-encoder LoRA changes the embeddings every step: keep token ids instead.
+        text = list(tokenize(components, captions)) if config.train_text_encoder else texts.get(captions)
+        encoded.append(_Encoded(group, stats, text))
+    return encoded
+
+
+def add_adapters(components: Components, config: TrainConfig) -> tuple[list, list]:
+    remove_adapters(components)
+    unet = components.unet
+    unet.add_adapter(LoraConfig(r=config.rank, lora_alpha=config.lora_alpha, init_lora_weights="gaussian",
+                                target_modules=list(config.target_modules)), adapter_name=ADAPTER)
+    te_params = []
+    if config.train_text_encoder:
+        te = components.text_encoder
+        te.add_adapter(LoraConfig(r=config.rank, lora_alpha=config.lora_alpha, init_lora_weights="gaussian",
+                                  target_modules=list(config.text_encoder_targets)), adapter_name=ADAPTER)
+        te_params = [p for n, p in te.named_parameters() if "lora_" in n]
+    unet_params = [p for n, p in unet.named_parameters() if "lora_" in n]
+    for p in unet_params + te_params:
+        # Frozen weights may be bf16/fp16 on CUDA; trainable LoRA weights stay fp32.
+        p.data = p.data.float()
+        p.requires_grad_(True)
+    if components.device.type == "cuda" and config.gradient_checkpointing is not False:
+        unet.enable_gradient_checkpointing()
+        if config.train_text_encoder:
+            components.text_encoder.gradient_checkpointing_enable()
+    return unet_params, te_params
+
+
+def make_optimizer(unet_params, te_params, config: TrainConfig):
+    groups = [{"params": unet_params, "lr": config.lr}]
+    if te_params:
+        groups.append({"params": te_params, "lr": config.text_encoder_lr})
+    optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
+    scheduler = get_scheduler(config.lr_schedule, optimizer=optimizer, num_warmup_steps=config.warmup_steps,
+                              num_training_steps=config.steps)
+    return optimizer, scheduler
+
+
+def training_step(components: Components, config: TrainConfig, encoded: list[_Encoded],
+                  generator: torch.Generator) -> torch.Tensor:
+    """One step: ``batch_size`` examples from each group, one UNet pass, weighted group losses."""
+    picks = [torch.randint(len(e.group.examples), (config.batch_size,), generator=generator) for e in encoded]
+    stats = [e.latent_stats[i] for e, idx in zip(encoded, picks) for i in idx.tolist()]
+    latents = sample_latents(stats, generator, components.vae.config.scaling_factor)
+    noise, timesteps = draw_noise(latents.shape, generator, components.noise_scheduler.config.num_train_timesteps)
+    text = torch.stack([e.text[i] for e, idx in zip(encoded, picks) for i in idx.tolist()])
+    device = components.device
+    if config.train_text_encoder:
+        hidden = components.text_encoder(text.to(device))[0]
+    else:
+        hidden = text.to(device)
+    losses = per_sample_loss(components.unet, components.noise_scheduler, latents.to(device), hidden,
+                             noise.to(device), timesteps.to(device))
+    per_group = losses.view(len(encoded), config.batch_size).mean(dim=1)
+    weights = torch.tensor([e.group.weight for e in encoded], device=per_group.device)
+    return (per_group * weights).sum()
+
+
+def lora_state_dicts(components: Components, config: TrainConfig):
+    unet_lora = {k: v.detach().float().cpu().clone()
+                 for k, v in get_peft_model_state_dict(components.unet, adapter_name=ADAPTER).items()}
+    te_lora = {}
+    if config.train_text_encoder:
+        te_lora = {k: v.detach().float().cpu().clone()
+                   for k, v in get_peft_model_state_dict(components.text_encoder, adapter_name=ADAPTER).items()}
+    return unet_lora, te_lora
+
+
+def restore(components, config, path, fingerprint, optimizer, lr_scheduler, generator) -> tuple[int, list[float]]:
+    lora, state = ckpt.load_checkpoint(path, fingerprint)
+    set_peft_model_state_dict(components.unet, _strip(lora, "unet."), adapter_name=ADAPTER)
+    if config.train_text_encoder:
+        set_peft_model_state_dict(components.text_encoder, _strip(lora, "text_encoder."), adapter_name=ADAPTER)
+    optimizer.load_state_dict(state.optimizer)
+    lr_scheduler.load_state_dict(state.lr_scheduler)
+    generator.set_state(state.generator)
+    torch.set_rng_state(state.torch_rng)
+    if state.cuda_rng is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state.cuda_rng)
+    return state.step, list(state.losses)
+
+
+def remove_adapters(components: Components) -> None:
+    """Take the training adapter off the shared modules (they may serve another run next)."""
+    for model in (components.unet, components.text_encoder):
+        config = getattr(model, "peft_config", None) or {}
+        if ADAPTER in config:
+            model.delete_adapters(ADAPTER) if hasattr(model, "delete_adapters") else model.delete_adapter(ADAPTER)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        if hasattr(model, "disable_gradient_checkpointing") and getattr(model, "is_gradient_checkpointing", False):
+            model.disable_gradient_checkpointing()
+
+
+# --- helpers -----------------------------------------------------------------------------
+
+def _checkpoint(components, config, out_dir, step, fingerprint, losses, optimizer, lr_scheduler, generator):
+    if not config.checkpoint_every:
+        return
+    unet_lora, te_lora = lora_state_dicts(components, config)
+    lora = {f"unet.{k}": v for k, v in unet_lora.items()} | {f"text_encoder.{k}": v for k, v in te_lora.items()}
+    state = ckpt.TrainState(step, fingerprint, list(losses), optimizer.state_dict(), lr_scheduler.state_dict(),
+                            generator.get_state(), torch.get_rng_state(),
+                            torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+    ckpt.save_checkpoint(out_dir, lora, state, keep=config.keep_checkpoints)
+
+
+def _strip(state: dict, prefix: str) -> dict:
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def _autocast(components: Components):
+    if components.device.type == "cuda" and components.dtype in (torch.float16, torch.bfloat16):
+        return torch.autocast("cuda", dtype=components.dtype)
+    return contextlib.nullcontext()
