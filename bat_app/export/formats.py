@@ -23,9 +23,16 @@ def adapter_metadata(rank: int, alpha: float, targets: list[str]) -> dict:
     return {"r": rank, "lora_alpha": alpha, "target_modules": sorted(targets)}
 
 
+def canonical_text_encoder_keys(te_lora: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """transformers 5's CLIPTextModel has no ``text_model`` level; LoRA files in the wild (and
+    transformers 4) name it, so files are written with it and load in either world."""
+    return {(k if k.startswith("text_model.") else f"text_model.{k}"): v for k, v in te_lora.items()}
+
+
 def save_diffusers(out_dir: Path, unet_lora: dict[str, torch.Tensor], te_lora: dict[str, torch.Tensor],
                    rank: int, alpha: float, unet_targets: list[str], te_targets: list[str]) -> Path:
     """Write ``pytorch_lora_weights.safetensors`` (loads with ``pipe.load_lora_weights``)."""
+    te_lora = canonical_text_encoder_keys(te_lora)
     StableDiffusionPipeline.save_lora_weights(
         out_dir,
         unet_lora_layers=convert_state_dict_to_diffusers(unet_lora),
@@ -40,6 +47,7 @@ def save_diffusers(out_dir: Path, unet_lora: dict[str, torch.Tensor], te_lora: d
 
 def to_kohya(unet_lora: dict[str, torch.Tensor], te_lora: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
     """kohya-ss keys (``lora_unet_…``, ``lora_te_…``, ``….alpha``) from peft state dicts."""
+    te_lora = canonical_text_encoder_keys(te_lora)
     peft = {f"unet.{k}": v for k, v in unet_lora.items()} | {f"text_encoder.{k}": v for k, v in te_lora.items()}
     converted = convert_state_dict_to_kohya(peft)
     out = {}

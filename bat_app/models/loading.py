@@ -84,12 +84,21 @@ def load_components(
     device = pick_device(device)
     dtype = pick_dtype(device, dtype)
     source = str(spec.source)
+    # A hub model already in the cache loads without touching the network; only a cache miss
+    # goes online, and only after a quick reachability check (the hub client otherwise retries
+    # for ~30 s on an offline machine before failing).
+    local_only = spec.is_local or _in_hub_cache(source)
     if spec.is_local:
         _check_local_folder(spec)
+    elif not local_only and not _hub_reachable():
+        raise ModelLoadError(
+            f"Could not load model {spec.name!r}: it is not in the local Hugging Face cache and the Hub "
+            f"cannot be reached (offline). On a machine with internet run `hf download {source}` (or "
+            f"copy its folder here and pass the folder), or use the offline `shapes` preset.")
 
     def load(cls, subfolder, **kw):
         try:
-            return cls.from_pretrained(source, subfolder=subfolder, **kw)
+            return cls.from_pretrained(source, subfolder=subfolder, local_files_only=local_only, **kw)
         except (OSError, ValueError, EnvironmentError) as exc:
             raise _explain_failure(spec, subfolder, exc) from exc
 
@@ -97,7 +106,7 @@ def load_components(
     vae = load(AutoencoderKL, "vae", torch_dtype=dtype)
     text_encoder = load(CLIPTextModel, "text_encoder", dtype=dtype)
     noise_scheduler = load(DDPMScheduler, "scheduler")
-    tokenizer = _load_tokenizer(spec, text_encoder)
+    tokenizer = _load_tokenizer(spec, text_encoder, local_only)
 
     for model in (unet, vae, text_encoder):
         model.requires_grad_(False)
@@ -122,14 +131,39 @@ def build_pipeline(components: Components, scheduler=None) -> StableDiffusionPip
     return pipe
 
 
-def _load_tokenizer(spec: ModelSpec, text_encoder: CLIPTextModel) -> CLIPTokenizer:
+def _in_hub_cache(repo_id: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(repo_id, "unet/config.json")
+        return isinstance(found, str)
+    except Exception:  # malformed id etc.: let the real load report it
+        return False
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _load_tokenizer(spec: ModelSpec, text_encoder: CLIPTextModel, local_only: bool) -> CLIPTokenizer:
     """The model's own tokenizer files if present, else the offline CLIP BPE tokenizer."""
     max_len = text_encoder.config.max_position_embeddings
     if spec.is_local and not (Path(spec.source) / "tokenizer").is_dir():
         log.info("%s has no tokenizer/ folder: using the offline CLIP BPE tokenizer", spec.name)
         return offline_clip_tokenizer(model_max_length=max_len)
     try:
-        return CLIPTokenizer.from_pretrained(str(spec.source), subfolder="tokenizer")
+        return CLIPTokenizer.from_pretrained(str(spec.source), subfolder="tokenizer", local_files_only=local_only)
     except (OSError, ValueError) as exc:
         if spec.is_local:
             raise _explain_failure(spec, "tokenizer", exc) from exc

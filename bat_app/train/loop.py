@@ -102,11 +102,11 @@ def train_lora(
     out_dir.mkdir(parents=True, exist_ok=True)
     groups = prepare_groups(components, images, config, augment, resolution, cache_root, emit)
     encoded = encode_groups(components, groups, config, resolution, cache_root, emit)
+    torch.manual_seed(config.seed)  # LoRA A matrices are drawn from the global RNG
     unet_params, te_params = add_adapters(components, config)
     try:
         optimizer, lr_scheduler = make_optimizer(unet_params, te_params, config)
         generator = torch.Generator().manual_seed(config.seed)
-        torch.manual_seed(config.seed)
         fingerprint = config.fingerprint()
         losses: list[float] = []
         start_step = 0

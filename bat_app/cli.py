@@ -1,0 +1,202 @@
+"""The command line: ``python -m bat_app COMMAND`` (also installed as ``bat-app``).
+
+    python -m bat_app train --images photos/ --token sks --class-noun dog --out runs/dog
+    python -m bat_app train --images photos/ --class-noun dog --prior --resume --out runs/dog
+    python -m bat_app presets
+
+Every command is a thin wrapper over a library call; user errors (BatError) print one
+readable message and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from pathlib import Path
+
+from .errors import BatError
+
+# Commands that live with their layer register themselves here (module: register(subparsers)).
+COMMAND_MODULES = ("bat_app.shapes.cli",)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 1
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    _quiet_libraries()
+    try:
+        return int(args.func(args) or 0)
+    except BatError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; checkpoints written so far are kept (use --resume).", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bat-app", description=(
+        "BAT Studio: personalize text-to-image diffusion models from a few images "
+        "(DreamBooth-LoRA with Backbone Augmented Training)."))
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+    _add_train(sub)
+    _add_presets(sub)
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:  # a real import error inside the module: surface it
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+# --- train -------------------------------------------------------------------------------
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a DreamBooth-LoRA from a folder of images",
+                       description="Train a DreamBooth-LoRA on a few images of one subject.")
+    p.add_argument("--images", required=True, nargs="+", help="folder of images, or image files")
+    p.add_argument("--class-noun", required=True, help="the subject's class, e.g. dog, backpack, star")
+    p.add_argument("--token", default="sks", help="trigger token (default: sks)")
+    p.add_argument("--model", default=None, help="preset (shapes, sd15), diffusers folder or hub id "
+                   "(default: sd15 with CUDA, else shapes)")
+    p.add_argument("--out", required=True, help="output folder (LoRA files, model card, checkpoints)")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default 400)")
+    p.add_argument("--rank", type=int, default=None, help="LoRA rank (default 4)")
+    p.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default: = rank)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default 1e-4)")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--resolution", type=int, default=None, help="default: the model's native size")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--prior", action="store_true", help="prior preservation with generated class images")
+    p.add_argument("--num-class-images", type=int, default=None)
+    p.add_argument("--captions", action="store_true", help="use each image's same-name .txt caption")
+    p.add_argument("--train-text-encoder", action="store_true", help="also train a text-encoder LoRA")
+    p.add_argument("--checkpoint-every", type=int, default=None)
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    p.add_argument("--config", type=Path, help="JSON file of training settings (flags override it)")
+    p.add_argument("--max-images", type=int, default=10)
+    p.add_argument("--min-images", type=int, default=3)
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.set_defaults(func=run_train)
+
+
+def train_config_from_args(args) -> "TrainConfig":
+    import json
+
+    from .train import TrainConfig
+
+    data = {}
+    if args.config:
+        try:
+            data = json.loads(args.config.read_text())
+        except (OSError, ValueError) as exc:
+            raise BatError(f"--config {args.config}: cannot read it as JSON ({exc}).") from exc
+    flags = {"token": args.token, "class_noun": args.class_noun, "steps": args.steps, "rank": args.rank,
+             "alpha": args.alpha, "lr": args.lr, "batch_size": args.batch_size, "resolution": args.resolution,
+             "seed": args.seed, "num_class_images": args.num_class_images,
+             "checkpoint_every": args.checkpoint_every}
+    data.update({k: v for k, v in flags.items() if v is not None})
+    for flag in ("prior", "captions", "train_text_encoder"):
+        if getattr(args, flag):
+            data[flag] = True
+    return TrainConfig.from_dict(data)
+
+
+def run_train(args) -> int:
+    from .images import IntakeLimits, load_user_images
+    from .models import default_preset, load_components
+    from .train import train_lora
+
+    config = train_config_from_args(args)
+    if args.model is None:
+        args.model = default_preset()
+        print(f"--model not given: using the '{args.model}' preset "
+              f"({'CUDA found' if args.model == 'sd15' else 'no CUDA device, CPU-sized backbone'}).")
+    limits = IntakeLimits(min_images=args.min_images, max_images=args.max_images)
+    components = load_components(args.model, device=args.device)
+    resolution = config.resolution or components.spec.resolution
+    report = load_user_images([Path(p) for p in args.images] if len(args.images) > 1 else Path(args.images[0]),
+                              limits=limits, resolution=resolution)
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    bars = TqdmProgress()
+    try:
+        result = train_lora(components, report.images, config, args.out, resume=args.resume, progress=bars)
+    finally:
+        bars.close()
+    print(f"done: {result.steps} steps ({result.steps_per_s:.2f} steps/s"
+          f"{f', resumed at step {result.resumed_from}' if result.resumed_from else ''}) -> "
+          f"{result.files['diffusers']} (diffusers), {result.files['kohya']} (A1111/ComfyUI), "
+          f"{result.files['card']}")
+    return 0
+
+
+class TqdmProgress:
+    """ProgressEvents -> one tqdm bar per stage (loss and ETA in the postfix)."""
+
+    def __init__(self):
+        self.bar = None
+        self.stage = None
+
+    def __call__(self, event) -> None:
+        from tqdm import tqdm
+
+        if event.stage != self.stage or self.bar is None or self.bar.total != event.total:
+            self.close()
+            self.stage = event.stage
+            self.bar = tqdm(total=event.total, desc=event.stage, unit="step" if event.stage == "train" else "it",
+                            initial=event.step if event.stage == "train" else 0, dynamic_ncols=True)
+        self.bar.n = event.step
+        if event.loss is not None:
+            self.bar.set_postfix(loss=f"{event.loss:.4f}", refresh=False)
+        if event.message:
+            self.bar.set_description(f"{event.stage} ({event.message})", refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+# --- presets -----------------------------------------------------------------------------
+
+def _add_presets(sub) -> None:
+    p = sub.add_parser("presets", help="list the model presets")
+    p.set_defaults(func=run_presets)
+
+
+def run_presets(args) -> int:
+    from .models import default_preset, presets
+
+    default = default_preset()
+    for name, preset in presets().items():
+        mark = " (default here)" if name == default else ""
+        print(f"{name}{mark}: {preset['source']} — {preset['description']}")
+    return 0
+
+
+def _quiet_libraries() -> None:
+    """Keep the CLI's output to our own progress: library progress bars and info logs off."""
+    import os
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    try:
+        from diffusers.utils import logging as dlog
+        from transformers.utils import logging as tlog
+
+        dlog.set_verbosity_error()
+        dlog.disable_progress_bar()
+        tlog.set_verbosity_error()
+        tlog.disable_progress_bar()
+    except ImportError:
+        pass

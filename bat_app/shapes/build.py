@@ -1,0 +1,178 @@
+"""``python -m bat_app shapes build``: pretrain the whole Shapes world from one seed.
+
+Stages, in order (each skipped when its output exists, so an interrupted build resumes):
+
+    data        render the pretraining stream (seed) and the judge's stream, cached in --work
+    classifier  attribute CNN on the full attribute space          -> OUT/classifier/
+    vae         AutoencoderKL f=4 (32 px -> 8x8x4)                 -> WORK/vae/
+    clip        open_clip model, contrastive on the stream         -> OUT/clip/
+    unet        UNet on frozen latents + frozen CLIP text tower    -> OUT/backbone/ (diffusers)
+    subjects    held-out subjects' example uploads                  -> SUBJECTS/<name>/
+
+Everything is seeded; with the same torch build the result is the same (CPU kernels are
+deterministic for these ops). Budget on a 2-core CPU: about 40 minutes in all.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bat_app.shapes import paths
+
+
+@dataclass
+class BuildConfig:
+    out: Path = paths.SHAPES_DIR  # assets/shapes
+    subjects_out: Path = paths.SUBJECTS_DIR  # assets/subjects
+    work: Path = Path("build/shapes")  # caches: rendered data, the VAE, latents, eval grids
+    seed: int = 0
+    n_train: int = 60000  # pretraining images (= `shapes pool --n 60000 --seed <seed>`)
+    classifier_steps: int = 1000
+    vae_steps: int = 1500
+    clip_steps: int = 1000
+    unet_steps: int = 4000
+    unet_batch: int = 64
+    eval_every: int = 500  # prompt-following grid during UNet training (0 = never)
+    threads: int = 2
+
+    def __post_init__(self):
+        self.out, self.subjects_out, self.work = Path(self.out), Path(self.subjects_out), Path(self.work)
+        for name in ("n_train", "classifier_steps", "vae_steps", "clip_steps", "unet_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"BuildConfig.{name} must be positive, got {getattr(self, name)}.")
+
+
+def _log(msg: str) -> None:
+    print(f"[shapes build {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def stage_data(cfg: BuildConfig):
+    from bat_app.shapes.world import sample_arrays
+
+    path = cfg.work / f"data-seed{cfg.seed}-n{cfg.n_train}.npz"
+    if path.exists():
+        d = np.load(path, allow_pickle=False)
+        return d["images"], list(d["captions"])
+    _log(f"rendering {cfg.n_train} pretraining images (seed {cfg.seed})")
+    images, captions, _ = sample_arrays(cfg.seed, cfg.n_train, progress=True)
+    cfg.work.mkdir(parents=True, exist_ok=True)
+    np.savez(path, images=images, captions=np.array(captions))
+    return images, captions
+
+
+def stage_classifier(cfg: BuildConfig) -> None:
+    from bat_app.shapes.classifier import build_classifier
+
+    folder = cfg.out / "classifier"
+    if (folder / "model.safetensors").exists():
+        return _log("classifier: exists, skipped")
+    _log("classifier: training")
+    meta = build_classifier(folder, cfg.seed, steps=cfg.classifier_steps)
+    _log(f"classifier: held-out accuracy {meta['held_out_accuracy']}")
+
+
+def stage_vae(cfg: BuildConfig, images: np.ndarray):
+    from diffusers import AutoencoderKL
+
+    from bat_app.shapes.backbone import encode_all, train_vae
+
+    folder = cfg.work / "vae"
+    if not (folder / "config.json").exists():
+        _log("vae: training")
+        vae, mse = train_vae(images, steps=cfg.vae_steps, seed=cfg.seed)
+        lat = encode_all(vae, images[:4000])
+        vae.register_to_config(scaling_factor=float(1.0 / lat.std()))
+        vae.save_pretrained(folder, safe_serialization=True)
+        (folder / "train.json").write_text(json.dumps({"mse": mse, "steps": cfg.vae_steps}))
+        _log(f"vae: mse {mse:.4f}, scaling_factor {vae.config.scaling_factor:.4f}")
+    vae = AutoencoderKL.from_pretrained(folder).eval()
+    lat_path = cfg.work / f"latents-seed{cfg.seed}-n{cfg.n_train}.pt"
+    if not lat_path.exists():
+        _log("vae: encoding the pretraining images")
+        torch.save(encode_all(vae, images) * vae.config.scaling_factor, lat_path)
+    return vae, torch.load(lat_path)
+
+
+def stage_clip(cfg: BuildConfig, images: np.ndarray, captions: list[str]) -> None:
+    from bat_app.shapes.clip import build_clip
+
+    folder = cfg.out / "clip"
+    if (folder / "open_clip_model.safetensors").exists():
+        return _log("clip: exists, skipped")
+    _log("clip: training")
+    meta = build_clip(folder, images, captions, cfg.seed, steps=cfg.clip_steps)
+    _log(f"clip: {meta}")
+
+
+def stage_unet(cfg: BuildConfig, vae, latents: torch.Tensor, captions: list[str]) -> None:
+    from bat_app.models.tokenizer import offline_clip_tokenizer
+    from bat_app.shapes.backbone import save_pipeline, train_unet
+    from bat_app.shapes.clip import CONTEXT_LENGTH, load_clip, text_tower_to_transformers
+    from bat_app.shapes.evaluate import grid_prompt_following
+
+    folder = cfg.out / "backbone"
+    if (folder / "model_index.json").exists():
+        return _log("unet: backbone exists, skipped")
+    clip_model, _, _ = load_clip(cfg.out / "clip")
+    text_encoder = text_tower_to_transformers(clip_model).requires_grad_(False)
+    tokenizer = offline_clip_tokenizer(model_max_length=CONTEXT_LENGTH)
+    classifier = None
+    if (cfg.out / "classifier" / "model.safetensors").exists():
+        from bat_app.shapes.classifier import load_classifier
+
+        classifier = load_classifier(cfg.out / "classifier")
+    history = []
+
+    def eval_fn(unet, step):
+        if classifier is None:
+            return
+        score = grid_prompt_following(unet, vae, text_encoder, tokenizer, classifier,
+                                      n_prompts=32, seeds=(0,))
+        history.append({"step": step, **score})
+        _log(f"unet step {step}: prompt following {score}")
+
+    _log(f"unet: training {cfg.unet_steps} steps")
+    unet, info = train_unet(latents, captions, text_encoder, tokenizer, steps=cfg.unet_steps,
+                            batch_size=cfg.unet_batch, seed=cfg.seed, eval_fn=eval_fn,
+                            eval_every=cfg.eval_every, log=_log)
+    _log(f"unet: {info}")
+    save_pipeline(folder, vae, text_encoder, tokenizer, unet,
+                  {"build": {k: str(v) for k, v in asdict(cfg).items()}, "unet_train": info,
+                   "eval_history": history})
+
+
+def stage_subjects(cfg: BuildConfig) -> None:
+    from bat_app.shapes.subjects import write_subjects
+
+    write_subjects(cfg.subjects_out)
+    _log(f"subjects: written under {cfg.subjects_out}")
+
+
+def build(cfg: BuildConfig) -> dict:
+    torch.set_num_threads(cfg.threads)
+    t0 = time.time()
+    timings = {}
+
+    def timed(name, fn, *args):
+        t = time.time()
+        out = fn(*args)
+        timings[name] = round(time.time() - t, 1)
+        return out
+
+    images, captions = timed("data", stage_data, cfg)
+    timed("classifier", stage_classifier, cfg)
+    vae, latents = timed("vae", stage_vae, cfg, images)
+    timed("clip", stage_clip, cfg, images, captions)
+    timed("unet", stage_unet, cfg, vae, latents, captions)
+    timed("subjects", stage_subjects, cfg)
+    timings["total"] = round(time.time() - t0, 1)
+    cfg.work.mkdir(parents=True, exist_ok=True)
+    (cfg.work / "timings.json").write_text(json.dumps(timings, indent=2))
+    _log(f"done in {timings['total'] / 60:.1f} min: {timings}")
+    return timings

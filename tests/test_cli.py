@@ -1,0 +1,61 @@
+"""The CLI end to end, as a user runs it: a real subprocess on the tiny model."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from safetensors.torch import load_file
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args, env_extra=None) -> subprocess.CompletedProcess:
+    env = os.environ | {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": os.environ.get("BAT_TORCH_THREADS", "2")}
+    env |= env_extra or {}
+    return subprocess.run([sys.executable, "-m", "bat_app", *map(str, args)], capture_output=True, text=True,
+                          env=env, cwd=REPO, timeout=600)
+
+
+def test_help_lists_commands():
+    out = run_cli("--help")
+    assert out.returncode == 0
+    for command in ("train", "presets"):
+        assert command in out.stdout
+
+
+def test_train_end_to_end_then_resume(tiny_model_dir, subject_dir, tmp_path):
+    out_dir = tmp_path / "run"
+    args = ["train", "--images", subject_dir, "--token", "sks", "--class-noun", "disc", "--model", tiny_model_dir,
+            "--out", out_dir, "--steps", "6", "--checkpoint-every", "3", "--rank", "2", "--seed", "1"]
+    done = run_cli(*args)
+    assert done.returncode == 0, done.stderr
+    summary = done.stdout.strip().splitlines()[-1]
+    assert summary.startswith("done: 6 steps (") and "steps/s" in summary
+    assert str(out_dir / "pytorch_lora_weights.safetensors") in summary
+    assert "train" in done.stderr and "6/6" in done.stderr  # the tqdm bar
+    assert any(k.startswith("lora_unet_") for k in load_file(out_dir / "sks_disc_kohya.safetensors"))
+    assert sorted(p.name for p in (out_dir / "checkpoints").iterdir()) == ["step-000003", "step-000006"]
+
+    again = run_cli(*args, "--resume")
+    assert again.returncode == 0, again.stderr
+    assert "resumed at step 6" in again.stdout
+
+
+def test_bad_input_exits_2_with_a_readable_message(tiny_model_dir, tmp_path):
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "imgs" / "notes.pdf").write_bytes(b"%PDF-1.4 nothing")
+    out = run_cli("train", "--images", tmp_path / "imgs", "--class-noun", "dog", "--model", tiny_model_dir,
+                  "--out", tmp_path / "o")
+    assert out.returncode == 2
+    assert out.stderr.startswith("error: ") and "notes.pdf" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_unknown_config_key_is_refused(tmp_path, subject_dir, tiny_model_dir):
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text('{"steps": 3, "lerning_rate": 0.1}')
+    out = run_cli("train", "--images", subject_dir, "--class-noun", "dog", "--model", tiny_model_dir,
+                  "--out", tmp_path / "o", "--config", cfg)
+    assert out.returncode == 2 and "Unknown training setting 'lerning_rate'" in out.stderr
