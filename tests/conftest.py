@@ -20,6 +20,16 @@ from tiny_model import build_tiny_model
 DREAMBENCH = Path(__file__).resolve().parents[2] / "shared" / "dreambench"
 
 
+def pytest_collection_modifyitems(config, items):
+    """Slow tests run only with RUN_SLOW=1 or when selected with -m slow."""
+    if os.environ.get("RUN_SLOW") == "1" or "slow" in (config.getoption("-m") or ""):
+        return
+    skip = pytest.mark.skip(reason="slow: set RUN_SLOW=1 to run")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_data(tmp_path_factory, monkeypatch):
     """Every test gets its own BAT_HOME/cache so caches never leak between tests."""

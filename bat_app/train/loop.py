@@ -259,11 +259,11 @@ def training_step(components: Components, config: TrainConfig, encoded: list[_En
 
 def lora_state_dicts(components: Components, config: TrainConfig):
     unet_lora = {k: v.detach().float().cpu().clone()
-                 for k, v in get_peft_model_state_dict(components.unet, adapter_name=ADAPTER).items()}
+                 for k, v in get_peft_model_state_dict(components.unet, adapter_name=ADAPTER, save_embedding_layers=False).items()}
     te_lora = {}
     if config.train_text_encoder:
         te_lora = {k: v.detach().float().cpu().clone()
-                   for k, v in get_peft_model_state_dict(components.text_encoder, adapter_name=ADAPTER).items()}
+                   for k, v in get_peft_model_state_dict(components.text_encoder, adapter_name=ADAPTER, save_embedding_layers=False).items()}
     return unet_lora, te_lora
 
 
