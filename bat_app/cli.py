@@ -19,7 +19,7 @@ from pathlib import Path
 from .errors import BatError
 
 # Commands that live with their layer register themselves here (module: register(subparsers)).
-COMMAND_MODULES = ("bat_app.shapes.cli",)
+COMMAND_MODULES = ("bat_app.pool.cli", "bat_app.shapes.cli")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,12 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(DreamBooth-LoRA with Backbone Augmented Training)."))
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
     _add_train(sub)
+    _add_select(sub)
     _add_presets(sub)
     for name in COMMAND_MODULES:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
-            if exc.name != name:  # a real import error inside the module: surface it
+            if not name.startswith(exc.name or "\0"):  # an import error inside the module: surface it
                 raise
             continue
         module.register(sub)
@@ -86,7 +87,30 @@ def _add_train(sub) -> None:
     p.add_argument("--max-images", type=int, default=10)
     p.add_argument("--min-images", type=int, default=3)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    _add_selection_args(p, required=False)
     p.set_defaults(func=run_train)
+
+
+def _add_selection_args(p, required: bool) -> None:
+    from .albat import METHODS
+
+    g = p.add_argument_group("backbone data (BAT)")
+    g.add_argument("--pool", default=None, required=required, help="backbone pool folder")
+    g.add_argument("--method", default="albat" if required else "none", choices=METHODS,
+                   help="how backbone items are chosen (default: %(default)s)")
+    g.add_argument("--m", type=int, default=100, help="items to select (default 100)")
+    g.add_argument("--k", type=int, default=1000, help="ALBAT retrieval prefilter size (default 1000)")
+    g.add_argument("--draws", type=int, default=8, help="ALBAT (t, noise) draws per candidate (default 8)")
+    g.add_argument("--surrogate-steps", type=int, default=None,
+                   help="ALBAT surrogate steps (default: 25%% of --steps)")
+    g.add_argument("--aug-weight", type=float, default=None, help="lambda: loss weight of backbone items (default 1)")
+
+
+def _selection_params(args):
+    from .albat import SelectionParams
+
+    return SelectionParams(m=args.m, k=args.k, draws=args.draws, surrogate_steps=args.surrogate_steps,
+                           seed=args.seed or 0)
 
 
 def train_config_from_args(args) -> "TrainConfig":
@@ -100,7 +124,7 @@ def train_config_from_args(args) -> "TrainConfig":
             data = json.loads(args.config.read_text())
         except (OSError, ValueError) as exc:
             raise BatError(f"--config {args.config}: cannot read it as JSON ({exc}).") from exc
-    flags = {"token": args.token, "class_noun": args.class_noun, "steps": args.steps, "rank": args.rank,
+    flags = {"aug_weight": getattr(args, "aug_weight", None), "token": args.token, "class_noun": args.class_noun, "steps": args.steps, "rank": args.rank,
              "alpha": args.alpha, "lr": args.lr, "batch_size": args.batch_size, "resolution": args.resolution,
              "seed": args.seed, "num_class_images": args.num_class_images,
              "checkpoint_every": args.checkpoint_every}
@@ -112,9 +136,37 @@ def train_config_from_args(args) -> "TrainConfig":
 
 
 def run_train(args) -> int:
+    from .train import train_lora
+
+    from .albat.run import run_selection, train_with_selection
+
+    config, components, images = _prepare(args)
+    bars = TqdmProgress()
+    try:
+        if args.method == "none":
+            result = train_lora(components, images, config, args.out, resume=args.resume, progress=bars)
+        else:
+            selection = run_selection(args.method, components, images, config, pool_dir=args.pool,
+                                      params=_selection_params(args), out_dir=Path(args.out) / "selection",
+                                      progress=bars)
+            bars.close()
+            print(f"selected {len(selection)} backbone items with '{args.method}' "
+                  f"-> {Path(args.out) / 'selection' / 'selection.jsonl'}")
+            result = train_with_selection(components, images, config, selection, args.out,
+                                          resume=args.resume, progress=bars)
+    finally:
+        bars.close()
+    print(f"done: {result.steps} steps ({result.steps_per_s:.2f} steps/s"
+          f"{f', resumed at step {result.resumed_from}' if result.resumed_from else ''}) -> "
+          f"{result.files['diffusers']} (diffusers), {result.files['kohya']} (A1111/ComfyUI), "
+          f"{result.files['card']}")
+    return 0
+
+
+def _prepare(args):
+    """Config, loaded backbone and checked images for train/select."""
     from .images import IntakeLimits, load_user_images
     from .models import default_preset, load_components
-    from .train import train_lora
 
     config = train_config_from_args(args)
     if args.model is None:
@@ -128,15 +180,46 @@ def run_train(args) -> int:
                               limits=limits, resolution=resolution)
     for warning in report.warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    return config, components, report.images
+
+
+# --- select ------------------------------------------------------------------------------
+
+def _add_select(sub) -> None:
+    p = sub.add_parser("select", help="select backbone items for a subject (ALBAT or a baseline)",
+                       description="Select backbone-pool items for the subject in --images and write "
+                                   "selection.jsonl, selection.json and contact_sheet.png to --out.")
+    p.add_argument("--images", required=True, nargs="+")
+    p.add_argument("--out", required=True)
+    p.add_argument("--class-noun", default="object")
+    p.add_argument("--token", default="sks")
+    p.add_argument("--model", default=None)
+    p.add_argument("--steps", type=int, default=None, help="the final training's steps (sets the surrogate's)")
+    p.add_argument("--rank", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--resolution", type=int, default=None)
+    p.add_argument("--max-images", type=int, default=10)
+    p.add_argument("--min-images", type=int, default=3)
+    p.add_argument("--device", default=None)
+    _add_selection_args(p, required=True)
+    p.set_defaults(func=run_select, config=None, alpha=None, batch_size=None, num_class_images=None,
+                   checkpoint_every=None, prior=False, captions=False, train_text_encoder=False)
+
+
+def run_select(args) -> int:
+    from .albat.run import run_selection
+
+    config, components, images = _prepare(args)
     bars = TqdmProgress()
     try:
-        result = train_lora(components, report.images, config, args.out, resume=args.resume, progress=bars)
+        selection = run_selection(args.method, components, images, config, pool_dir=args.pool,
+                                  params=_selection_params(args), out_dir=args.out, progress=bars)
     finally:
         bars.close()
-    print(f"done: {result.steps} steps ({result.steps_per_s:.2f} steps/s"
-          f"{f', resumed at step {result.resumed_from}' if result.resumed_from else ''}) -> "
-          f"{result.files['diffusers']} (diffusers), {result.files['kohya']} (A1111/ComfyUI), "
-          f"{result.files['card']}")
+    took = sum(selection.timings.values())
+    print(f"done: selected {len(selection)} items with '{args.method}' in {took:.1f}s -> "
+          f"{Path(args.out) / 'selection.jsonl'}, {Path(args.out) / 'contact_sheet.png'}")
     return 0
 
 
