@@ -16,6 +16,7 @@ class ProgressEvent:
     it_per_s: float | None = None
     eta_s: float | None = None
     message: str = ""
+    method: str | None = None   # set by a compare run: which method this step belongs to
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -1,0 +1,89 @@
+"""The one config object of a compare run (and of a job): JSON in, validated, unknown keys refused.
+
+    {"token": "sks", "class_noun": "star", "model": "shapes", "pool": "shapes",
+     "methods": ["none", "albat"], "train": {"steps": 300}, "selection": {"m": 50}}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..albat import METHODS, SelectionParams
+from ..errors import InputError
+from ..train import TrainConfig
+
+BASE = "base"  # the column of the untouched backbone in every grid
+
+
+@dataclass
+class CompareConfig:
+    token: str = "sks"                 # trigger token
+    class_noun: str = "object"         # subject class ("dog", "star")
+    model: str | None = None           # preset, folder or hub id (None: sd15 with CUDA, else shapes)
+    pool: str | None = None            # pool folder; "shapes" = the shapes pool in the data dir
+    methods: list[str] = field(default_factory=lambda: ["none", "albat"])
+    train: dict = field(default_factory=dict)       # TrainConfig settings (token/class_noun come from above)
+    selection: dict = field(default_factory=dict)   # SelectionParams settings
+    prompt_set: str | None = None      # preview prompt set (default: chosen from the model/class)
+    seeds: list[int] = field(default_factory=lambda: [0, 1])  # preview seeds, same for every column
+    num_prompts: int | None = None     # use only the first N prompts of the set (quick runs)
+
+    def __post_init__(self):
+        if not isinstance(self.methods, list) or not self.methods:
+            raise InputError(f"`methods` must be a non-empty list of {', '.join(METHODS)}; got {self.methods!r}.")
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise InputError(f"Unknown method(s) {unknown}; choose from {', '.join(METHODS)}.")
+        if len(set(self.methods)) != len(self.methods):
+            raise InputError(f"`methods` lists a method twice: {self.methods}.")
+        if not isinstance(self.seeds, list) or not self.seeds or not all(isinstance(s, int) for s in self.seeds):
+            raise InputError(f"`seeds` must be a non-empty list of integers, got {self.seeds!r}.")
+        if self.num_prompts is not None and (not isinstance(self.num_prompts, int) or self.num_prompts < 1):
+            raise InputError(f"`num_prompts` must be a positive integer or null, got {self.num_prompts!r}.")
+        if not isinstance(self.train, dict) or not isinstance(self.selection, dict):
+            raise InputError("`train` and `selection` must be JSON objects of settings.")
+        self.train_config()  # validates the nested settings now, at the door
+        self.selection_params()
+
+    def train_config(self) -> TrainConfig:
+        for key in ("token", "class_noun"):
+            if key in self.train:
+                raise InputError(f"Set `{key}` at the top level of the config, not inside `train`.")
+        return TrainConfig.from_dict({**self.train, "token": self.token, "class_noun": self.class_noun})
+
+    def selection_params(self) -> SelectionParams:
+        known = {f.name for f in dataclasses.fields(SelectionParams)}
+        for key in self.selection:
+            if key not in known:
+                raise InputError(f"Unknown selection setting {key!r}. Known: {', '.join(sorted(known))}.")
+        return SelectionParams(**{"seed": self.train_config().seed, **self.selection})
+
+    def needs_pool(self) -> bool:
+        return any(m in ("random", "clip", "albat") for m in self.methods)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "CompareConfig":
+        if not isinstance(data, dict):
+            raise InputError(f"A config must be a JSON object, got {type(data).__name__}.")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = [k for k in data if k not in known]
+        if unknown:
+            raise InputError(f"Unknown config key(s) {unknown}. Known keys: {', '.join(sorted(known))}.")
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise InputError(f"Bad config: {exc}.") from exc
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "CompareConfig":
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as exc:
+            raise InputError(f"Config {path}: cannot read it as JSON ({exc}).") from exc
+        return cls.from_dict(data)
