@@ -24,6 +24,8 @@ class CompareConfig:
     class_noun: str = "object"         # subject class ("dog", "star")
     model: str | None = None           # preset, folder or hub id (None: sd15 with CUDA, else shapes)
     pool: str | None = None            # pool folder; "shapes" = the shapes pool in the data dir
+    clip_model: str | None = None      # CLIP for retrieval and metrics: open_clip name or folder
+    clip_pretrained: str | None = None  # (default: the model the pool was built with; shapes CLIP on shapes)
     methods: list[str] = field(default_factory=lambda: ["none", "albat"])
     train: dict = field(default_factory=dict)       # TrainConfig settings (token/class_noun come from above)
     selection: dict = field(default_factory=dict)   # SelectionParams settings

@@ -1,0 +1,64 @@
+"""Which pool a compare run selects from, and the CLIP that scores it.
+
+``pool: "shapes"`` means the shapes backbone's own pretraining data, rendered and indexed in the
+data dir on first use (``$BAT_HOME/pools/shapes-<n>``; 10,000 items, about a minute on CPU)
+and reused by every later run and job.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from ..errors import InputError
+from ..paths import data_dir
+
+SHAPES_POOL_SIZE = int(os.environ.get("BAT_SHAPES_POOL_SIZE", 10_000))
+
+
+def shapes_pool_dir(n: int = SHAPES_POOL_SIZE) -> Path:
+    return data_dir() / "pools" / f"shapes-{n}"
+
+
+def ensure_shapes_pool(n: int = SHAPES_POOL_SIZE, progress=None) -> Path:
+    """Render the first n pretraining items and index them with the shapes CLIP (once)."""
+    from ..pool import build_pool, load_embedder
+    from ..shapes.pool import write_pool
+
+    out = shapes_pool_dir(n)
+    if (out / "manifest.json").is_file():
+        return out
+    source = out.parent / f".shapes-{n}-images"
+    if not (source / "shapes_attributes.jsonl").is_file() or len(list(source.glob("*.png"))) < n:
+        shutil.rmtree(source, ignore_errors=True)
+        write_pool(source, n, seed=0, progress=False)
+    build_pool(source, out, load_embedder("shapes"), batch_size=256, progress=progress)
+    shutil.rmtree(source, ignore_errors=True)  # the pool keeps its own copy of every image
+    return out
+
+
+def resolve_pool(pool: str | None, components) -> Path | None:
+    if pool is None:
+        return None
+    if pool == "shapes":
+        if components.spec.preset != "shapes":
+            raise InputError("pool 'shapes' is the shapes backbone's data: use it with model 'shapes'.")
+        return ensure_shapes_pool()
+    path = Path(pool).expanduser()
+    if not path.is_dir():
+        raise InputError(f"Pool folder {path} does not exist. Build one with "
+                         f"`python -m bat_app pool build SOURCE --out {path}`.")
+    return path
+
+
+def default_embedder(components, clip_model: str | None = None, clip_pretrained: str | None = None):
+    """The CLIP that scores previews when no pool is used: the one given, the shapes CLIP on
+    shapes, else open_clip ViT-B/32 (LAION-2B)."""
+    from ..pool import load_embedder
+
+    if clip_model is not None:
+        return load_embedder(clip_model, clip_pretrained)
+    if components.spec.preset == "shapes":
+        return load_embedder("shapes")
+    return load_embedder("ViT-B-32", "laion2b_s34b_b79k")

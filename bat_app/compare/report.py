@@ -1,0 +1,39 @@
+"""report.md: the metrics table, the grid, and the cost of each stage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+METRIC_LABELS = {
+    "clip_i": "CLIP-I ↑", "clip_t": "CLIP-T ↑", "dino": "DINO ↑", "diversity": "diversity ↑",
+    "subject_fidelity": "subject fidelity ↑", "prompt_fidelity": "prompt fidelity ↑",
+    "class_prior": "class prior kept ↑", "class_variety": "class variety ↑",
+}
+
+
+def metrics_table(metrics: dict) -> list[str]:
+    methods = metrics["methods"]
+    names = [k for k in METRIC_LABELS if any(k in v for v in methods.values())]
+    lines = ["| method | backbone items | " + " | ".join(METRIC_LABELS[n] for n in names) + " |",
+             "|---|---:|" + "---:|" * len(names)]
+    for method, values in methods.items():
+        count = metrics.get("counts", {}).get(method, "—")
+        cells = [f"{values[n]:.3f}" if n in values else "—" for n in names]
+        lines.append(f"| {method} | {count} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def write_report(out: Path, config, metrics: dict, timings: dict, outputs: dict) -> Path:
+    lines = [f"# {config.token} {config.class_noun}: {', '.join(config.methods)} vs the base model", "",
+             f"Model `{config.model or 'default'}`, pool `{config.pool}`, prompt set `{metrics.get('prompt_set')}`, "
+             f"seeds {config.seeds}; every method trained with the same settings: `{config.train}`.", "",
+             *metrics_table(metrics), ""]
+    lines += [f"> {note}" for note in metrics.get("notes", [])]
+    if "grid" in outputs:
+        lines += ["", f"![comparison grid]({outputs['grid']})", ""]
+    lines += ["## Cost (wall time per stage)", "", "| stage | seconds |", "|---|---:|"]
+    lines += [f"| {name} | {seconds:.1f} |" for name, seconds in timings.items()]
+    lines += ["", "## Downloads", ""] + [f"- {k}: `{v}`" for k, v in outputs.items() if ":" in k]
+    path = Path(out) / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path

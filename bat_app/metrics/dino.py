@@ -1,0 +1,56 @@
+"""DINO ViT-S/16 image similarity (DreamBench's subject-fidelity metric), when its weights exist.
+
+The weights are never downloaded: they must already be in the local Hugging Face cache (timm's
+``vit_small_patch16_224.dino``). Without them the DINO column is absent, with a note saying
+why, never filled with a stand-in value.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+DINO_MODEL = "hf-hub:timm/vit_small_patch16_224.dino"
+
+
+@lru_cache(maxsize=1)
+def load_dino():
+    """(model, transform) or (None, reason)."""
+    import os
+
+    try:
+        import timm
+        from timm.data import create_transform, resolve_data_config
+    except ImportError as exc:
+        return None, f"timm is not installed ({exc})"
+    old = os.environ.get("HF_HUB_OFFLINE")
+    os.environ["HF_HUB_OFFLINE"] = "1"  # cache only: a metric must never start a download
+    try:
+        model = timm.create_model(DINO_MODEL, pretrained=True, num_classes=0).eval()
+    except Exception as exc:  # not in the cache (the usual case offline)
+        return None, f"DINO ViT-S/16 weights are not in the local cache ({type(exc).__name__})"
+    finally:
+        if old is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = old
+    transform = create_transform(**resolve_data_config({}, model=model))
+    return (model, transform), None
+
+
+def dino_embed(images) -> np.ndarray | None:
+    import torch
+
+    loaded, _ = load_dino()
+    if loaded is None:
+        return None
+    model, transform = loaded
+    with torch.no_grad():
+        feats = model(torch.stack([transform(im.convert("RGB")) for im in images]))
+    feats = torch.nn.functional.normalize(feats, dim=-1)
+    return feats.numpy()
+
+
+def dino_unavailable_reason() -> str | None:
+    return load_dino()[1]

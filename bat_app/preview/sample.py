@@ -1,0 +1,71 @@
+"""Sampling previews: the same prompts and seeds through the base model and each trained LoRA."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from PIL import Image
+
+from ..export import DIFFUSERS_FILE
+from ..images.grid import image_grid
+from ..models import Components, build_pipeline
+from ..train.progress import ProgressEvent
+
+
+def sample_images(components: Components, prompts: Sequence[str], seeds: Sequence[int],
+                  lora_dir: str | Path | None = None, batch_size: int = 8,
+                  progress: Callable[[int, int], None] | None = None) -> list[list[Image.Image]]:
+    """images[p][s] for prompt p and seed s; with ``lora_dir`` its diffusers LoRA is applied.
+
+    Seed s always draws the same initial noise, so columns of a grid differ only by the weights.
+    """
+    pipe = build_pipeline(components)
+    sampling = components.spec.sampling
+    resolution = components.spec.resolution
+    if lora_dir is not None:
+        pipe.load_lora_weights(str(lora_dir), weight_name=DIFFUSERS_FILE)
+    jobs = [(p, s) for p in range(len(prompts)) for s in range(len(seeds))]
+    out: list[list[Image.Image | None]] = [[None] * len(seeds) for _ in prompts]
+    try:
+        for start in range(0, len(jobs), batch_size):
+            chunk = jobs[start:start + batch_size]
+            with torch.no_grad():
+                images = pipe([prompts[p] for p, _ in chunk], height=resolution, width=resolution,
+                              num_inference_steps=sampling.get("steps", 30),
+                              guidance_scale=sampling.get("guidance_scale", 7.5),
+                              generator=[torch.Generator().manual_seed(seeds[s]) for _, s in chunk]).images
+            for (p, s), image in zip(chunk, images):
+                out[p][s] = image
+            if progress:
+                progress(start + len(chunk), len(jobs))
+    finally:
+        if lora_dir is not None:
+            pipe.unload_lora_weights()
+    return out
+
+
+def comparison_grid(columns: dict[str, list[list[Image.Image]]], prompts: Sequence[str], cell: int = 96) -> Image.Image:
+    """Rows = prompts, columns = methods (labelled); a cell shows every seed side by side."""
+    methods = list(columns)
+    n_seeds = len(next(iter(columns.values()))[0]) if columns else 1
+    strips = []
+    for p in range(len(prompts)):
+        for method in methods:
+            strips.append(image_grid(columns[method][p], columns=n_seeds, cell=cell, pad=1))
+    strip_w = strips[0].width if strips else cell
+    return image_grid(strips, columns=len(methods), cell=strip_w, column_titles=methods,
+                      row_titles=list(prompts), title_width=220, pad=6) if strips else Image.new("RGB", (1, 1))
+
+
+def render_previews(components: Components, loras: dict[str, str | Path | None], prompts: Sequence[str],
+                    seeds: Sequence[int], progress: Callable[[ProgressEvent], None] | None = None
+                    ) -> dict[str, list[list[Image.Image]]]:
+    """Sample every method's column; ``loras`` maps method -> LoRA folder (None = base model)."""
+    emit = progress or (lambda e: None)
+    columns = {}
+    for method, lora in loras.items():
+        columns[method] = sample_images(components, prompts, seeds, lora, progress=lambda d, t, m=method: emit(
+            ProgressEvent("preview", d, t, method=m, message=m)))
+    return columns
