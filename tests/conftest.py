@@ -67,3 +67,51 @@ def make_subject_images(folder: Path, n: int = 3, size: int = 64, seed: int = 0)
 @pytest.fixture
 def subject_dir(tmp_path) -> Path:
     return make_subject_images(tmp_path / "subject")
+
+
+# --- a tiny CLIP and a small pool (for selection and compare tests) -------------------------
+
+def make_tiny_embedder(model_id: str = "tiny-clip-test"):
+    """A random open_clip CLIP (embed 32, 32 px) wrapped as an Embedder: fast and offline."""
+    import open_clip
+
+    from bat_app.pool import OpenClipEmbedder
+
+    torch.manual_seed(0)
+    model = open_clip.CLIP(embed_dim=32, vision_cfg={"image_size": 32, "patch_size": 8, "width": 32, "layers": 2,
+                                                     "head_width": 16},
+                           text_cfg={"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2})
+    preprocess = open_clip.image_transform(32, is_train=False)
+    return OpenClipEmbedder(model, preprocess, open_clip.get_tokenizer("ViT-B-32"), model_id, device="cpu")
+
+
+def make_pool_source(folder: Path, n: int = 40, seed: int = 0) -> Path:
+    """n captioned 48 px images: discs and squares in a few colours (folder-pool layout)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    colours = {"red": (220, 30, 30), "blue": (30, 60, 220), "green": (30, 170, 60), "yellow": (240, 220, 40)}
+    yy, xx = np.mgrid[:48, :48]
+    for i in range(n):
+        name = list(colours)[i % 4]
+        shape = "disc" if (i // 4) % 2 == 0 else "square"
+        img = np.full((48, 48, 3), rng.integers(0, 255, 3), np.uint8)
+        cx, cy = rng.integers(16, 32, 2)
+        mask = ((xx - cx) ** 2 + (yy - cy) ** 2 < 144) if shape == "disc" else ((abs(xx - cx) < 11) & (abs(yy - cy) < 11))
+        img[mask] = colours[name]
+        Image.fromarray(img).save(folder / f"{i:03d}.png")
+        (folder / f"{i:03d}.txt").write_text(f"a {name} {shape}")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_embedder():
+    return make_tiny_embedder()
+
+
+@pytest.fixture(scope="session")
+def tiny_pool_dir(tmp_path_factory, tiny_embedder) -> Path:
+    from bat_app.pool import build_pool
+
+    root = tmp_path_factory.mktemp("pool")
+    build_pool(make_pool_source(root / "source"), root / "pool", tiny_embedder, batch_size=16)
+    return root / "pool"
