@@ -71,18 +71,27 @@ def subject_dir(tmp_path) -> Path:
 
 # --- a tiny CLIP and a small pool (for selection and compare tests) -------------------------
 
-def make_tiny_embedder(model_id: str = "tiny-clip-test"):
-    """A random open_clip CLIP (embed 32, 32 px) wrapped as an Embedder: fast and offline."""
-    import open_clip
+TINY_CLIP_CONFIG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 32, "layers": 2, "head_width": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+}
 
-    from bat_app.pool import OpenClipEmbedder
+
+def make_tiny_clip_dir(folder: Path) -> Path:
+    """A random open_clip CLIP (embed 32, 32 px) saved in open_clip's local folder format, so it
+    loads through ``load_embedder(folder)`` like any user-supplied model."""
+    import json
+
+    import open_clip
+    from safetensors.torch import save_file
 
     torch.manual_seed(0)
-    model = open_clip.CLIP(embed_dim=32, vision_cfg={"image_size": 32, "patch_size": 8, "width": 32, "layers": 2,
-                                                     "head_width": 16},
-                           text_cfg={"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2})
-    preprocess = open_clip.image_transform(32, is_train=False)
-    return OpenClipEmbedder(model, preprocess, open_clip.get_tokenizer("ViT-B-32"), model_id, device="cpu")
+    model = open_clip.CLIP(**TINY_CLIP_CONFIG)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_CLIP_CONFIG, "preprocess_cfg": {}}))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / "open_clip_model.safetensors")
+    return folder
 
 
 def make_pool_source(folder: Path, n: int = 40, seed: int = 0) -> Path:
@@ -104,8 +113,15 @@ def make_pool_source(folder: Path, n: int = 40, seed: int = 0) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_embedder():
-    return make_tiny_embedder()
+def tiny_clip_dir(tmp_path_factory) -> Path:
+    return make_tiny_clip_dir(tmp_path_factory.mktemp("clip") / "tiny-clip")
+
+
+@pytest.fixture(scope="session")
+def tiny_embedder(tiny_clip_dir):
+    from bat_app.pool import load_embedder
+
+    return load_embedder(str(tiny_clip_dir), None, device="cpu")
 
 
 @pytest.fixture(scope="session")

@@ -51,6 +51,11 @@ def run_compare(config: CompareConfig, images: Sequence[str | Path] | str | Path
     emit = progress or (lambda e: None)
     result = CompareResult(out)
     timings = result.timings
+    # A resumed run reports the cost a stage had when it ran, not the ~0 s of reusing it.
+    previous = json.loads((out / "timings.json").read_text()) if (out / "timings.json").is_file() else {}
+
+    def record(name: str, started: float, reused: bool) -> None:
+        timings[name] = previous.get(name, 0.0) if reused else time.perf_counter() - started
 
     def stage(name: str):
         if cancel is not None and cancel():
@@ -76,7 +81,8 @@ def run_compare(config: CompareConfig, images: Sequence[str | Path] | str | Path
     for method in [m for m in ORDER if m in config.methods]:
         t = stage("select")
         folder = out / "methods" / method / "selection"
-        if resume and (folder / "selection.json").is_file():
+        reused = resume and (folder / "selection.json").is_file()
+        if reused:
             selections[method] = Selection.load(folder)
             selections[method].pool = pool
         else:
@@ -86,18 +92,19 @@ def run_compare(config: CompareConfig, images: Sequence[str | Path] | str | Path
             selections[method] = run_selection(method, components, report.images, train_config, pool=pool,
                                                embedder=embedder, params=m_params, out_dir=folder,
                                                progress=_tag(emit, method), cancel=cancel)
-        timings[f"select:{method}"] = time.perf_counter() - t
+        record(f"select:{method}", t, reused)
 
     # train -----------------------------------------------------------------------------
     loras: dict[str, Path | None] = {BASE: None}
     for method in config.methods:
         t = stage("train")
         lora_dir = out / "methods" / method / "lora"
-        if not (resume and (lora_dir / DIFFUSERS_FILE).is_file() and (lora_dir / "training_log.json").is_file()):
+        reused = resume and (lora_dir / DIFFUSERS_FILE).is_file() and (lora_dir / "training_log.json").is_file()
+        if not reused:
             train_with_selection(components, report.images, train_config, selections[method], lora_dir,
                                  resume=resume, progress=_tag(emit, method), cancel=cancel)
         loras[method] = lora_dir
-        timings[f"train:{method}"] = time.perf_counter() - t
+        record(f"train:{method}", t, reused)
 
     # preview ---------------------------------------------------------------------------
     t = stage("preview")
@@ -107,13 +114,15 @@ def run_compare(config: CompareConfig, images: Sequence[str | Path] | str | Path
     prompts = prompt_set.prompts(config.token, config.class_noun, limit=config.num_prompts)
     prompts.append(("class", prompt_set.class_text(config.class_noun)))  # class-prior check, no token
     columns = {}
+    reused = True
     for method, lora in loras.items():
-        columns[method] = _cached_samples(components, [p for _, p in prompts], config.seeds, lora,
+        columns[method], drawn = _cached_samples(components, [p for _, p in prompts], config.seeds, lora,
                                           out / "previews" / "samples" / method, _tag(emit, method), cancel)
+        reused = reused and not drawn
     grid = comparison_grid(columns, [p for _, p in prompts], cell=64 if resolution <= 64 else 128)
     grid.save(out / "previews" / f"grid_{set_name}.png")
     result.outputs["grid"] = f"previews/grid_{set_name}.png"
-    timings["preview"] = time.perf_counter() - t
+    record("preview", t, reused)
 
     # metrics ---------------------------------------------------------------------------
     t = stage("metrics")
@@ -131,6 +140,7 @@ def run_compare(config: CompareConfig, images: Sequence[str | Path] | str | Path
     for method in config.methods:
         result.outputs.update(_package(out, method, loras[method], selections[method]))
     timings["package"] = time.perf_counter() - t
+    (out / "timings.json").write_text(json.dumps(timings, indent=1))
     result.outputs["report"] = write_report(out, config, metrics, timings, result.outputs).name
     emit(ProgressEvent("done", 1, 1))
     return result
@@ -164,10 +174,10 @@ def _pool_and_embedder(config: CompareConfig, components):
 
 
 def _cached_samples(components, prompts, seeds, lora, folder: Path, emit, cancel):
-    """Preview images, read back from disk when a previous run already drew them."""
+    """(images, drawn): preview images, read back from disk when a previous run drew them."""
     paths = [[folder / f"p{p:02d}_s{seed}.png" for seed in seeds] for p in range(len(prompts))]
     if all(path.is_file() for row in paths for path in row):
-        return [[Image.open(path).convert("RGB") for path in row] for row in paths]
+        return [[Image.open(path).convert("RGB") for path in row] for row in paths], False
     if cancel is not None and cancel():
         raise Cancelled("Cancelled while rendering previews.")
     images = sample_images(components, prompts, seeds, lora,
@@ -176,7 +186,7 @@ def _cached_samples(components, prompts, seeds, lora, folder: Path, emit, cancel
     for row, row_paths in zip(images, paths):
         for image, path in zip(row, row_paths):
             image.save(path)
-    return images
+    return images, True
 
 
 def _shapes_judges(components, config):

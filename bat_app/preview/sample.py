@@ -54,8 +54,8 @@ def comparison_grid(columns: dict[str, list[list[Image.Image]]], prompts: Sequen
     for p in range(len(prompts)):
         for method in methods:
             strips.append(image_grid(columns[method][p], columns=n_seeds, cell=cell, pad=1))
-    strip_w = strips[0].width if strips else cell
-    return image_grid(strips, columns=len(methods), cell=strip_w, column_titles=methods,
+    strip_size = strips[0].size if strips else (cell, cell)
+    return image_grid(strips, columns=len(methods), cell=strip_size, column_titles=methods,
                       row_titles=list(prompts), title_width=220, pad=6) if strips else Image.new("RGB", (1, 1))
 
 

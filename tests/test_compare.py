@@ -1,0 +1,124 @@
+"""The compare pipeline on the tiny model and pool: columns, grid, metrics, report, resume."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bat_app.compare import CompareConfig, run_compare
+from bat_app.errors import InputError
+from bat_app.metrics import clip_i, clip_t, diversity
+from bat_app.preview import comparison_grid, load_prompt_set
+
+
+def config(tiny_model_dir, tiny_pool_dir, tiny_clip_dir, **kw) -> CompareConfig:
+    base = dict(token="sks", class_noun="disc", model=str(tiny_model_dir), pool=str(tiny_pool_dir),
+                clip_model=str(tiny_clip_dir), methods=["none", "random"], prompt_set="object",
+                num_prompts=3, seeds=[0, 1], train={"steps": 4, "lr": 5e-3, "checkpoint_every": 2},
+                selection={"m": 4})
+    return CompareConfig.from_dict(base | kw)
+
+
+def test_two_method_compare(tiny_model_dir, tiny_pool_dir, tiny_clip_dir, subject_dir, tmp_path):
+    cfg = config(tiny_model_dir, tiny_pool_dir, tiny_clip_dir)
+    events = []
+    result = run_compare(cfg, subject_dir, tmp_path / "cmp", progress=events.append)
+    out = tmp_path / "cmp"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert list(metrics["methods"]) == ["base", "none", "random"]
+    for values in metrics["methods"].values():
+        assert -1 <= values["clip_i"] <= 1 and -1 <= values["clip_t"] <= 1 and values["diversity"] >= 0
+    assert metrics["counts"] == {"none": 0, "random": 4}
+    assert any("DINO" in n for n in metrics["notes"]) or "dino" in metrics["methods"]["base"]
+    grid = Image.open(out / result.outputs["grid"])
+    assert grid.width > grid.height / 2  # three labelled columns
+    report = (out / "report.md").read_text()
+    assert "| none | 0 |" in report and "| random | 4 |" in report and "train:random" in report
+    for method in ("none", "random"):
+        assert (out / result.outputs[f"{method}:zip"]).is_file()
+        assert (out / result.outputs[f"{method}:kohya"]).is_file()
+    stages = {e.stage for e in events}
+    assert {"validate", "select", "train", "preview", "metrics", "package", "done"} <= stages
+    assert {e.method for e in events if e.stage == "train" and e.total == 4} == {"none", "random"}
+
+    # same seeds -> the base column is identical when drawn again; a second run resumes everything
+    trained_at = (out / "methods" / "none" / "lora" / "pytorch_lora_weights.safetensors").stat().st_mtime_ns
+    again = run_compare(cfg, subject_dir, out)
+    assert again.metrics["methods"] == metrics["methods"]
+    assert (out / "methods" / "none" / "lora" / "pytorch_lora_weights.safetensors").stat().st_mtime_ns == trained_at
+    assert again.timings["train:none"] == result.timings["train:none"]  # the cost it had when it ran
+
+
+def test_same_seed_same_base_column(tiny_model_dir, tiny_pool_dir, tiny_clip_dir, subject_dir, tmp_path):
+    from bat_app.models import load_components
+    from bat_app.preview import sample_images
+
+    comps = load_components(str(tiny_model_dir))
+    a = sample_images(comps, ["a photo of disc"], [0, 1])
+    b = sample_images(comps, ["a photo of disc"], [0, 1])
+    assert all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(a[0], b[0]))
+    assert not np.array_equal(np.asarray(a[0][0]), np.asarray(a[0][1]))
+
+
+def test_grid_layout_and_labels():
+    red, blue = Image.new("RGB", (32, 32), (255, 0, 0)), Image.new("RGB", (32, 32), (0, 0, 255))
+    columns = {"base": [[red, red], [red, red]], "albat": [[blue, blue], [blue, blue]]}
+    grid = comparison_grid(columns, ["p one", "p two"], cell=32)
+    arr = np.asarray(grid)
+    # left column (base) is red, right column (albat) is blue, rows in prompt order
+    reds = np.argwhere((arr[..., 0] == 255) & (arr[..., 2] == 0))
+    blues = np.argwhere((arr[..., 2] == 255) & (arr[..., 0] == 0))
+    assert reds[:, 1].max() < blues[:, 1].min()
+    assert len(reds) == len(blues) == 2 * 2 * 32 * 32  # 2 prompts x 2 seeds per column, unscaled
+    # labels are drawn (dark pixels in the title band above the first row)
+    assert (arr[:14, 220:] < 100).any()
+
+
+def test_metrics_match_hand_computed_values():
+    gen = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
+    ref = np.array([[1.0, 0.0]], np.float32)
+    assert clip_i(gen, ref) == pytest.approx(0.5)
+    texts = np.array([[0.6, 0.8], [0.0, 1.0]], np.float32)
+    assert clip_t(gen, texts) == pytest.approx((0.6 + 1.0) / 2)
+    group = np.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]], np.float32)
+    # pairs: (1,0)-(0,1) cos 0; (1,0)-(.6,.8) cos .6; (0,1)-(.6,.8) cos .8 -> 1 - mean = 1 - 1.4/3
+    assert diversity([group]) == pytest.approx(1 - 1.4 / 3)
+
+
+def test_shapes_scores_by_hand():
+    from bat_app.metrics.shapes_scores import asked_attributes, shapes_scores
+
+    assert asked_attributes("a sks star on a white background") == {"background": "white"}
+    assert asked_attributes("a small sks star on the left") == {"size": "small", "position": "left"}
+    trait = {"marking": "dot"}
+    preds = {"a photo of sks star": [{"shape": "star", "marking": "dot"}, {"shape": "star", "marking": "none"}],
+             "a sks star on a white background": [{"shape": "star", "marking": "dot", "background": "white"}],
+             "a photo of star": [{"shape": "star", "marking": "none", "colour": "red", "pattern": "solid"},
+                                 {"shape": "star", "marking": "dot", "colour": "red", "pattern": "solid"}]}
+    kinds = {"a photo of sks star": "subject", "a sks star on a white background": "context", "a photo of star": "class"}
+    s = shapes_scores(preds, kinds, None, trait, "star")
+    assert s == {"subject_fidelity": 2 / 3, "prompt_fidelity": 1.0, "class_prior": 0.5, "class_variety": 0.5}
+
+
+def test_prompt_sets_are_data():
+    ps = load_prompt_set("object")
+    assert len(ps.context) == 20 and len(ps.property) == 5
+    assert ("property", "a red sks can") in ps.prompts("sks", "can")
+    with pytest.raises(InputError, match="Unknown prompt set"):
+        load_prompt_set("nope")
+
+
+def test_config_errors_are_refused_at_the_door():
+    with pytest.raises(InputError, match="Unknown config key"):
+        CompareConfig.from_dict({"methods": ["none"], "stepz": 3})
+    with pytest.raises(InputError, match="Unknown method"):
+        CompareConfig.from_dict({"methods": ["none", "magic"]})
+    with pytest.raises(InputError, match="Unknown training setting"):
+        CompareConfig.from_dict({"train": {"lr_rate": 1}})
+    with pytest.raises(InputError, match="need a backbone pool"):
+        from bat_app.compare.run import _pool_and_embedder
+
+        _pool_and_embedder(CompareConfig(methods=["albat"]), None)
