@@ -37,6 +37,7 @@ from .progress import ProgressCallback, ProgressEvent, RateMeter
 log = logging.getLogger(__name__)
 
 ADAPTER = "bat"
+LOSS_LOG = "loss_log.jsonl"  # one {"step", "loss"} line per step, for live loss curves
 _DTYPES = {"auto": None, "no": "fp32", "fp16": "fp16", "bf16": "bf16"}
 
 
@@ -114,6 +115,7 @@ def train_lora(
             start_step, losses = restore(components, config, latest, fingerprint, optimizer, lr_scheduler, generator)
             emit(ProgressEvent("train", start_step, config.steps, message=f"resumed from {latest.name}"))
 
+        loss_log = _LossLog(out_dir / LOSS_LOG, losses)
         meter = RateMeter(start_step)
         autocast = _autocast(components)
         # fp16 gradients underflow without loss scaling; bf16 and fp32 need none.
@@ -138,6 +140,7 @@ def train_lora(
             lr_scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             losses.append(float(loss.detach()))
+            loss_log.append(step, losses[-1])
             if config.checkpoint_every and (step % config.checkpoint_every == 0 or step == config.steps):
                 _checkpoint(components, config, out_dir, step, fingerprint, losses, optimizer, lr_scheduler, generator)
             emit(ProgressEvent("train", step, config.steps, loss=losses[-1],
@@ -304,6 +307,21 @@ def _checkpoint(components, config, out_dir, step, fingerprint, losses, optimize
                             generator.get_state(), torch.get_rng_state(),
                             torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
     ckpt.save_checkpoint(out_dir, lora, state, keep=config.keep_checkpoints)
+
+
+class _LossLog:
+    """Appends each step's loss to a JSONL file that live views (the UI) read while training.
+    On resume it is rewritten from the checkpoint's history, so it never shows lost steps."""
+
+    def __init__(self, path: Path, history: list[float]):
+        import json
+
+        self.path = path
+        path.write_text("".join(json.dumps({"step": i + 1, "loss": v}) + "\n" for i, v in enumerate(history)))
+
+    def append(self, step: int, loss: float) -> None:
+        with open(self.path, "a") as f:
+            f.write(f'{{"step": {step}, "loss": {loss!r}}}\n')
 
 
 def _strip(state: dict, prefix: str) -> dict:
