@@ -114,7 +114,7 @@ def _selection_params(args):
                            seed=args.seed or 0)
 
 
-def train_config_from_args(args) -> "TrainConfig":
+def train_config_from_args(args):
     import json
 
     from .train import TrainConfig

@@ -69,6 +69,22 @@ def subject_dir(tmp_path) -> Path:
     return make_subject_images(tmp_path / "subject")
 
 
+@pytest.fixture
+def comps(tiny_model_dir):
+    """The tiny model's components, loaded fresh for each test (tests add adapters to them)."""
+    from bat_app.models import load_components
+
+    return load_components(str(tiny_model_dir))
+
+
+@pytest.fixture
+def images(subject_dir):
+    """Three checked user images of the synthetic subject."""
+    from bat_app.images import load_user_images
+
+    return load_user_images(subject_dir).images
+
+
 # --- a tiny CLIP and a small pool (for selection and compare tests) -------------------------
 
 TINY_CLIP_CONFIG = {

@@ -9,20 +9,8 @@ import torch
 from PIL import Image
 
 from bat_app.albat.score import loss_reduction, train_surrogate
-from bat_app.images import load_user_images
-from bat_app.models import load_components
 from bat_app.train import TrainConfig
 from bat_app.train.data import Example
-
-
-@pytest.fixture
-def comps(tiny_model_dir):
-    return load_components(str(tiny_model_dir))
-
-
-@pytest.fixture
-def images(subject_dir):
-    return load_user_images(subject_dir).images
 
 
 CONFIG = TrainConfig(token="sks", class_noun="disc", steps=40, lr=5e-3, rank=4, checkpoint_every=0)

@@ -11,23 +11,11 @@ from bat_app.albat import METHODS, SelectionContext, SelectionParams, select
 from bat_app.albat.run import run_selection, train_with_selection
 from bat_app.albat.selection import Selection
 from bat_app.errors import InputError
-from bat_app.images import load_user_images
-from bat_app.models import load_components
 from bat_app.pool import Pool
 from bat_app.train import TrainConfig
 
 CONFIG = TrainConfig(token="sks", class_noun="disc", steps=8, lr=5e-3, rank=4, checkpoint_every=0)
 PARAMS = SelectionParams(m=6, k=20, draws=2, surrogate_steps=4, batch_size=8, seed=0)
-
-
-@pytest.fixture
-def comps(tiny_model_dir):
-    return load_components(str(tiny_model_dir))
-
-
-@pytest.fixture
-def images(subject_dir):
-    return load_user_images(subject_dir).images
 
 
 @pytest.fixture

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import torch
 
 from bat_app.errors import Cancelled, CheckpointError, InputError
-from bat_app.images import load_user_images
 from bat_app.models import build_pipeline, load_components
 from bat_app.train import TrainConfig, examples_from_pairs, train_lora
 from bat_app.train import prior as prior_module
@@ -16,16 +14,6 @@ from bat_app.train.encode import LatentCache, sample_latents
 from bat_app.train.data import instance_examples
 from bat_app.train.objective import draw_noise, per_sample_loss
 from bat_app.train.encode import TextCache
-
-
-@pytest.fixture
-def comps(tiny_model_dir):
-    return load_components(str(tiny_model_dir))
-
-
-@pytest.fixture
-def images(subject_dir):
-    return load_user_images(subject_dir).images
 
 
 def quick(**kw) -> TrainConfig:
