@@ -1,0 +1,30 @@
+"""The backbone pool: image-caption items from the backbone's pretraining data, one CLIP
+embedding each, and a faiss index over them (DESIGN.md, "Backbone pool"; docs/pool.md).
+
+    from bat_app.pool import Pool, build_pool, load_embedder
+    emb = load_embedder("ViT-B-32", "laion2b_s34b_b79k")       # or "shapes", or a folder
+    pool = build_pool("laion-shards/", "pools/laion", emb)      # resumable; returns the Pool
+    pool = Pool.open("pools/laion", emb)                        # refuses another model
+    scores, ids = pool.search(emb.encode_images(photos), k=1000)
+    pool.item(int(ids[0, 0])).caption, pool.load_image(int(ids[0, 0]))
+
+Command line: ``python -m bat_app pool build SOURCE --out POOL`` and ``pool info POOL``.
+
+Modules:
+    embedder   Embedder protocol, open_clip / shapes / local-folder loading
+    sources    one Source per input layout (folder, webdataset, parquet, clip-retrieval)
+    store      the files of a pool folder, appended while building
+    index      flat / ivf / hnsw behind one VectorIndex interface
+    build      build_pool: embed in committed batches (resumable), then index
+    pool       Pool, PoolItem: open, search, items, images
+"""
+
+from bat_app.pool.build import BuildEvent, build_pool
+from bat_app.pool.embedder import Embedder, OpenClipEmbedder, embedder_id, load_embedder
+from bat_app.pool.errors import PoolError
+from bat_app.pool.index import FLAT_MAX, choose_index
+from bat_app.pool.pool import Pool, PoolItem
+from bat_app.pool.sources import open_source
+
+__all__ = ["FLAT_MAX", "BuildEvent", "Embedder", "OpenClipEmbedder", "Pool", "PoolError",
+           "PoolItem", "build_pool", "choose_index", "embedder_id", "load_embedder", "open_source"]

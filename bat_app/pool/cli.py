@@ -1,0 +1,124 @@
+"""``python -m bat_app pool {build,info}``: build a backbone pool, describe one.
+
+    python -m bat_app pool build laion-shards/ --out pools/laion --clip-model ViT-L-14 --clip-pretrained openai
+    python -m bat_app pool build photos/ --out pools/shapes --clip-model shapes
+    python -m bat_app pool build cr-out/ --out pools/cr --clip-model ViT-B-32 --clip-pretrained openai
+    python -m bat_app pool info pools/laion
+
+A killed ``build`` continues where it stopped when run again with the same arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+DEFAULT_MODEL = "ViT-B-32"
+DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("pool", help="backbone pools: build from images or embeddings, info",
+                              description="Build a backbone pool (items + CLIP embeddings + faiss "
+                                          "index) or describe one.")
+    sub = p.add_subparsers(title="pool commands", metavar="POOL_COMMAND")
+
+    b = sub.add_parser("build", help="embed a source into a pool folder (resumable)",
+                       description="SOURCE: a folder of images with same-name .txt captions, "
+                                   "webdataset .tar shards (img2dataset), parquet files with image "
+                                   "bytes or paths and a caption column, or clip-retrieval output "
+                                   "(img_emb/ + metadata/, taken without re-embedding).")
+    b.add_argument("source", type=Path, metavar="SOURCE")
+    b.add_argument("--out", type=Path, required=True, metavar="POOL", help="pool folder")
+    b.add_argument("--clip-model", default=None,
+                   help=f"open_clip name, 'shapes', or an open_clip model folder (default {DEFAULT_MODEL})")
+    b.add_argument("--clip-pretrained", default=None,
+                   help=f"open_clip pretrained tag or weights file (default {DEFAULT_PRETRAINED})")
+    b.add_argument("--batch-size", type=int, default=64, help="images per model call (default 64)")
+    b.add_argument("--index", choices=("auto", "flat", "ivf", "hnsw"), default="auto",
+                   help="default auto: exact (flat) up to --flat-max items, else ivf")
+    b.add_argument("--flat-max", type=int, default=None, help="largest pool indexed exactly (default 50000)")
+    b.add_argument("--source-kind", choices=("folder", "webdataset", "parquet", "clip-retrieval"),
+                   default=None, help="default: detected from the layout")
+    b.add_argument("--caption-column", default=None, help="parquet: caption column (default: detected)")
+    b.add_argument("--image-column", default=None, help="parquet: image bytes/path column (default: detected)")
+    b.add_argument("--no-copy-images", action="store_true",
+                   help="reference local image files instead of copying their bytes into the pool")
+    b.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    b.set_defaults(func=run_build)
+
+    i = sub.add_parser("info", help="print a pool's size, model, index and sources")
+    i.add_argument("pool", type=Path, metavar="POOL")
+    i.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    i.set_defaults(func=run_info)
+    p.set_defaults(func=lambda args: p.print_help() or 1)
+
+
+def run_build(args: argparse.Namespace) -> int:
+    from bat_app.pool import FLAT_MAX, PoolError, build_pool, embedder_id, load_embedder, open_source
+    from bat_app.pool.embedder import known_dim
+
+    source = open_source(args.source, kind=args.source_kind, caption_column=args.caption_column,
+                         image_column=args.image_column)
+    model = args.clip_model or DEFAULT_MODEL
+    pretrained = args.clip_pretrained or (None if args.clip_model else DEFAULT_PRETRAINED)
+    if source.has_embeddings:
+        if args.clip_model is None:
+            raise PoolError(f"{args.source} is clip-retrieval output, which does not record its "
+                            "model: pass the one it used with --clip-model and --clip-pretrained "
+                            "(clip-retrieval's default is --clip-model ViT-B-32 --clip-pretrained openai).")
+        dim = known_dim(model)
+        if dim is not None and dim != source.dim:
+            raise PoolError(f"The embeddings in {args.source} have {source.dim} dimensions but "
+                            f"{model} makes {dim}: pass the model clip-retrieval used.")
+        embedder = embedder_id(model, pretrained)
+    else:
+        embedder = load_embedder(model, pretrained, device=args.device)
+    print(f"building a pool from {source.kind} source {args.source} with "
+          f"{embedder if isinstance(embedder, str) else embedder.model_id} -> {args.out}", file=sys.stderr)
+    bar = TqdmBuildProgress()
+    try:
+        pool = build_pool(source, args.out, embedder, batch_size=args.batch_size, progress=bar,
+                          index=args.index, flat_max=args.flat_max or FLAT_MAX,
+                          copy_images=not args.no_copy_images)
+    finally:
+        bar.close()
+    print(pool.describe())
+    return 0
+
+
+def run_info(args: argparse.Namespace) -> int:
+    from bat_app.pool import Pool
+
+    with Pool.open(args.pool) as pool:
+        print(json.dumps(pool.manifest, indent=1) if args.json else pool.describe())
+    return 0
+
+
+class TqdmBuildProgress:
+    """BuildEvents -> a tqdm bar of source records (kept/skipped in the postfix)."""
+
+    def __init__(self):
+        self.bar = None
+
+    def __call__(self, event) -> None:
+        from tqdm import tqdm
+
+        if event.stage == "index":
+            self.close()
+            if event.step == 0:
+                print(f"indexing {event.items} items ({event.message})...", file=sys.stderr)
+            return
+        if self.bar is None:
+            self.bar = tqdm(total=event.total, desc="embed", unit="item", dynamic_ncols=True,
+                            mininterval=1.0)
+            self.bar.n = self.bar.last_print_n = event.step
+        self.bar.update(event.step - self.bar.n)
+        self.bar.set_postfix(kept=event.items, skipped=event.skipped, refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
