@@ -17,15 +17,16 @@ from ..paths import data_dir
 SHAPES_POOL_SIZE = int(os.environ.get("BAT_SHAPES_POOL_SIZE", 10_000))
 
 
-def shapes_pool_dir(n: int = SHAPES_POOL_SIZE) -> Path:
-    return data_dir() / "pools" / f"shapes-{n}"
+def shapes_pool_dir(n: int | None = None) -> Path:
+    return data_dir() / "pools" / f"shapes-{n or SHAPES_POOL_SIZE}"
 
 
-def ensure_shapes_pool(n: int = SHAPES_POOL_SIZE, progress=None) -> Path:
+def ensure_shapes_pool(n: int | None = None, progress=None) -> Path:
     """Render the first n pretraining items and index them with the shapes CLIP (once)."""
     from ..pool import build_pool, load_embedder
     from ..shapes.pool import write_pool
 
+    n = n or SHAPES_POOL_SIZE
     out = shapes_pool_dir(n)
     if (out / "manifest.json").is_file():
         return out
