@@ -19,7 +19,7 @@ from pathlib import Path
 from .errors import BatError
 
 # Commands that live with their layer register themselves here (module: register(subparsers)).
-COMMAND_MODULES = ("bat_app.pool.cli", "bat_app.shapes.cli")
+COMMAND_MODULES = ("bat_app.pool.cli", "bat_app.shapes.cli", "bat_app.jobs.cli", "bat_app.ui.cli")
 
 
 def main(argv: list[str] | None = None) -> int:
