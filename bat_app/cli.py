@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     _quiet_libraries()
+    _set_threads()
     try:
         return int(args.func(args) or 0)
     except BatError as exc:
@@ -317,6 +318,17 @@ def run_presets(args) -> int:
         mark = " (default here)" if name == default else ""
         print(f"{name}{mark}: {preset['source']} — {preset['description']}")
     return 0
+
+
+def _set_threads() -> None:
+    """BAT_TORCH_THREADS caps torch's CPU threads: on a shared CPU, one thread per core
+    oversubscribes the machine and small models run many times slower."""
+    import os
+
+    if os.environ.get("BAT_TORCH_THREADS"):
+        import torch
+
+        torch.set_num_threads(int(os.environ["BAT_TORCH_THREADS"]))
 
 
 def _quiet_libraries() -> None:

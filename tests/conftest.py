@@ -9,6 +9,10 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+# One torch thread per process: tests start workers and servers beside the test process, and
+# on 2 cores torch's default (a thread per core in every process) runs tiny models ~50x slower.
+os.environ.setdefault("BAT_TORCH_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", os.environ["BAT_TORCH_THREADS"])
 
 import numpy as np
 import pytest
@@ -36,7 +40,7 @@ def _isolated_data(tmp_path_factory, monkeypatch):
     home = tmp_path_factory.mktemp("bat-home")
     monkeypatch.setenv("BAT_HOME", str(home))
     monkeypatch.delenv("BAT_CACHE", raising=False)
-    torch.set_num_threads(int(os.environ.get("BAT_TORCH_THREADS", min(2, os.cpu_count() or 1))))
+    torch.set_num_threads(int(os.environ["BAT_TORCH_THREADS"]))
 
 
 @pytest.fixture(scope="session")

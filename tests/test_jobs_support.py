@@ -5,7 +5,8 @@ Worker processes import the pipelines by name, as registered in ``BAT_JOB_PIPELI
     tiny    a real DreamBooth-LoRA training of the tiny test model (checkpoints, resume)
     stages  validate -> select -> train -> preview -> metrics -> package, instant unless told
             (by the config's ``class_noun``) to stop in one stage until cancelled, to fail,
-            or to crash; every run is logged to BAT_TEST_RUN_LOG as "job_id worker_pid event".
+            or to crash. Resumable like run_compare: a rerun skips the stages it finished.
+            Every run is logged to BAT_TEST_RUN_LOG as "job_id worker_pid event" lines.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from types import SimpleNamespace
 import pytest
 
 from bat_app.errors import Cancelled
-from bat_app.train.progress import ProgressEvent
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("validate", "select", "train", "preview", "metrics", "package")
@@ -36,7 +36,7 @@ PIPELINES = "tiny=test_jobs_support:tiny_train,stages=test_jobs_support:stages"
 def tiny_train(config, images, out_dir, *, progress=None, cancel=None, resume=True):
     """Train the LoRA of ``config.train`` on ``config.model`` (the tiny model folder)."""
     from bat_app.images import load_user_images
-    from bat_app.train import train_lora
+    from bat_app.train import ProgressEvent, train_lora
 
     emit = progress or (lambda event: None)
     delay = float(os.environ.get("BAT_TEST_STEP_DELAY", "0"))
@@ -55,27 +55,46 @@ def tiny_train(config, images, out_dir, *, progress=None, cancel=None, resume=Tr
 
 
 def stages(config, images, out_dir, *, progress=None, cancel=None, resume=True):
-    """Walk the compare stages; ``class_noun`` = a stage holds there (token "deaf": ignoring cancel),
-    "explode" raises, "crash" SIGKILLs its own process."""
-    job_id = Path(out_dir).parent.name
+    """Walk the compare stages. ``class_noun`` = a stage: hold there until cancelled (token "deaf":
+    ignoring cancel; on a rerun it does not hold again); "explode" raises; "crash" SIGKILLs its
+    own process. Needs no torch, so its job processes start fast."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    job_id = out_dir.parent.name
+    finished = (out_dir / "stages.done").read_text().split() if (out_dir / "stages.done").exists() else []
     _log_run(job_id, "start")
     pause = float(os.environ.get("BAT_TEST_STAGE_S", "0"))
     for stage in STAGES:
-        progress(ProgressEvent(stage, 0, 1, method="none" if stage == "train" else None))
+        if stage in finished:
+            _log_run(job_id, f"skip-{stage}")
+            continue
+        progress(_event(stage, 0))
         if stage == "select" and config.class_noun == "explode":
             raise RuntimeError("boom")
         if stage == "select" and config.class_noun == "crash":
             os.kill(os.getpid(), signal.SIGKILL)
-        while stage == config.class_noun:
-            if config.token != "deaf" and cancel():
-                raise Cancelled(f"cancelled in {stage}")
-            time.sleep(0.02)
+        held = out_dir / f"held-{stage}"
+        if stage == config.class_noun and not held.exists():
+            held.touch()
+            while config.token == "deaf" or not cancel():
+                time.sleep(0.02)
+            raise Cancelled(f"stopped in {stage}")
         time.sleep(pause)
-        progress(ProgressEvent(stage, 1, 1, method="none" if stage == "train" else None))
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    (Path(out_dir) / "result.txt").write_text(job_id)
+        progress(_event(stage, 1))
+        with open(out_dir / "stages.done", "a") as f:
+            f.write(stage + "\n")
+    (out_dir / "result.txt").write_text(job_id)
     _log_run(job_id, "end")
     return {"result": "result.txt"}
+
+
+stages.config_from_dict = lambda data: SimpleNamespace(**data)  # no CompareConfig (and torch) import
+
+
+def _event(stage: str, step: int) -> SimpleNamespace:
+    """A ProgressEvent look-alike (bat_app.train.progress would import torch)."""
+    return SimpleNamespace(stage=stage, step=step, total=1, loss=None, it_per_s=None, eta_s=None, message="",
+                           method="none" if stage == "train" else None)
 
 
 def _log_run(job_id: str, event: str) -> None:
@@ -140,6 +159,7 @@ def job_env(monkeypatch, tmp_path):
         "BAT_JOB_CANCEL_GRACE_S": "2",
         "BAT_JOB_POLL_S": "0.05",
         "BAT_JOB_PROGRESS_S": "0.1",
+        "BAT_JOB_PREWARM_MODULES": "",  # the stages pipeline needs no torch; tiny imports it per job
         "BAT_TORCH_THREADS": "1",
         "OMP_NUM_THREADS": "1",
         "BAT_TEST_RUN_LOG": str(tmp_path / "runs.log"),

@@ -1,0 +1,167 @@
+"""What the web UI and the CLI call: submit, status, cancel, list, queue position.
+
+    job_id = submit({"class_noun": "star", "model": "shapes", "methods": ["none", "albat"]},
+                    ["photos/01.png", "photos/02.png", "photos/03.png"])
+    status(job_id)["status"]          # queued, running, done, failed or cancelled
+    queue_position(job_id)            # 1 = next to start; None once it runs
+    cancel(job_id)
+
+Every function takes ``settings=`` (default: ``JobSettings.from_env()``, i.e. BAT_HOME and
+BAT_REDIS_URL). User mistakes raise BatError subclasses: InputError / ImageError (refused at
+submit), QueueFull, JobNotFound.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from .errors import QueueFull
+from .pipelines import check_pipeline
+from .queue import connect
+from .record import CANCELLED, FINISHED, QUEUED, JobRecord
+from .settings import JobSettings
+from .store import CONFIG, INPUTS, write_json_atomic
+
+
+def submit(config, images: Sequence[str | Path] | str | Path, *, pipeline: str = "compare",
+           settings: JobSettings | None = None) -> str:
+    """Validate ``config`` and ``images``, copy them into a new job folder, queue it; returns the id.
+
+    Args:
+        config: a dict (JSON object) or a ``CompareConfig``; unknown keys and bad values raise
+            InputError here, before anything is written.
+        images: image files and/or folders of images (checked with ``load_user_images``:
+            ImageError lists every unusable file). They are copied, so the caller may delete them.
+        pipeline: what the job runs (see ``bat_app.jobs.pipelines``).
+
+    Raises:
+        QueueFull: ``settings.max_queue`` jobs are already waiting.
+    """
+    from bat_app.compare.config import CompareConfig
+    from bat_app.images import load_user_images
+
+    settings, store, dispatch = connect(settings)
+    config = config if isinstance(config, CompareConfig) else CompareConfig.from_dict(config)
+    check_pipeline(pipeline)
+    sources = [Path(p) for p in images] if isinstance(images, (list, tuple)) else Path(images)
+    report = load_user_images(sources)
+
+    job_id = secrets.token_hex(16)
+    staging = store.root / f".incoming-{job_id}"  # invisible to listings until renamed into place
+    try:
+        (staging / INPUTS).mkdir(parents=True)
+        names = _input_names([Path(u.name).name for u in report.images])
+        for user, name in zip(report.images, names):
+            shutil.copyfile(user.source, staging / INPUTS / name)
+        write_json_atomic(staging / CONFIG, config.to_dict())
+        record = JobRecord(job_id, pipeline=pipeline, images=[f"{INPUTS}/{n}" for n in names])
+        for warning in report.warnings:
+            record.say(f"warning: {warning}")
+        with store.submit_lock():
+            waiting = sum(1 for r in store.all() if r.status == QUEUED)
+            if waiting >= settings.max_queue:
+                raise QueueFull(f"The queue is full: {waiting} jobs are waiting (the limit is "
+                                f"{settings.max_queue}). Try again when some have started, or raise "
+                                f"BAT_MAX_QUEUE.")
+            record.enqueued_at = time.time()
+            record.say("queued")
+            store.write(record, folder=staging)
+            staging.rename(store.folder(job_id))
+            dispatch.push(job_id)  # under the submit lock: queue order = record order
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return job_id
+
+
+def status(job_id: str, *, settings: JobSettings | None = None) -> dict:
+    """The record as a dict, plus ``queue_position`` (None unless queued), ``queue_length`` and ``dir``."""
+    settings, store, _ = connect(settings)
+    record = store.read(job_id)
+    queued = _queued(store.all()) if record.status == QUEUED else []
+    return _view(record, queued, store.folder(job_id))
+
+
+def list_jobs(*, status: str | None = None, settings: JobSettings | None = None) -> list[dict]:
+    """Every job (or those with ``status``), newest first, as ``status()`` shows them."""
+    settings, store, _ = connect(settings)
+    records = store.all()
+    queued = _queued(records)
+    shown = [r for r in records if status is None or r.status == status]
+    shown.sort(key=lambda r: r.created_at, reverse=True)
+    return [_view(r, queued, store.folder(r.id)) for r in shown]
+
+
+def queue_position(job_id: str, *, settings: JobSettings | None = None) -> int | None:
+    """1 for the next job to start, 2 for the one after ...; None when the job is not waiting."""
+    return status(job_id, settings=settings)["queue_position"]
+
+
+def cancel(job_id: str, *, settings: JobSettings | None = None) -> dict:
+    """Cancel a job in any stage. A queued job is cancelled at once; a running one is asked to
+    stop (it saves a checkpoint) and is stopped by its worker after ``cancel_grace_s`` at most.
+    A finished job is left as it is. Returns the new status."""
+    settings, store, _ = connect(settings)
+
+    def change(rec: JobRecord) -> bool:
+        if rec.finished or rec.cancel_requested:
+            return False
+        now = time.time()
+        rec.cancel_requested = True
+        if rec.status == QUEUED:
+            rec.status, rec.finished_at, rec.stage = CANCELLED, now, "cancelled"
+            rec.say("cancelled before it started", now)
+        else:
+            rec.say(f"cancel requested during stage {rec.stage!r}", now)
+        return True
+
+    store.update(job_id, change)
+    return status(job_id, settings=settings)
+
+
+def wait(job_id: str, statuses: Sequence[str] = FINISHED, timeout: float | None = None,
+         poll_s: float = 0.2, *, settings: JobSettings | None = None) -> dict:
+    """Block until the job's status is one of ``statuses``; returns its status (TimeoutError after ``timeout``)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        current = status(job_id, settings=settings)
+        if current["status"] in statuses:
+            return current
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError(f"job {job_id} is still {current['status']} (stage {current['stage']}) "
+                               f"after {timeout}s")
+        time.sleep(poll_s)
+
+
+def job_dir(job_id: str, *, settings: JobSettings | None = None) -> Path:
+    """The job's folder (its ``outputs`` are relative to it)."""
+    settings, store, _ = connect(settings)
+    store.read(job_id)  # JobNotFound for an unknown id
+    return store.folder(job_id)
+
+
+# --- helpers -----------------------------------------------------------------------------
+
+def _queued(records: list[JobRecord]) -> list[str]:
+    return [r.id for r in sorted((r for r in records if r.status == QUEUED), key=JobRecord.queue_key)]
+
+
+def _view(record: JobRecord, queued: list[str], folder: Path) -> dict:
+    view = record.to_dict()
+    view["queue_position"] = queued.index(record.id) + 1 if record.id in queued else None
+    view["queue_length"] = len(queued)
+    view["dir"] = str(folder)
+    return view
+
+
+def _input_names(names: list[str]) -> list[str]:
+    """The uploads' own names where unique; otherwise numbered so none overwrites another."""
+    if len(set(names)) == len(names) and all(n and not n.startswith(".") for n in names):
+        return names
+    return [f"{i:02d}_{n.lstrip('.') or 'image'}" for i, n in enumerate(names)]
+
+
+__all__ = ["cancel", "job_dir", "list_jobs", "queue_position", "status", "submit", "wait"]

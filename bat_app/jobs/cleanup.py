@@ -1,0 +1,94 @@
+"""Retention: finished jobs are kept ``retention_days``, and less when the jobs outgrow the disk budget.
+
+    cleanup()                                      # BAT_JOB_RETENTION_DAYS (7), BAT_JOB_DISK_GB (50)
+    cleanup(retention_days=1, disk_budget_gb=10)
+
+In order: (1) checkpoints of ``done`` jobs are deleted (they only serve resuming; the LoRAs,
+grids and metrics stay); (2) finished jobs (done, failed, cancelled) older than the retention
+period are deleted; (3) while the jobs folder is over the budget, finished jobs are deleted
+oldest first. Queued and running jobs are never deleted, whatever the budget. Every worker
+runs this every ``cleanup_every_s``; the app may call it too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import time
+from pathlib import Path
+
+from .errors import JobNotFound
+from .queue import connect
+from .record import DONE, JobRecord
+from .settings import JobSettings
+from .store import OUT, JobStore
+
+_STAGING_MAX_AGE_S = 24 * 3600  # an interrupted submit or delete leaves a dot-folder behind
+
+
+def cleanup(retention_days: float | None = None, disk_budget_gb: float | None = None, *,
+            settings: JobSettings | None = None, now: float | None = None) -> dict:
+    """Apply the retention policy; returns {"deleted": [ids], "checkpoints_freed_bytes", "bytes_after"}."""
+    settings, store, _ = connect(settings)
+    retention_s = (settings.retention_days if retention_days is None else retention_days) * 86400
+    budget = (settings.disk_budget_gb if disk_budget_gb is None else disk_budget_gb) * 1e9
+    now = time.time() if now is None else now
+    _remove_leftovers(store.root, now)
+
+    finished = [r for r in store.all() if r.finished]
+    freed = sum(_drop_checkpoints(store, r) for r in finished if r.status == DONE)
+    deleted = []
+    for record in finished:
+        if now - (record.finished_at or record.created_at) > retention_s and delete(store, record.id):
+            deleted.append(record.id)
+
+    sizes = {job_id: folder_bytes(store.root / job_id) for job_id in store.ids()}
+    total = sum(sizes.values())
+    by_age = sorted((r for r in finished if r.id not in deleted), key=lambda r: r.finished_at or r.created_at)
+    for record in by_age:
+        if total <= budget:
+            break
+        if delete(store, record.id):
+            deleted.append(record.id)
+            total -= sizes.get(record.id, 0)
+    return {"deleted": deleted, "checkpoints_freed_bytes": freed, "bytes_after": total}
+
+
+def delete(store: JobStore, job_id: str) -> bool:
+    """Delete a finished job's folder (moved aside first, so no half-deleted job is ever listed)."""
+    try:
+        with store.lock(job_id):
+            if not store.read(job_id).finished:
+                return False
+            trash = store.root / f".trash-{job_id}"
+            os.replace(store.folder(job_id), trash)
+    except JobNotFound:
+        return False
+    shutil.rmtree(trash, ignore_errors=True)
+    return True
+
+
+def folder_bytes(folder: Path) -> int:
+    total = 0
+    for root, _, files in os.walk(folder):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(root, name)).st_size
+    return total
+
+
+def _drop_checkpoints(store: JobStore, record: JobRecord) -> int:
+    freed = 0
+    for ckpt in (store.root / record.id / OUT).glob("**/checkpoints"):
+        if ckpt.is_dir():
+            freed += folder_bytes(ckpt)
+            shutil.rmtree(ckpt, ignore_errors=True)
+    return freed
+
+
+def _remove_leftovers(root: Path, now: float) -> None:
+    for path in root.glob(".*-*"):
+        if path.is_dir() and (path.name.startswith(".trash-") or
+                              (path.name.startswith(".incoming-") and now - path.stat().st_mtime > _STAGING_MAX_AGE_S)):
+            shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,68 @@
+"""Start the app: an embedded worker (the app runs jobs itself) and the Gradio server.
+
+    python app.py                                   # what a Hugging Face Space runs
+    python -m bat_app serve --host 0.0.0.0 --port 7860
+    demo, worker = serve(settings, block=False)     # tests: returns once the server is up
+
+Host and port default to Gradio's (GRADIO_SERVER_NAME / GRADIO_SERVER_PORT, else 127.0.0.1:7860;
+Spaces set both). With BAT_EMBEDDED_WORKER=0 jobs wait for separate ``python -m bat_app worker``s.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from ..errors import BatError
+from .settings import AppSettings
+
+log = logging.getLogger(__name__)
+
+
+def serve(settings: AppSettings | None = None, *, host: str | None = None, port: int | None = None,
+          share: bool = False, block: bool = True, quiet: bool = False):
+    """Build and launch the app; returns (demo, embedded worker or None)."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    from ..jobs import start_embedded_worker
+    from .app import build_app, launch_options
+
+    settings = settings or AppSettings.from_env()
+    worker = start_embedded_worker(settings.jobs) if settings.embedded_worker else None
+    _say(settings, worker, quiet)
+    demo = build_app(settings)
+    demo.queue(default_concurrency_limit=8)
+    demo.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block, quiet=quiet,
+                **launch_options(settings))
+    return demo, worker
+
+
+def _say(settings: AppSettings, worker, quiet: bool) -> None:
+    import torch
+
+    device = "CUDA" if torch.cuda.is_available() else "CPU (no CUDA)"
+    lines = [f"BAT Studio: backbone {settings.model!r} on {device}; pool {settings.pool or 'none'}; "
+             f"data in {settings.jobs.data_dir}",
+             "jobs: embedded worker in this process" if worker else
+             "jobs: no embedded worker here; start `python -m bat_app worker` on a GPU machine"]
+    try:
+        from ..models.presets import resolve_model
+
+        spec = resolve_model(settings.model)
+        if spec.is_local and not (spec.source / "model_index.json").is_file():
+            lines.append(f"warning: backbone {settings.model!r} is not at {spec.source} yet; jobs on it will fail"
+                         + (" (build it: python -m bat_app shapes build)" if settings.model == "shapes" else ""))
+    except BatError as exc:
+        lines.append(f"warning: {exc}")
+    for line in lines:
+        log.warning(line) if quiet else print(line, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python app.py``: the same as ``python -m bat_app serve``."""
+    import argparse
+
+    from .cli import add_arguments, run
+
+    parser = argparse.ArgumentParser(prog="app.py", description="BAT Studio web app")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))

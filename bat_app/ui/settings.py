@@ -1,0 +1,71 @@
+"""What the app runs with: backbone, pool, example subjects, data dir (env vars or arguments).
+
+    settings = AppSettings.from_env()                      # BAT_MODEL, BAT_POOL, BAT_HOME ...
+    settings = AppSettings.from_env(model="/tmp/tiny-sd")  # arguments override the environment
+
+| variable | setting | default |
+|---|---|---|
+| BAT_MODEL | model | ``sd15`` with CUDA, else ``shapes`` |
+| BAT_POOL | pool | ``shapes`` for the shapes model, else none (set it to a pool folder) |
+| BAT_CLIP_MODEL | clip_model | the pool's own CLIP |
+| BAT_SUBJECTS | subjects_dir | ``assets/subjects`` |
+| BAT_PREVIEW_PROMPTS | preview_prompts | every prompt of the set |
+| BAT_HOME, BAT_REDIS_URL, ... | jobs | see bat_app.jobs.settings |
+| BAT_EMBEDDED_WORKER | embedded_worker | 1 (the app runs jobs itself; 0 with separate workers) |
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from ..errors import InputError
+from ..jobs import JobSettings
+from ..paths import assets_dir
+
+
+@dataclass(frozen=True)
+class AppSettings:
+    model: str                          # default backbone: preset name, folder or hub id
+    pool: str | None = None             # default pool: "shapes", a pool folder, or None
+    clip_model: str | None = None       # CLIP for retrieval/metrics (None: the pool's own)
+    subjects_dir: Path | None = None    # example subjects: <name>/*.png + subject.json
+    preview_prompts: int | None = None  # first N prompts of the preview set (None: all)
+    seeds: tuple[int, ...] = (0, 1)     # preview seeds, the same in every column
+    embedded_worker: bool = True        # run jobs in this process's worker thread
+    jobs: JobSettings = field(default_factory=JobSettings.from_env)
+
+    @classmethod
+    def from_env(cls, **overrides) -> "AppSettings":
+        from ..models.presets import default_preset
+
+        env = os.environ
+        model = env.get("BAT_MODEL") or default_preset()
+        values = {
+            "model": model,
+            "pool": env.get("BAT_POOL") or ("shapes" if model == "shapes" else None),
+            "clip_model": env.get("BAT_CLIP_MODEL") or None,
+            "subjects_dir": Path(env.get("BAT_SUBJECTS") or assets_dir() / "subjects"),
+            "preview_prompts": _int_or_none("BAT_PREVIEW_PROMPTS"),
+            "embedded_worker": env.get("BAT_EMBEDDED_WORKER", "1") not in ("0", "false", "no"),
+        }
+        values.update(overrides)
+        if "jobs" not in overrides:
+            values["jobs"] = JobSettings.from_env()
+        if values.get("pool") == "none":
+            values["pool"] = None
+        return cls(**values)
+
+    def with_(self, **changes) -> "AppSettings":
+        return replace(self, **changes)
+
+
+def _int_or_none(var: str) -> int | None:
+    raw = os.environ.get(var)
+    if not raw:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise InputError(f"Environment variable {var}={raw!r} must be a whole number.") from None

@@ -1,0 +1,68 @@
+"""Try it: any prompt through a finished LoRA next to the base model, same seed; push to the Hub.
+
+    base, lora = try_prompt(settings, job_id, "albat", "a sks star on a blue background", seed=3)
+    url = push_job_to_hub(settings, job_id, "albat", "me/sks-star", token)
+"""
+
+from __future__ import annotations
+
+import threading
+from functools import lru_cache
+
+from PIL import Image
+
+from ..errors import InputError
+from .settings import AppSettings
+from .views import lora_dir
+
+# One sampling at a time: loading a LoRA changes the shared UNet's modules in place.
+_LOCK = threading.Lock()
+SHOW = 256  # small backbones (shapes: 32 px) are shown enlarged
+
+
+@lru_cache(maxsize=1)
+def _components(model: str):
+    from ..models import load_components
+
+    return load_components(model)
+
+
+def try_prompt(settings: AppSettings, job_id: str, method: str, prompt: str, seed: int | float | None = 0
+               ) -> tuple[Image.Image, Image.Image]:
+    """(base image, LoRA image) for ``prompt`` with the same seed, i.e. the same initial noise."""
+    from ..preview import sample_images
+
+    if not (prompt or "").strip():
+        raise InputError("The prompt is empty: write one, and include the trigger (e.g. 'a sks dog on the beach').")
+    folder, config = lora_dir(settings, job_id, method)
+    seed = int(seed or 0)
+    if seed < 0:
+        raise InputError(f"The seed must be 0 or more, got {seed}.")
+    with _LOCK:
+        components = _components(config["model"])
+        base = sample_images(components, [prompt], [seed])[0][0]
+        tuned = sample_images(components, [prompt], [seed], folder)[0][0]
+    return _enlarge(base), _enlarge(tuned)
+
+
+def suggested_prompt(config: dict) -> str:
+    return f"a {config.get('token', 'sks')} {config.get('class_noun', 'object')} on a blue background"
+
+
+def _enlarge(image: Image.Image) -> Image.Image:
+    if image.width >= SHOW:
+        return image
+    factor = max(1, SHOW // image.width)
+    return image.resize((image.width * factor, image.height * factor), Image.NEAREST)
+
+
+def push_job_to_hub(settings: AppSettings, job_id: str, method: str, repo_id: str, token: str,
+                    private: bool = True) -> str:
+    """Push one method's LoRA of a finished job, with its preview samples in the model card."""
+    from ..export.hub import push_lora
+
+    folder, _ = lora_dir(settings, job_id, method)
+    samples = sorted((folder.parent.parent.parent / "previews" / "samples" / method).glob("*.png"))
+    return push_lora(folder, repo_id, token, samples=samples[:8], private=bool(private))
+
+

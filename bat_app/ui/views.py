@@ -1,0 +1,290 @@
+"""What the app shows about a job, read from its record and folder (no gradio here).
+
+    view = job_view(settings, job_id)      # progress text, loss curve, selected backbone images
+    res = job_results(settings, job_id)    # grids, metrics table, download files (finished jobs)
+    api_status(settings, job_id)           # the JSON the `status` API endpoint returns
+
+The job folder layout is the compare pipeline's (see bat_app.compare.run), under ``out/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from .. import jobs
+from ..errors import InputError
+from ..export.plots import loss_curve
+from .handlers import METHOD_LABELS, normalize_job_id
+from .settings import AppSettings
+
+OUT = "out"           # the pipeline's folder inside a job folder (bat_app.jobs.store.OUT)
+GALLERY_LIMIT = 24    # selected backbone images shown per method
+THUMB = 128           # the shapes world is 32 px: show it larger, pixels kept sharp
+
+
+@dataclass
+class JobView:
+    job_id: str
+    status: dict
+    text: str                                  # markdown: status, stage, step/total, ETA, loss
+    finished: bool
+    loss_image: Image.Image | None = None
+    selection: list[tuple[Image.Image, str]] | None = None  # None: unchanged since ``shown_key``
+    selection_key: str = ""                    # changes when the selection gallery changes
+
+
+def job_view(settings: AppSettings, job_id: str, shown_key: str | None = None) -> JobView:
+    """The job's progress; the selection gallery is read only when it differs from ``shown_key``."""
+    job_id = normalize_job_id(job_id)
+    status = jobs.status(job_id, settings=settings.jobs)
+    folder = Path(status["dir"])
+    key, gallery = _selection_gallery(settings, folder, shown_key)
+    return JobView(job_id, status, progress_text(status), status["status"] in jobs.FINISHED,
+                   _loss_image(folder, status), gallery, key)
+
+
+def progress_text(status: dict) -> str:
+    """One short markdown block a user can read at a glance."""
+    state = status["status"]
+    lines = [f"**Job** `{status['id']}` — **{state}**"]
+    if state == jobs.QUEUED:
+        lines.append(f"Waiting in the queue: position {status['queue_position']} of {status['queue_length']}.")
+    elif state == jobs.RUNNING:
+        what = status["stage"] + (f" · {METHOD_LABELS.get(status['method'], status['method'])}"
+                                  if status.get("method") else "")
+        step = f" · step {status['step']}/{status['total']}" if status.get("total", 0) > 1 else ""
+        eta = f" · ETA {format_seconds(status['eta_s'])}" if status.get("eta_s") else ""
+        loss = f" · loss {status['loss']:.4f}" if status.get("loss") is not None and status["stage"] == "train" else ""
+        lines.append(f"Stage: {what}{step}{eta}{loss}")
+    elif state == jobs.DONE:
+        took = (status.get("finished_at") or 0) - (status.get("started_at") or 0)
+        lines.append(f"Finished in {format_seconds(took)}: the **Results** tab has the grids, metrics and downloads.")
+    elif state == jobs.FAILED:
+        lines.append(f"Failed: {status.get('error') or 'no reason recorded'}")
+    elif state == jobs.CANCELLED:
+        lines.append("Cancelled. Finished stages are kept in the job folder.")
+    if status.get("message") and state != jobs.DONE:
+        lines.append(f"Last message: {status['message']}")
+    return "\n\n".join(lines)
+
+
+def format_seconds(seconds: float | None) -> str:
+    if seconds is None or seconds < 0:
+        return "?"
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, s = divmod(seconds, 60)
+    return f"{minutes} min {s:02d} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+def _loss_image(folder: Path, status: dict) -> Image.Image | None:
+    """The loss curve of the method training now (or trained last)."""
+    logs = list((folder / OUT / "methods").glob("*/lora/loss_log.jsonl"))
+    if not logs:
+        return None
+    current = folder / OUT / "methods" / str(status.get("method")) / "lora" / "loss_log.jsonl"
+    log = current if current in logs else max(logs, key=lambda p: p.stat().st_mtime)
+    losses = []
+    for line in log.read_text().splitlines():
+        try:
+            losses.append(float(json.loads(line)["loss"]))
+        except (ValueError, KeyError, TypeError):
+            continue  # a line being written right now
+    method = log.parent.parent.name
+    return loss_curve(losses, title=f"training loss: {METHOD_LABELS.get(method, method)}")
+
+
+def _selection_gallery(settings: AppSettings, folder: Path, shown_key: str | None = None):
+    """(key, [(image, caption)] or None if unchanged): the backbone images each method selected."""
+    sheets = sorted((folder / OUT / "methods").glob("*/selection/selection.jsonl"))
+    key = ";".join(f"{p.parent.parent.name}:{p.stat().st_mtime_ns}" for p in sheets)
+    if key == shown_key:
+        return key, None
+    if not sheets:
+        return key, []
+    config = json.loads((folder / "config.json").read_text())
+    pool = _open_pool(settings, config.get("pool"))
+    items = []
+    for sheet in sheets:
+        method = sheet.parent.parent.name
+        rows = [json.loads(line) for line in sheet.read_text().splitlines() if line.strip()]
+        for row in rows[:GALLERY_LIMIT]:
+            image = _row_image(row, pool)
+            if image is None:
+                continue
+            score = f" · score {row['score']:.3g}" if row.get("score") is not None else ""
+            items.append((image, f"{method}{score} · {row.get('caption', '')}"))
+    return key, items
+
+
+def _open_pool(settings: AppSettings, pool: str | None):
+    if not pool:
+        return None
+    from ..compare.pools import shapes_pool_dir
+    from ..pool import Pool
+
+    folder = Path(pool)
+    if pool == "shapes":  # in the job processes' data dir; its size may be set by their environment
+        pools = settings.jobs.data_dir / "pools"
+        built = sorted(pools.glob("shapes-*/manifest.json"), key=lambda p: p.stat().st_mtime)
+        folder = pools / shapes_pool_dir().name
+        if not (folder / "manifest.json").is_file() and built:
+            folder = built[-1].parent
+    try:
+        return Pool.open(folder)
+    except Exception:  # the gallery is a courtesy: a pool being rebuilt must not break progress
+        return None
+
+
+def _row_image(row: dict, pool) -> Image.Image | None:
+    try:
+        if row.get("pool_id") is not None and pool is not None:
+            image = pool.load_image(row["pool_id"])
+        elif row.get("path") and Path(row["path"]).is_file():
+            with Image.open(row["path"]) as im:
+                image = im.convert("RGB")
+        else:
+            return None
+    except Exception:
+        return None
+    if max(image.size) < THUMB:
+        image = image.resize((THUMB, THUMB * image.height // image.width), Image.NEAREST)
+    return image
+
+
+# --- results -------------------------------------------------------------------------------
+
+@dataclass
+class Results:
+    job_id: str
+    methods: list[str]
+    grids: list[tuple[str, str]]               # (png path, caption)
+    metric_headers: list[str]
+    metric_rows: list[list]
+    downloads: list[str]                       # files, named <method>_<file> so they never collide
+    report: str                                # report.md
+    config: dict
+
+
+def job_results(settings: AppSettings, job_id: str) -> Results:
+    job_id = normalize_job_id(job_id)
+    status = jobs.status(job_id, settings=settings.jobs)
+    if status["status"] != jobs.DONE:
+        hint = {"queued": "it is still waiting in the queue", "running": f"it is still running (stage {status['stage']})",
+                "failed": f"it failed: {status.get('error')}", "cancelled": "it was cancelled"}[status["status"]]
+        raise InputError(f"Job {job_id} has no results: {hint}. Results appear here when it finishes.")
+    folder = Path(status["dir"])
+    out = folder / OUT
+    config = json.loads((folder / "config.json").read_text())
+    methods = list(config["methods"])
+    grids = [(str(p), p.stem.removeprefix("grid_")) for p in sorted((out / "previews").glob("grid_*.png"))]
+    metrics = json.loads((out / "metrics.json").read_text())
+    headers, rows = metrics_table(metrics)
+    report = (out / "report.md").read_text() if (out / "report.md").is_file() else ""
+    return Results(job_id, methods, grids, headers, rows, download_files(out, methods), report, config)
+
+
+def metrics_table(metrics: dict) -> tuple[list[str], list[list]]:
+    per_method = metrics.get("methods", {})
+    keys = list(dict.fromkeys(k for values in per_method.values() for k in values))
+    headers = ["method", "backbone images", *keys]
+    rows = []
+    for method, values in per_method.items():
+        count = metrics.get("counts", {}).get(method, 0 if method == "base" else None)
+        rows.append([METHOD_LABELS.get(method, "base model" if method == "base" else method), count,
+                     *[_round(values.get(k)) for k in keys]])
+    return headers, rows
+
+
+def _round(value):
+    if value is None:
+        return "—"  # not measured for this run (e.g. diversity with one seed)
+    return round(value, 4) if isinstance(value, float) else value
+
+
+def download_files(out: Path, methods: list[str]) -> list[str]:
+    """Per method: diffusers and kohya .safetensors and the zip (card, samples, selection).
+
+    The LoRA files are hard-linked as ``downloads/<method>_<name>`` so that downloads of
+    several methods do not all arrive as ``pytorch_lora_weights.safetensors``.
+    """
+    files = []
+    for method in methods:
+        lora = out / "methods" / method / "lora"
+        for src in [lora / "pytorch_lora_weights.safetensors", *sorted(lora.glob("*_kohya.safetensors"))]:
+            if src.is_file():
+                files.append(str(_named_copy(src, out / "downloads" / f"{method}_{src.name}")))
+        zip_path = out / "downloads" / f"{method}_lora.zip"
+        if zip_path.is_file():
+            files.append(str(zip_path))
+    return files
+
+
+def _named_copy(src: Path, dst: Path) -> Path:
+    if not dst.is_file() or dst.stat().st_size != src.stat().st_size:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dst.with_name(dst.name + ".tmp")
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+        tmp.replace(dst)
+    return dst
+
+
+def lora_dir(settings: AppSettings, job_id: str, method: str) -> tuple[Path, dict]:
+    """(LoRA folder, job config) of a finished job's method."""
+    res_status = jobs.status(normalize_job_id(job_id), settings=settings.jobs)
+    if res_status["status"] != jobs.DONE:
+        raise InputError(f"Job {job_id} is {res_status['status']}: pick a finished job (the Jobs tab shows yours).")
+    folder = Path(res_status["dir"])
+    config = json.loads((folder / "config.json").read_text())
+    if method not in config["methods"]:
+        raise InputError(f"Job {job_id} did not train method {method!r}; it trained {', '.join(config['methods'])}.")
+    return folder / OUT / "methods" / method / "lora", config
+
+
+# --- this browser's jobs -------------------------------------------------------------------
+
+JOB_COLUMNS = ["job id", "status", "stage", "methods", "submitted"]
+
+
+def remember(history: list | None, job_id: str, keep: int = 10) -> list[str]:
+    """The browser's job list with ``job_id`` first (no duplicates, at most ``keep``)."""
+    return [job_id, *[j for j in (history or []) if j != job_id]][:keep]
+
+
+def jobs_table(settings: AppSettings, history: list | None) -> list[list]:
+    """One row per job this browser started or followed; jobs cleaned up since are left out."""
+    import time
+
+    rows = []
+    for job_id in history or []:
+        try:
+            status = jobs.status(job_id, settings=settings.jobs)
+        except jobs.JobNotFound:
+            continue
+        config = json.loads((Path(status["dir"]) / "config.json").read_text())
+        rows.append([job_id, status["status"], status["stage"], ", ".join(config.get("methods", [])),
+                     time.strftime("%Y-%m-%d %H:%M", time.localtime(status["created_at"]))])
+    return rows
+
+
+# --- API -----------------------------------------------------------------------------------
+
+def api_status(settings: AppSettings, job_id: str) -> dict:
+    """The job's status for API clients: record fields a client needs, no internal ones."""
+    status = jobs.status(normalize_job_id(job_id), settings=settings.jobs)
+    keep = ("id", "status", "stage", "method", "step", "total", "loss", "eta_s", "it_per_s", "message",
+            "error", "queue_position", "queue_length", "created_at", "started_at", "finished_at")
+    view = {k: status.get(k) for k in keep}
+    view["outputs"] = sorted(status.get("outputs", {}))
+    return view

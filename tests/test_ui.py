@@ -1,0 +1,243 @@
+"""The web app without a browser: defaults, handlers, views, error mapping, the Blocks wiring."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from bat_app import jobs
+from bat_app.errors import ImageError, InputError
+from bat_app.ui import handlers, views
+from bat_app.ui.defaults import suggested_settings
+from bat_app.ui.settings import AppSettings
+from conftest import make_subject_images
+
+
+@pytest.fixture
+def settings(tmp_path, tiny_model_dir):
+    subjects = tmp_path / "subjects"
+    folder = make_subject_images(subjects / "red_disc", n=4)
+    (folder / "subject.json").write_text(json.dumps({"class_noun": "disc", "description": "a red disc"}))
+    return AppSettings.from_env(model=str(tiny_model_dir), pool=None, subjects_dir=subjects,
+                                jobs=jobs.JobSettings.from_env(data_dir=tmp_path / "home"))
+
+
+def example_paths(settings, n=4):
+    return [str(p) for p in handlers.get_example(settings.subjects_dir, "red_disc").images[:n]]
+
+
+# --- defaults from the number of images ----------------------------------------------------
+
+def test_suggested_settings_follow_the_number_of_images():
+    gpu = [suggested_settings(n, "sd15") for n in range(0, 13)]
+    assert [g["steps"] for g in gpu][3:11] == [400, 400, 500, 600, 700, 800, 900, 1000]
+    assert gpu[0] == gpu[3] and gpu[12] == gpu[10]            # clamped to the 3-10 images the intake allows
+    assert gpu[6]["rank"] == 4 and gpu[7]["rank"] == 8
+    assert gpu[3]["aug_weight"] == 0.5 and gpu[4]["aug_weight"] == 1.0
+    assert all(100 <= g["m"] <= 200 and g["k"] >= 5 * g["m"] for g in gpu)
+    cpu = suggested_settings(5, "shapes")
+    assert cpu["steps"] < gpu[5]["steps"] and cpu["k"] <= 1000 and cpu["resolution"] == 0
+    assert suggested_settings(5, None) == gpu[5]                # a folder or hub id: an SD-sized model
+
+
+# --- Train tab -----------------------------------------------------------------------------
+
+def test_build_config_defaults_and_overrides(settings):
+    cfg = handlers.build_config(settings, class_noun="disc", methods=["none"], n_images=4)
+    assert cfg.model == settings.model and cfg.pool is None and cfg.methods == ["none"]
+    assert cfg.train["steps"] == suggested_settings(4)["steps"] and "resolution" not in cfg.train
+    cfg = handlers.build_config(settings, class_noun=" disc ", methods=["none"], steps=7, lr=0.001, resolution=32,
+                                m=5, k=9, aug_weight=0.3, seed=3)
+    assert cfg.class_noun == "disc" and cfg.train["steps"] == 7 and cfg.train["resolution"] == 32
+    assert cfg.selection == {"k": 9, "m": 5} and cfg.train["aug_weight"] == 0.3 and cfg.train["seed"] == 3
+
+
+@pytest.mark.parametrize("form, message", [
+    ({"methods": []}, "No method selected"),
+    ({"class_noun": "  "}, "class noun is empty"),
+    ({"methods": ["none", "albat"]}, "need a backbone pool"),
+    ({"pool": "shapes"}, "'shapes' pool is the shapes backbone's"),
+    ({"token": "two words"}, "must be one word"),
+    ({"steps": 0}, "`steps` must be a positive integer"),
+])
+def test_build_config_errors_name_the_fix(settings, form, message):
+    with pytest.raises(InputError, match=message):
+        handlers.build_config(settings, **{"class_noun": "disc", "methods": ["none"], **form})
+
+
+def test_pool_choices(settings, tmp_path):
+    assert handlers.pool_choices(settings, settings.model) == ["none"]
+    assert handlers.pool_choices(settings.with_(pool="/pools/laion"), "sd15") == ["/pools/laion", "none"]
+    assert handlers.pool_choices(settings, "shapes")[0] == "shapes"
+    assert handlers.initial_form(settings).methods == ["none"]  # ALBAT needs a pool: not ticked without one
+
+
+def test_check_uploads_names_bad_files(settings, tmp_path):
+    good = example_paths(settings)
+    assert handlers.check_uploads(good) == []
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    lines = handlers.check_uploads(good[:1] + [str(broken)])
+    assert any(line.startswith("broken.png:") for line in lines)
+    assert any("add at least 1 more" in line for line in lines)
+    assert handlers.image_paths([(good[0], None), {"path": good[1]}, good[2]]) == good[:3]
+
+
+def test_start_job_queues_and_refuses_bad_input(settings, tmp_path):
+    job = handlers.start_job(settings, [(p, None) for p in example_paths(settings)], class_noun="disc",
+                             methods=["none"], steps=3)
+    assert job["queue_position"] == 1 and job["config"]["train"]["steps"] == 3
+    view = views.job_view(settings, job["job_id"])
+    assert "position 1 of 1" in view.text and not view.finished and view.loss_image is None
+    with pytest.raises(InputError, match="still waiting in the queue"):
+        views.job_results(settings, job["job_id"])
+    assert handlers.cancel_job(settings, job["job_id"])["status"] == "cancelled"
+
+    with pytest.raises(InputError, match="2 image\\(s\\) uploaded"):
+        handlers.start_job(settings, example_paths(settings, 2), class_noun="disc", methods=["none"])
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    with pytest.raises(ImageError, match="broken.png"):
+        handlers.start_job(settings, example_paths(settings, 3) + [str(broken)], class_noun="disc", methods=["none"])
+    with pytest.raises(InputError, match="No job id"):
+        handlers.cancel_job(settings, " ")
+
+    history = views.remember(views.remember(["0" * 32], "1" * 32), job["job_id"])
+    assert history == [job["job_id"], "1" * 32, "0" * 32]
+    assert views.remember(history, "0" * 32, keep=2) == ["0" * 32, job["job_id"]]
+    (row,) = views.jobs_table(settings, history)  # jobs that do not exist (any more) are left out
+    assert row[:4] == [job["job_id"], "cancelled", "cancelled", "none"]
+
+
+def test_examples(settings):
+    (ex,) = handlers.list_examples(settings.subjects_dir)
+    assert ex.name == "red_disc" and ex.class_noun == "disc" and len(ex.images) == 4
+    assert handlers.list_examples(None) == [] and handlers.list_examples(Path("/nonexistent")) == []
+    with pytest.raises(InputError, match="available: red_disc"):
+        handlers.get_example(settings.subjects_dir, "cat")
+
+
+# --- Progress and Results ------------------------------------------------------------------
+
+def test_progress_text():
+    running = {"id": "a" * 32, "status": "running", "stage": "train", "method": "albat", "step": 30, "total": 120,
+               "eta_s": 75.2, "loss": 0.1234, "message": ""}
+    assert "Stage: train · ALBAT (BAT) · step 30/120 · ETA 1 min 15 s · loss 0.1234" in views.progress_text(running)
+    failed = {**running, "status": "failed", "error": "Out of memory: lower the resolution."}
+    assert "Failed: Out of memory: lower the resolution." in views.progress_text(failed)
+    assert views.format_seconds(3700) == "1 h 01 min" and views.format_seconds(None) == "?"
+
+
+def finished_job(settings, tmp_path) -> str:
+    """A submitted job given the outputs of a compare run by hand, and marked done."""
+    from bat_app.jobs.queue import open_store
+
+    job_id = handlers.start_job(settings, example_paths(settings), class_noun="disc", methods=["none"],
+                                steps=3)["job_id"]
+    folder = jobs.job_dir(job_id, settings=settings.jobs)
+    out = folder / "out"
+    lora = out / "methods" / "none" / "lora"
+    lora.mkdir(parents=True)
+    (lora / "pytorch_lora_weights.safetensors").write_bytes(b"w" * 10)
+    (lora / "sks_disc_kohya.safetensors").write_bytes(b"k" * 10)
+    (lora / "loss_log.jsonl").write_text("".join(json.dumps({"step": i, "loss": 1 / i}) + "\n" for i in range(1, 6)))
+    (out / "downloads").mkdir()
+    (out / "downloads" / "none_lora.zip").write_bytes(b"zip")
+    (out / "previews").mkdir()
+    Image.new("RGB", (40, 20)).save(out / "previews" / "grid_object.png")
+    (out / "metrics.json").write_text(json.dumps({"methods": {"base": {"clip_i": 0.51234, "clip_t": 0.2},
+                                                              "none": {"clip_i": 0.7, "clip_t": 0.25}},
+                                                  "counts": {"none": 0}}))
+    (out / "report.md").write_text("# report")
+    open_store(settings.jobs).update(job_id, lambda r: setattr(r, "status", jobs.DONE) or True)
+    return job_id
+
+
+def test_results_of_a_finished_job(settings, tmp_path):
+    job_id = finished_job(settings, tmp_path)
+    view = views.job_view(settings, job_id)
+    assert view.finished and view.loss_image.size == (480, 240) and view.selection == []
+    assert views.job_view(settings, job_id, view.selection_key).selection is None  # unchanged: not re-read
+    res = views.job_results(settings, job_id)
+    assert res.methods == ["none"] and [c for _, c in res.grids] == ["object"]
+    assert res.metric_headers == ["method", "backbone images", "clip_i", "clip_t"]
+    assert res.metric_rows == [["base model", 0, 0.5123, 0.2], ["DreamBooth-LoRA", 0, 0.7, 0.25]]
+    assert [Path(p).name for p in res.downloads] == ["none_pytorch_lora_weights.safetensors",
+                                                      "none_sks_disc_kohya.safetensors", "none_lora.zip"]
+    assert Path(res.downloads[0]).read_bytes() == b"w" * 10
+    assert views.api_status(settings, job_id)["status"] == "done"
+    with pytest.raises(InputError, match="did not train method 'albat'"):
+        views.lora_dir(settings, job_id, "albat")
+    from bat_app.ui.tryit import try_prompt
+
+    with pytest.raises(InputError, match="prompt is empty"):
+        try_prompt(settings, job_id, "none", " ")
+
+
+def test_push_a_finished_job(settings, tmp_path, monkeypatch):
+    import bat_app.export.hub as hub
+    from bat_app.ui.tryit import push_job_to_hub
+
+    job_id = finished_job(settings, tmp_path)
+    samples = jobs.job_dir(job_id, settings=settings.jobs) / "out" / "previews" / "samples" / "none"
+    samples.mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(samples / "p00_s0.png")
+    calls = []
+    monkeypatch.setattr(hub, "push_lora", lambda *a, **kw: calls.append((a, kw)) or "https://huggingface.co/a/b")
+    assert push_job_to_hub(settings, job_id, "none", "a/b", "hf_x", private=False) == "https://huggingface.co/a/b"
+    (folder, repo, token), kw = calls[0]
+    assert folder.name == "lora" and folder.parent.name == "none" and (repo, token) == ("a/b", "hf_x")
+    assert [p.name for p in kw["samples"]] == ["p00_s0.png"] and kw["private"] is False
+
+
+# --- the gradio layer ----------------------------------------------------------------------
+
+def test_app_wiring(settings):
+    import gradio as gr
+
+    from bat_app.ui.app import build_app, guarded, launch_options
+
+    assert launch_options(settings)["run_history"] is False  # it would keep the Hub token in the browser
+
+    demo = build_app(settings)
+    config = demo.get_config_file()
+    named = {d["api_name"]: d for d in config["dependencies"] if d.get("api_visibility", "public") == "public"
+             and d.get("api_name")}
+    assert {"submit", "status", "results", "cancel", "try"} <= set(named)
+    uploads = next(c["id"] for c in config["components"] if c.get("props", {}).get("elem_id") == "uploads")
+    # no event writes to the upload box except "Use example": an error never clears the uploads
+    writers = [d for d in config["dependencies"] if uploads in d["outputs"]]
+    assert len(writers) == 1 and writers[0]["api_visibility"] == "private"
+
+    def bad():
+        raise InputError("Fix this.")
+
+    with pytest.raises(gr.Error, match="Fix this."):
+        guarded(bad)()
+    with pytest.raises(ZeroDivisionError):
+        guarded(lambda: 1 / 0)()
+
+
+def test_settings_and_cli(monkeypatch, tmp_path):
+    from bat_app.ui import cli
+
+    monkeypatch.setenv("BAT_MODEL", "shapes")
+    monkeypatch.delenv("BAT_POOL", raising=False)
+    monkeypatch.setenv("BAT_PREVIEW_PROMPTS", "3")
+    s = AppSettings.from_env()
+    assert (s.model, s.pool, s.preview_prompts, s.embedded_worker) == ("shapes", "shapes", 3, True)
+    monkeypatch.setenv("BAT_POOL", "none")
+    monkeypatch.setenv("BAT_EMBEDDED_WORKER", "0")
+    assert AppSettings.from_env().pool is None and not AppSettings.from_env().embedded_worker
+    monkeypatch.setenv("BAT_PREVIEW_PROMPTS", "many")
+    with pytest.raises(InputError, match="BAT_PREVIEW_PROMPTS"):
+        AppSettings.from_env()
+
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers())
+    args = parser.parse_args(["serve", "--host", "0.0.0.0", "--port", "8080", "--no-worker"])
+    assert (args.host, args.port, args.share, args.no_worker, args.func) == ("0.0.0.0", 8080, False, True, cli.run)
