@@ -25,6 +25,8 @@ import torch.nn.functional as F
 from bat_app.shapes._train import warmup_cosine
 
 LATENT_SIDE = 8
+# 8 channels, not SD's 4: with f=4 at 32 px, 4 channels lost stripes and dots (measured).
+LATENT_CHANNELS = 8
 SCHEDULER_KWARGS = dict(num_train_timesteps=1000, beta_schedule="scaled_linear",
                         beta_start=0.00085, beta_end=0.012, rescale_betas_zero_snr=True,
                         prediction_type="v_prediction", timestep_spacing="trailing",
@@ -36,18 +38,23 @@ SAMPLING = {"resolution": 32, "num_inference_steps": 25, "guidance_scale": 4.0,
 def make_vae():
     from diffusers import AutoencoderKL
 
-    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4,
-                         down_block_types=("DownEncoderBlock2D",) * 3,
-                         up_block_types=("UpDecoderBlock2D",) * 3,
-                         block_out_channels=(32, 64, 64), layers_per_block=1,
-                         norm_num_groups=16, sample_size=32)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=LATENT_CHANNELS,
+                        down_block_types=("DownEncoderBlock2D",) * 3,
+                        up_block_types=("UpDecoderBlock2D",) * 3,
+                        block_out_channels=(24, 48, 64), layers_per_block=1,
+                        norm_num_groups=8, sample_size=32)
+    # Start with a near-zero posterior std: samples equal the mean from step one, so the
+    # decoder learns sharp reconstructions at once (KL weight is tiny, as in SD's VAE).
+    with torch.no_grad():
+        vae.quant_conv.bias[LATENT_CHANNELS:] = -8.0
+    return vae
 
 
 def make_unet(cross_attention_dim: int = 64):
     from diffusers import UNet2DConditionModel
 
     return UNet2DConditionModel(
-        sample_size=LATENT_SIDE, in_channels=4, out_channels=4,
+        sample_size=LATENT_SIDE, in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS,
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
         block_out_channels=(96, 160), layers_per_block=1, norm_num_groups=16,
@@ -69,7 +76,7 @@ def images_to_pixels(images: np.ndarray) -> torch.Tensor:
 # ---------------------------------------------------------------------------- VAE
 
 
-def train_vae(images: np.ndarray, steps: int = 1500, batch_size: int = 32, lr: float = 1e-3,
+def train_vae(images: np.ndarray, steps: int = 1500, batch_size: int = 24, lr: float = 1e-3,
               kl_weight: float = 1e-6, seed: int = 0, progress: bool = True):
     from tqdm.auto import tqdm
 
@@ -123,7 +130,7 @@ def sample_latents(unet, scheduler, cond: torch.Tensor, uncond: torch.Tensor, st
                    guidance: float, generator: torch.Generator) -> torch.Tensor:
     """Plain classifier-free-guided DDIM, the same arithmetic as the diffusers pipeline."""
     n = cond.shape[0]
-    latents = torch.randn((n, 4, LATENT_SIDE, LATENT_SIDE), generator=generator)
+    latents = torch.randn((n, LATENT_CHANNELS, LATENT_SIDE, LATENT_SIDE), generator=generator)
     latents = latents * scheduler.init_noise_sigma
     scheduler.set_timesteps(steps)
     emb = torch.cat([uncond.expand(n, -1, -1), cond])
@@ -144,11 +151,13 @@ def train_unet(latents: torch.Tensor, captions: list[str], text_encoder, tokeniz
                steps: int, batch_size: int = 64, lr: float = 5e-4, seed: int = 0,
                uncond_prob: float = 0.1, ema_decay: float = 0.998, eval_fn=None,
                eval_every: int = 0, time_budget_s: float | None = None,
-               progress: bool = True, log=print):
+               progress: bool = True, log=print, init_unet=None, step_offset: int = 0,
+               warmup: int | None = None):
     """Zero-terminal-SNR v-prediction training on precomputed (scaled) latents.
 
     ``eval_fn(unet, step)`` is called every ``eval_every`` steps with the EMA weights (the
-    prompt-following grid); ``time_budget_s`` stops early (cosine schedule still anneals).
+    prompt-following grid); ``time_budget_s`` stops early. ``init_unet`` continues from
+    given weights (a second cosine cycle: warm restart), ``step_offset`` numbers its steps.
     """
     from diffusers import DDPMScheduler
     from tqdm.auto import tqdm
@@ -158,9 +167,13 @@ def train_unet(latents: torch.Tensor, captions: list[str], text_encoder, tokeniz
     noise_sched = DDPMScheduler(**{k: v for k, v in SCHEDULER_KWARGS.items()
                                    if k not in ("set_alpha_to_one", "steps_offset")})
     unet = make_unet(text_encoder.config.hidden_size)
+    if init_unet is not None:
+        unet.load_state_dict(init_unet.state_dict())
+    unet.train()
     ema = copy.deepcopy(unet).eval().requires_grad_(False)
     opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.01)
-    sched = warmup_cosine(opt, steps, min(200, steps // 10), floor=0.1)
+    sched = warmup_cosine(opt, steps, warmup if warmup is not None else min(200, steps // 10),
+                          floor=0.1)
     uncond_ids = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length,
                            return_tensors="pt").input_ids
     t0 = time.time()
@@ -187,19 +200,19 @@ def train_unet(latents: torch.Tensor, captions: list[str], text_encoder, tokeniz
         opt.step()
         sched.step()
         with torch.no_grad():
-            d = min(ema_decay, (1 + step) / (10 + step))
+            d = ema_decay if init_unet is not None else min(ema_decay, (1 + step) / (10 + step))
             for pe, p in zip(ema.parameters(), unet.parameters()):
                 pe.lerp_(p, 1 - d)
         losses.append(loss.item())
         if step % 50 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
         if eval_fn is not None and eval_every and (step + 1) % eval_every == 0:
-            eval_fn(ema, step + 1)
+            eval_fn(ema, step_offset + step + 1)
         if time_budget_s is not None and time.time() - t0 > time_budget_s:
             log(f"unet: time budget reached at step {step + 1}")
             break
     del uncond_ids
-    return ema, {"steps_done": step + 1, "final_loss": float(np.mean(losses[-100:])),
+    return ema, {"steps_done": step_offset + step + 1, "final_loss": float(np.mean(losses[-100:])),
                  "train_seconds": round(time.time() - t0, 1)}
 
 

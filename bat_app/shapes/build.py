@@ -2,9 +2,10 @@
 
 Stages, in order (each skipped when its output exists, so an interrupted build resumes):
 
-    data        render the pretraining stream (seed) and the judge's stream, cached in --work
-    classifier  attribute CNN on the full attribute space          -> OUT/classifier/
-    vae         AutoencoderKL f=4 (32 px -> 8x8x4)                 -> WORK/vae/
+    data        render the pretraining stream (seed), cached in --work
+    vae         AutoencoderKL f=4 (32 px -> 8x8x8)                 -> WORK/vae/
+    classifier  attribute CNN on the full attribute space, renders
+                and their VAE reconstructions                      -> OUT/classifier/
     clip        open_clip model, contrastive on the stream         -> OUT/clip/
     unet        UNet on frozen latents + frozen CLIP text tower    -> OUT/backbone/ (diffusers)
     subjects    held-out subjects' example uploads                  -> SUBJECTS/<name>/
@@ -33,12 +34,14 @@ class BuildConfig:
     work: Path = Path("build/shapes")  # caches: rendered data, the VAE, latents, eval grids
     seed: int = 0
     n_train: int = 60000  # pretraining images (= `shapes pool --n 60000 --seed <seed>`)
-    classifier_steps: int = 1000
+    classifier_steps: int = 1500
     vae_steps: int = 1500
     clip_steps: int = 1000
-    unet_steps: int = 4000
+    unet_steps: int = 1500  # first cosine cycle
+    unet_more_steps: int = 1000  # second cycle (warm restart from the first's EMA), 0 = none
+    unet_more_lr: float = 3e-4
     unet_batch: int = 64
-    eval_every: int = 500  # prompt-following grid during UNet training (0 = never)
+    eval_every: int = 250  # prompt-following grid during UNet training (0 = never)
     threads: int = 2
 
     def __post_init__(self):
@@ -66,15 +69,16 @@ def stage_data(cfg: BuildConfig):
     return images, captions
 
 
-def stage_classifier(cfg: BuildConfig) -> None:
+def stage_classifier(cfg: BuildConfig, vae) -> None:
     from bat_app.shapes.classifier import build_classifier
 
     folder = cfg.out / "classifier"
     if (folder / "model.safetensors").exists():
         return _log("classifier: exists, skipped")
-    _log("classifier: training")
-    meta = build_classifier(folder, cfg.seed, steps=cfg.classifier_steps)
-    _log(f"classifier: held-out accuracy {meta['held_out_accuracy']}")
+    _log("classifier: training (renders + VAE reconstructions)")
+    meta = build_classifier(folder, cfg.seed, steps=cfg.classifier_steps, vae=vae)
+    _log(f"classifier: held-out accuracy {meta['held_out_accuracy']}, through the VAE "
+         f"{meta['held_out_accuracy_through_vae']}")
 
 
 def stage_vae(cfg: BuildConfig, images: np.ndarray):
@@ -133,17 +137,34 @@ def stage_unet(cfg: BuildConfig, vae, latents: torch.Tensor, captions: list[str]
         if classifier is None:
             return
         score = grid_prompt_following(unet, vae, text_encoder, tokenizer, classifier,
-                                      n_prompts=32, seeds=(0,))
+                                      n_prompts=32, seeds=(0,),
+                                      grid_path=cfg.work / f"grid-{step:05d}.png")
         history.append({"step": step, **score})
         _log(f"unet step {step}: prompt following {score}")
+        # A session can end at any time: keep the latest EMA weights and the history.
+        unet.save_pretrained(cfg.work / "unet-ema", safe_serialization=True)
+        (cfg.work / "unet-history.json").write_text(json.dumps(history, indent=2))
 
     _log(f"unet: training {cfg.unet_steps} steps")
     unet, info = train_unet(latents, captions, text_encoder, tokenizer, steps=cfg.unet_steps,
                             batch_size=cfg.unet_batch, seed=cfg.seed, eval_fn=eval_fn,
                             eval_every=cfg.eval_every, log=_log)
     _log(f"unet: {info}")
+    infos = [info]
+    if cfg.unet_more_steps:
+        # Warm restart: a second cosine cycle from the first cycle's EMA weights, rounded to
+        # fp16 exactly as they are stored, so a build resumed from a saved cycle 1 matches.
+        unet = unet.half().float()
+        _log(f"unet: second cycle, {cfg.unet_more_steps} steps")
+        unet, info = train_unet(latents, captions, text_encoder, tokenizer,
+                                steps=cfg.unet_more_steps, batch_size=cfg.unet_batch,
+                                lr=cfg.unet_more_lr, seed=cfg.seed + 1, eval_fn=eval_fn,
+                                eval_every=cfg.eval_every, log=_log, init_unet=unet,
+                                step_offset=cfg.unet_steps, warmup=50)
+        _log(f"unet: {info}")
+        infos.append(info)
     save_pipeline(folder, vae, text_encoder, tokenizer, unet,
-                  {"build": {k: str(v) for k, v in asdict(cfg).items()}, "unet_train": info,
+                  {"build": {k: str(v) for k, v in asdict(cfg).items()}, "unet_train": infos,
                    "eval_history": history})
 
 
@@ -166,8 +187,8 @@ def build(cfg: BuildConfig) -> dict:
         return out
 
     images, captions = timed("data", stage_data, cfg)
-    timed("classifier", stage_classifier, cfg)
     vae, latents = timed("vae", stage_vae, cfg, images)
+    timed("classifier", stage_classifier, cfg, vae)
     timed("clip", stage_clip, cfg, images, captions)
     timed("unet", stage_unet, cfg, vae, latents, captions)
     timed("subjects", stage_subjects, cfg)

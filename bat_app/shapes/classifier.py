@@ -148,17 +148,39 @@ def load_classifier(folder: Path) -> AttributeClassifier:
     return AttributeClassifier(net, meta["heads"], meta)
 
 
+@torch.no_grad()
+def _through_vae(vae, images: np.ndarray, batch_size: int = 500) -> np.ndarray:
+    """Encode and decode with the backbone's VAE: what its samples look like at best."""
+    out = []
+    for i in range(0, len(images), batch_size):
+        x = torch.from_numpy(images[i:i + batch_size]).permute(0, 3, 1, 2).float() / 127.5 - 1
+        rec = vae.decode(vae.encode(x).latent_dist.mean).sample
+        out.append(((rec.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy())
+    return np.concatenate(out)
+
+
 def build_classifier(folder: Path, seed: int, n_train: int = 40000, n_test: int = 4000,
-                     steps: int = 1500) -> dict:
-    """Train on the full attribute space, measure held-out per-attribute accuracy, save."""
+                     steps: int = 1500, vae=None) -> dict:
+    """Train on the full attribute space, measure held-out per-attribute accuracy, save.
+
+    With ``vae``, half the training images are replaced by their VAE reconstructions, so
+    that the judge reads decoded samples (softer patterns, shifted colours) as well as renders.
+    """
     from bat_app.shapes.world import sample_arrays
 
     t0 = time.time()
     images, _, attrs = sample_arrays(seed + 101, n_train, pretraining=False, progress=True)
+    if vae is not None:
+        half = n_train // 2
+        images = np.concatenate([images[:half], _through_vae(vae, images[half:])])
     clf = train_classifier(images, attrs, steps=steps, seed=seed)
     test_images, _, test_attrs = sample_arrays(seed + 202, n_test, pretraining=False)
     acc = accuracy(clf, test_images, test_attrs)
     meta = {"held_out_accuracy": acc, "held_out_n": n_test, "train_n": n_train,
             "steps": steps, "seed": seed, "train_seconds": round(time.time() - t0, 1)}
+    if vae is not None:
+        meta["held_out_accuracy_through_vae"] = accuracy(clf, _through_vae(vae, test_images),
+                                                         test_attrs)
+        meta["vae_reconstructions"] = "half of the training images"
     save_classifier(clf, folder, meta)
     return meta

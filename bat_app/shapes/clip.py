@@ -107,7 +107,22 @@ def train_clip(images: np.ndarray, captions: list[str], steps: int = 1200,
     return model.eval(), float(np.mean(losses[-50:]))
 
 
-def save_clip(model, folder: Path, meta: dict) -> None:
+def vocabulary_ids(captions: list[str]) -> list[int]:
+    """Token ids the Shapes world uses: those of ``captions`` and of every attribute word and
+    caption phrase (markings included), plus <|startoftext|> and <|endoftext|>."""
+    from bat_app.shapes.world import ATTRIBUTES, POSITION_PHRASES
+
+    words = [w for values in ATTRIBUTES.values() for w in values] + list(POSITION_PHRASES.values())
+    words += ["a photo of a picture of an", "with a dot in the middle", "with an outline",
+              "on a background"]
+    ids = ShapesTokenizer()(list(captions) + words)
+    return sorted(set(ids.flatten().tolist()))
+
+
+def save_clip(model, folder: Path, meta: dict, keep_token_ids: list[int] | None = None) -> None:
+    """fp16 safetensors. With ``keep_token_ids`` only those rows of the 49,408-row token
+    embedding are stored (the rest never received a gradient: the world has ~60 words);
+    ``load_clip`` puts them back in a zero matrix. This keeps CLIP under 1 MB."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
@@ -115,6 +130,10 @@ def save_clip(model, folder: Path, meta: dict) -> None:
     # fp16 on disk (half the size); load_shapes_clip computes in fp32.
     state = {k: v.detach().half().contiguous() for k, v in model.state_dict().items()
              if k != "attn_mask"}
+    if keep_token_ids is not None:
+        ids = torch.tensor(keep_token_ids, dtype=torch.long)
+        state["token_embedding.kept_ids"] = ids
+        state["token_embedding.kept_rows"] = state.pop("token_embedding.weight")[ids].contiguous()
     save_file(state, str(folder / "open_clip_model.safetensors"))
     (folder / "open_clip_config.json").write_text(json.dumps(
         {"model_cfg": CLIP_CONFIG, "preprocess_cfg": {"size": 32, "mean": MEAN, "std": STD},
@@ -130,7 +149,12 @@ def load_clip(folder: Path):
     folder = Path(folder)
     cfg = json.loads((folder / "open_clip_config.json").read_text())
     model = create_clip(cfg["model_cfg"])
-    state = {k: v.float() for k, v in load_file(str(folder / "open_clip_model.safetensors")).items()}
+    state = {k: v.float() if v.is_floating_point() else v
+             for k, v in load_file(str(folder / "open_clip_model.safetensors")).items()}
+    if "token_embedding.kept_ids" in state:
+        weight = torch.zeros_like(model.token_embedding.weight)
+        weight[state.pop("token_embedding.kept_ids")] = state.pop("token_embedding.kept_rows")
+        state["token_embedding.weight"] = weight
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or [k for k in missing if k != "attn_mask"]:
         raise RuntimeError(f"Shapes CLIP weights do not match its config: missing {missing}, "
@@ -186,5 +210,5 @@ def build_clip(folder: Path, images: np.ndarray, captions: list[str], seed: int,
     model, loss = train_clip(images, captions, steps=steps, seed=seed)
     meta = {"final_loss": round(loss, 4), "steps": steps, "seed": seed,
             "train_seconds": round(time.time() - t0, 1)}
-    save_clip(model, folder, meta)
+    save_clip(model, folder, meta, keep_token_ids=vocabulary_ids(captions))
     return meta

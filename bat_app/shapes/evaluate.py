@@ -32,7 +32,8 @@ def score_following(predictions: list[dict], wanted: list[dict]) -> dict:
 
 @torch.no_grad()
 def grid_prompt_following(unet, vae, text_encoder, tokenizer, classifier, n_prompts: int = 32,
-                          seeds=(0,), steps: int = 20, guidance: float = 4.0) -> dict:
+                          seeds=(0,), steps: int = 20, guidance: float = 4.0,
+                          grid_path=None) -> dict:
     """Sample every prompt once per seed (DDIM, CFG) and score shape/colour/background."""
     from bat_app.shapes.backbone import decode_to_uint8, encode_text, make_scheduler, sample_latents
 
@@ -46,4 +47,10 @@ def grid_prompt_following(unet, vae, text_encoder, tokenizer, classifier, n_prom
         images.append(decode_to_uint8(vae, lat))
         wanted += [w for _, w in prompts]
     images = np.concatenate(images)
+    if grid_path is not None:  # 8 per row, upscaled 3x, for a look during training
+        from PIL import Image
+
+        rows = [np.concatenate(list(images[i:i + 8]), axis=1) for i in range(0, len(images) - 7, 8)]
+        grid = np.concatenate(rows, axis=0)
+        Image.fromarray(grid).resize((grid.shape[1] * 3, grid.shape[0] * 3), Image.NEAREST).save(grid_path)
     return score_following(classifier.predict(images), wanted)

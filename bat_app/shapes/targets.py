@@ -29,7 +29,7 @@ def load_backbone_pipeline(folder: Path | None = None):
     from diffusers import StableDiffusionPipeline
 
     folder = Path(folder) if folder else shapes_paths().backbone
-    pipe = StableDiffusionPipeline.from_pretrained(folder, torch_dtype=torch.float32)
+    pipe = StableDiffusionPipeline.from_pretrained(folder, dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

@@ -1,0 +1,75 @@
+"""``python -m bat_app shapes {build,pool,targets}``: the Shapes world from the command line.
+
+    python -m bat_app shapes build                      # all stages, seed 0, ~40 CPU-minutes
+    python -m bat_app shapes build --out /tmp/shapes    # rebuild elsewhere (resumes per stage)
+    python -m bat_app shapes pool --out pool/ --n 10000 --seed 0
+    python -m bat_app shapes targets                    # print the target figures
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from bat_app.shapes import paths
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("shapes", help="the offline Shapes world: build, pool, targets",
+                              description="Build the Shapes-world backbone, write its "
+                                          "pretraining data as a pool, or measure its targets.")
+    sub = p.add_subparsers(title="shapes commands", metavar="SHAPES_COMMAND")
+
+    b = sub.add_parser("build", help="pretrain classifier, VAE, CLIP and UNet (seeded)")
+    b.add_argument("--out", type=Path, default=paths.SHAPES_DIR, help="default: assets/shapes")
+    b.add_argument("--subjects-out", type=Path, default=paths.SUBJECTS_DIR,
+                   help="default: assets/subjects")
+    b.add_argument("--work", type=Path, default=Path("build/shapes"),
+                   help="caches (rendered data, VAE, latents); default build/shapes")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--unet-steps", type=int, default=None, help="default 1500")
+    b.add_argument("--threads", type=int, default=2)
+    b.set_defaults(func=_run_build)
+
+    q = sub.add_parser("pool", help="write N pretraining samples as image + .txt caption")
+    q.add_argument("--out", type=Path, required=True)
+    q.add_argument("--n", type=int, required=True)
+    q.add_argument("--seed", type=int, default=0, help="0 = the backbone's own pretraining data")
+    q.add_argument("--resolution", type=int, default=32)
+    q.set_defaults(func=_run_pool)
+
+    t = sub.add_parser("targets", help="measure and print the target figures")
+    t.add_argument("--root", type=Path, default=None, help="default: assets/shapes")
+    t.add_argument("--prompts", type=int, default=50, help="prompts for prompt following")
+    t.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    t.set_defaults(func=_run_targets)
+    p.set_defaults(func=lambda args: p.print_help() or 1)
+
+
+def _run_build(args: argparse.Namespace) -> int:
+    from bat_app.shapes.build import BuildConfig, build
+
+    cfg = BuildConfig(out=args.out, subjects_out=args.subjects_out, work=args.work,
+                      seed=args.seed, threads=args.threads)
+    if args.unet_steps:
+        cfg.unet_steps = args.unet_steps
+    build(cfg)
+    return 0
+
+
+def _run_pool(args: argparse.Namespace) -> int:
+    from bat_app.shapes.pool import write_pool
+
+    out = write_pool(args.out, args.n, args.seed, args.resolution)
+    print(f"wrote {args.n} images + captions to {out}")
+    return 0
+
+
+def _run_targets(args: argparse.Namespace) -> int:
+    from bat_app.shapes.targets import run_targets
+
+    results = run_targets(args.root, n_prompts=args.prompts)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
