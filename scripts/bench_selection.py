@@ -62,7 +62,8 @@ def main() -> None:
         photos = sorted((assets_dir() / "subjects" / name).glob("*.png"))[:args.shots]
         images = load_user_images(photos).images
         overrides = {"steps": args.steps} if args.steps else {}
-        config = TrainConfig(token="sks", class_noun=subject.class_noun, checkpoint_every=0, **overrides)
+        config = TrainConfig(token="sks", class_noun=subject.class_noun, checkpoint_every=0, lr=1e-3, rank=8,
+                             **overrides)
         t = time.perf_counter()
         train_lora(comps, images, config, args.work / name / "train-none", export=False,
                    cache_root=args.work / "cache")
