@@ -57,7 +57,7 @@ def reference_lora(comps, subject, config: TrainConfig, work: Path) -> dict:
     folder = work / "reference" / subject.name
     if not (folder / "photos").is_dir():
         (folder / "photos").mkdir(parents=True)
-        for i, image in enumerate(subject_photos(subject, n=50, seed=123)):
+        for i, (image, _) in enumerate(subject_photos(subject, n=50, seed=123)):
             image.save(folder / "photos" / f"{i:02d}.png")
     images = load_user_images(folder / "photos", limits=IntakeLimits(max_images=50)).images
     result = train_lora(comps, images, config, folder / "lora", resume=True, cache_root=work / "cache")

@@ -11,30 +11,28 @@ from functools import lru_cache
 
 import numpy as np
 
-DINO_MODEL = "hf-hub:timm/vit_small_patch16_224.dino"
+DINO_REPO = "timm/vit_small_patch16_224.dino"
 
 
 @lru_cache(maxsize=1)
 def load_dino():
     """(model, transform) or (None, reason)."""
-    import os
-
     try:
         import timm
         from timm.data import create_transform, resolve_data_config
     except ImportError as exc:
         return None, f"timm is not installed ({exc})"
-    old = os.environ.get("HF_HUB_OFFLINE")
-    os.environ["HF_HUB_OFFLINE"] = "1"  # cache only: a metric must never start a download
+    from huggingface_hub import try_to_load_from_cache
+
+    # Cache only: a metric must never start a download (or wait on an unreachable hub).
+    weights = try_to_load_from_cache(DINO_REPO, "model.safetensors")
+    if not isinstance(weights, str):
+        return None, f"DINO ViT-S/16 weights ({DINO_REPO}) are not in the local Hugging Face cache"
     try:
-        model = timm.create_model(DINO_MODEL, pretrained=True, num_classes=0).eval()
-    except Exception as exc:  # not in the cache (the usual case offline)
-        return None, f"DINO ViT-S/16 weights are not in the local cache ({type(exc).__name__})"
-    finally:
-        if old is None:
-            os.environ.pop("HF_HUB_OFFLINE", None)
-        else:
-            os.environ["HF_HUB_OFFLINE"] = old
+        model = timm.create_model("vit_small_patch16_224.dino", pretrained=True, num_classes=0,
+                                  pretrained_cfg_overlay={"file": weights}).eval()
+    except Exception as exc:  # a damaged cache entry
+        return None, f"DINO ViT-S/16 weights could not be loaded ({type(exc).__name__}: {exc})"
     transform = create_transform(**resolve_data_config({}, model=model))
     return (model, transform), None
 

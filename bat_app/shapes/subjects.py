@@ -58,7 +58,8 @@ def get_subject(name: str) -> Subject:
 
 
 def subject_photos(subject: Subject, n: int = 5, seed: int = 0, resolution: int = 64):
-    """n photos of the subject in distinct positions, on distinct backgrounds."""
+    """n (image, attributes) photos of the subject in varied positions and backgrounds (distinct
+    for the first 9; beyond that the combinations repeat with new jitter)."""
     rng = random.Random(f"{subject.name}-{seed}")
     positions = list(POSITIONS)
     rng.shuffle(positions)
@@ -66,7 +67,7 @@ def subject_photos(subject: Subject, n: int = 5, seed: int = 0, resolution: int 
     rng.shuffle(backgrounds)
     out = []
     for i in range(n):
-        a = subject.photo_attributes(positions[i % len(positions)], backgrounds[i],
+        a = subject.photo_attributes(positions[i % len(positions)], backgrounds[i % len(backgrounds)],
                                      rng.uniform(0.95, 1.05))
         assert not is_pretraining(a), f"{subject.name} would be in the pretraining stream"
         out.append((render(a, resolution), a))
