@@ -55,8 +55,8 @@ def distance(w: dict, ref: dict) -> float:
 def reference_lora(comps, subject, config: TrainConfig, work: Path) -> dict:
     """A LoRA trained on 50 photos of the subject: the adaptation optimum we measure against."""
     folder = work / "reference" / subject.name
-    if not (folder / "photos").is_dir():
-        (folder / "photos").mkdir(parents=True)
+    if len(list((folder / "photos").glob("*.png"))) < 50:
+        (folder / "photos").mkdir(parents=True, exist_ok=True)
         for i, (image, _) in enumerate(subject_photos(subject, n=50, seed=123)):
             image.save(folder / "photos" / f"{i:02d}.png")
     images = load_user_images(folder / "photos", limits=IntakeLimits(max_images=50)).images
