@@ -25,7 +25,15 @@ def sample_images(components: Components, prompts: Sequence[str], seeds: Sequenc
     sampling = components.spec.sampling
     resolution = components.spec.resolution
     if lora_dir is not None:
-        pipe.load_lora_weights(str(lora_dir), weight_name=DIFFUSERS_FILE)
+        from diffusers.utils import logging as diffusers_logging
+
+        # A UNet-only LoRA makes diffusers warn that the text encoder got no keys: expected here.
+        level = diffusers_logging.get_verbosity()
+        diffusers_logging.set_verbosity_error()
+        try:
+            pipe.load_lora_weights(str(lora_dir), weight_name=DIFFUSERS_FILE)
+        finally:
+            diffusers_logging.set_verbosity(level)
     jobs = [(p, s) for p in range(len(prompts)) for s in range(len(seeds))]
     out: list[list[Image.Image | None]] = [[None] * len(seeds) for _ in prompts]
     try:
