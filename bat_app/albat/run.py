@@ -13,14 +13,15 @@ from . import SelectionContext, SelectionParams, select
 from .selection import Selection
 
 
-def open_pool(pool_dir: str | Path | None):
-    """(pool, embedder) for a pool folder; the embedder is the model the pool was built with."""
+def open_pool(pool_dir: str | Path | None, clip_model: str | None = None, clip_pretrained: str | None = None):
+    """(pool, embedder) for a pool folder; the embedder is the model the pool was built with
+    (or the one given, which must be that same model)."""
     if pool_dir is None:
         return None, None
     from ..pool import Pool
 
     pool = Pool.open(pool_dir)
-    return pool, embedder_for_pool(pool)
+    return pool, embedder_for_pool(pool, clip_model, clip_pretrained)
 
 
 def embedder_for_pool(pool, clip_model: str | None = None, clip_pretrained: str | None = None):

@@ -158,8 +158,7 @@ def _tag(emit, method: str):
 def _pool_and_embedder(config: CompareConfig, components):
     from .pools import resolve_pool
 
-    from ..albat.run import embedder_for_pool
-    from ..pool import Pool
+    from ..albat.run import open_pool
 
     pool_dir = resolve_pool(config.pool, components)
     if pool_dir is None:
@@ -169,8 +168,7 @@ def _pool_and_embedder(config: CompareConfig, components):
         from .pools import default_embedder
 
         return None, default_embedder(components, config.clip_model, config.clip_pretrained)
-    pool = Pool.open(pool_dir)
-    return pool, embedder_for_pool(pool, config.clip_model, config.clip_pretrained)
+    return open_pool(pool_dir, config.clip_model, config.clip_pretrained)
 
 
 def _cached_samples(components, prompts, seeds, lora, folder: Path, emit, cancel):
