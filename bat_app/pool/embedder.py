@@ -6,6 +6,7 @@ other, because vectors of two CLIP models live in unrelated spaces.
     emb = load_embedder("ViT-B-32", "laion2b_s34b_b79k")   # open_clip name + pretrained tag
     emb = load_embedder("shapes")                          # the offline Shapes-world CLIP
     emb = load_embedder("path/to/open_clip_dir")           # open_clip_config.json + weights
+    emb = load_embedder("assets/shapes/clip")              # the same as "shapes" (pruned tokens)
     emb = OpenClipEmbedder(model, preprocess, tokenizer, model_id="tiny-test")
     vecs = emb.encode_images([pil_image])                  # (1, emb.dim) float32, unit norm
     emb.model_id                                           # "open_clip:ViT-B-32/laion2b_s34b_b79k"
@@ -26,6 +27,9 @@ from bat_app.pool.errors import PoolError
 
 SHAPES_NAME = "shapes"
 SHAPES_MODEL_ID = "shapes-clip"
+PRUNED_TOKEN_KEY = "token_embedding.kept_ids"  # bat_app.shapes.clip.save_clip's token table
+_UNSET = object()
+_SHAPES_DIGEST = _UNSET  # the shipped shapes CLIP folder's digest, computed once
 
 
 @runtime_checkable
@@ -101,6 +105,8 @@ def load_embedder(name: str = "ViT-B-32", pretrained: str | None = "laion2b_s34b
         name: an open_clip model name ("ViT-B-32", "ViT-L-14", "hf-hub:org/repo"), "shapes"
             for the shipped Shapes-world CLIP, or a local folder in open_clip's hub format
             (``open_clip_config.json`` + ``open_clip_model.safetensors`` or another weights file).
+            Folders written by ``bat_app.shapes.clip.save_clip``, whose token table keeps only
+            the rows the Shapes world uses, load through ``bat_app.shapes.clip.load_clip``.
         pretrained: open_clip pretrained tag or weights file; ignored for "shapes", hub ids and
             folders. ``None`` means random weights (only useful in tests).
         device: "cpu", "cuda", ...; default cuda when available.
@@ -111,6 +117,9 @@ def load_embedder(name: str = "ViT-B-32", pretrained: str | None = "laion2b_s34b
     model_id = embedder_id(name, pretrained)
     if name == SHAPES_NAME:
         model, preprocess, tokenizer = _load_shapes()
+        return OpenClipEmbedder(model, preprocess, tokenizer, model_id, device)
+    if Path(name).is_dir() and has_pruned_tokens(Path(name)):
+        model, preprocess, tokenizer = _load_pruned(Path(name))
         return OpenClipEmbedder(model, preprocess, tokenizer, model_id, device)
     import open_clip
 
@@ -134,7 +143,10 @@ def embedder_id(name: str, pretrained: str | None = None) -> str:
         return SHAPES_MODEL_ID
     if Path(name).is_dir():
         folder = Path(name)
-        return f"open_clip:local-dir:{folder.resolve().name}@{_folder_digest(folder)}"
+        digest = _folder_digest(folder)
+        if digest == _shipped_shapes_digest():
+            return SHAPES_MODEL_ID  # the shipped shapes CLIP by path: the same model as "shapes"
+        return f"open_clip:local-dir:{folder.resolve().name}@{digest}"
     if name.startswith("hf-hub:"):
         return f"open_clip:{name}"
     if pretrained and Path(pretrained).is_file():
@@ -166,6 +178,47 @@ def _load_shapes():
         return load_shapes_clip()
     except (BatError, OSError, RuntimeError) as exc:  # assets not built, or a damaged asset
         raise PoolError(f"The shapes CLIP could not be loaded: {exc}") from exc
+
+
+def has_pruned_tokens(folder: Path) -> bool:
+    """True for a folder in ``bat_app.shapes.clip.save_clip``'s format: open_clip's layout, but
+    the token table stored as the kept rows and their ids, which open_clip cannot load."""
+    weights = folder / "open_clip_model.safetensors"
+    if not weights.is_file():
+        return False
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(weights), "pt") as f:
+            return PRUNED_TOKEN_KEY in f.keys()
+    except (SafetensorError, OSError) as exc:
+        raise PoolError(f"{weights} is not a readable safetensors file ({exc}); restore it or "
+                        "pass another --clip-model.") from exc
+
+
+def _load_pruned(folder: Path):
+    # One loader for this format (the shapes package's), so the way the rows that were not
+    # kept are filled in stays in one place.
+    from bat_app.shapes.clip import load_clip
+
+    try:
+        return load_clip(folder)
+    except (OSError, RuntimeError, ValueError, KeyError) as exc:
+        raise PoolError(f"The CLIP folder {folder} (pruned token table, written by "
+                        f"bat_app.shapes.clip.save_clip) could not be loaded: {exc}") from exc
+
+
+def _shipped_shapes_digest() -> str | None:
+    global _SHAPES_DIGEST
+    if _SHAPES_DIGEST is _UNSET:
+        try:
+            from bat_app.shapes.paths import shapes_paths
+
+            folder = shapes_paths().clip
+            _SHAPES_DIGEST = _folder_digest(folder) if folder.is_dir() else None
+        except (ImportError, OSError, ValueError):
+            _SHAPES_DIGEST = None
+    return _SHAPES_DIGEST
 
 
 def _load_failure(name: str, pretrained: str | None, exc: Exception) -> str:
