@@ -49,6 +49,9 @@ class CompareConfig:
             raise InputError("`train` and `selection` must be JSON objects of settings.")
         self.train_config()  # validates the nested settings now, at the door
         self.selection_params()
+        from ..limits import check_config  # the server's upper bounds (bat_app.limits)
+
+        check_config(self)
 
     def train_config(self) -> TrainConfig:
         for key in ("token", "class_noun"):

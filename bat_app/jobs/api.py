@@ -7,12 +7,15 @@
     cancel(job_id)
 
 Every function takes ``settings=`` (default: ``JobSettings.from_env()``, i.e. BAT_HOME and
-BAT_REDIS_URL). User mistakes raise BatError subclasses: InputError / ImageError (refused at
-submit), QueueFull, JobNotFound.
+BAT_REDIS_URL). User mistakes raise BatError subclasses: InputError / ImageError / LimitError
+(refused at submit), QueueFull (ClientQueueFull: this client's cap), JobNotFound.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import os
 import secrets
 import shutil
 import time
@@ -22,13 +25,17 @@ from pathlib import Path
 from .errors import QueueFull
 from .pipelines import check_pipeline
 from .queue import connect
-from .record import CANCELLED, FINISHED, QUEUED, JobRecord
+from .record import CANCELLED, FINISHED, QUEUED, RUNNING, JobRecord
 from .settings import JobSettings
 from .store import CONFIG, INPUTS, write_json_atomic
 
 
+class ClientQueueFull(QueueFull):
+    """This client already has ``max_per_client`` jobs queued or running."""
+
+
 def submit(config, images: Sequence[str | Path] | str | Path, *, pipeline: str = "compare",
-           settings: JobSettings | None = None) -> str:
+           settings: JobSettings | None = None, client: str | None = None, limits=None) -> str:
     """Validate ``config`` and ``images``, copy them into a new job folder, queue it; returns the id.
 
     Args:
@@ -37,18 +44,26 @@ def submit(config, images: Sequence[str | Path] | str | Path, *, pipeline: str =
         images: image files and/or folders of images (checked with ``load_user_images``:
             ImageError lists every unusable file). They are copied, so the caller may delete them.
         pipeline: what the job runs (see ``bat_app.jobs.pipelines``).
+        client: who submits, for the per-client cap (the web app passes its user, IP or session);
+            None (the CLI, an operator) has no cap. Only a keyed hash of it is stored.
+        limits: a ``bat_app.limits.Limits`` (default: from the environment); the config was
+            checked against them when it was built, the photos are checked here.
 
     Raises:
         QueueFull: ``settings.max_queue`` jobs are already waiting.
+        ClientQueueFull: ``client`` already has ``settings.max_per_client`` jobs queued or running.
     """
     from bat_app.compare.config import CompareConfig
     from bat_app.images import load_user_images
+    from bat_app.limits import Limits
 
     settings, store, dispatch = connect(settings)
+    limits = limits or Limits.from_env()
     config = config if isinstance(config, CompareConfig) else CompareConfig.from_dict(config)
     check_pipeline(pipeline)
     sources = [Path(p) for p in images] if isinstance(images, (list, tuple)) else Path(images)
-    report = load_user_images(sources)
+    report = load_user_images(sources, limits=limits.intake())
+    client_key = _client_key(store.root, client) if client else None
 
     job_id = secrets.token_hex(16)
     staging = store.root / f".incoming-{job_id}"  # invisible to listings until renamed into place
@@ -58,15 +73,12 @@ def submit(config, images: Sequence[str | Path] | str | Path, *, pipeline: str =
         for user, name in zip(report.images, names):
             shutil.copyfile(user.source, staging / INPUTS / name)
         write_json_atomic(staging / CONFIG, config.to_dict())
-        record = JobRecord(job_id, pipeline=pipeline, images=[f"{INPUTS}/{n}" for n in names])
+        record = JobRecord(job_id, pipeline=pipeline, images=[f"{INPUTS}/{n}" for n in names],
+                           client=client_key)
         for warning in report.warnings:
             record.say(f"warning: {warning}")
-        with store.submit_lock():
-            waiting = sum(1 for r in store.all() if r.status == QUEUED)
-            if waiting >= settings.max_queue:
-                raise QueueFull(f"The queue is full: {waiting} jobs are waiting (the limit is "
-                                f"{settings.max_queue}). Try again when some have started, or raise "
-                                f"BAT_MAX_QUEUE.")
+        with store.submit_lock():  # count and add as one step: concurrent submits cannot overshoot
+            _check_room(store.all(), settings, client_key)
             record.enqueued_at = time.time()
             record.say("queued")
             store.write(record, folder=staging)
@@ -78,11 +90,14 @@ def submit(config, images: Sequence[str | Path] | str | Path, *, pipeline: str =
 
 
 def status(job_id: str, *, settings: JobSettings | None = None) -> dict:
-    """The record as a dict, plus ``queue_position`` (None unless queued), ``queue_length`` and ``dir``."""
+    """The record as a dict, plus ``queue_position`` (None unless queued), ``queue_length``,
+    ``running`` (jobs running now; counted only while this one waits) and ``dir``."""
     settings, store, _ = connect(settings)
     record = store.read(job_id)
-    queued = _queued(store.all()) if record.status == QUEUED else []
-    return _view(record, queued, store.folder(job_id))
+    records = store.all() if record.status == QUEUED else []
+    view = _view(record, _queued(records), store.folder(job_id))
+    view["running"] = sum(1 for r in records if r.status == RUNNING)
+    return view
 
 
 def list_jobs(*, status: str | None = None, settings: JobSettings | None = None) -> list[dict]:
@@ -145,6 +160,39 @@ def job_dir(job_id: str, *, settings: JobSettings | None = None) -> Path:
 
 # --- helpers -----------------------------------------------------------------------------
 
+def _check_room(records: list[JobRecord], settings: JobSettings, client_key: str | None) -> None:
+    """QueueFull when the queue, or this client's share of it, is full (messages for web users)."""
+    if client_key is not None:
+        mine = sum(1 for r in records if r.client == client_key and r.status in (QUEUED, RUNNING))
+        if mine >= settings.max_per_client:
+            raise ClientQueueFull(
+                f"You already have {mine} job(s) queued or running, the most one user may have at a time "
+                f"({settings.max_per_client}). Wait until one finishes, or cancel one (Jobs tab), then "
+                f"try again.")
+    waiting = sum(1 for r in records if r.status == QUEUED)
+    if waiting >= settings.max_queue:
+        raise QueueFull(f"The queue is full ({waiting} jobs are waiting): please try again later.")
+
+
+def _client_key(root: Path, client: str) -> str:
+    """A keyed hash of the client (an IP address or user name is not kept in job records); the
+    key is random per data dir, so the hash cannot be reversed by trying every IP address."""
+    path = root / ".client-key"
+    if not path.is_file():
+        # written aside and linked into place: a concurrent reader never sees a half-written key
+        tmp = root / f".client-key.{secrets.token_hex(8)}"
+        tmp.write_bytes(secrets.token_bytes(32))
+        os.chmod(tmp, 0o600)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass  # another process made it first: use theirs
+        finally:
+            tmp.unlink()
+    key = path.read_bytes()
+    return hmac.new(key, client.encode(), hashlib.sha256).hexdigest()[:32]
+
+
 def _queued(records: list[JobRecord]) -> list[str]:
     return [r.id for r in sorted((r for r in records if r.status == QUEUED), key=JobRecord.queue_key)]
 
@@ -164,4 +212,4 @@ def _input_names(names: list[str]) -> list[str]:
     return [f"{i:02d}_{n.lstrip('.') or 'image'}" for i, n in enumerate(names)]
 
 
-__all__ = ["cancel", "job_dir", "list_jobs", "queue_position", "status", "submit", "wait"]
+__all__ = ["ClientQueueFull", "cancel", "job_dir", "list_jobs", "queue_position", "status", "submit", "wait"]

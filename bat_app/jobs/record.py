@@ -51,6 +51,8 @@ class JobRecord:
     lease: dict | None = None          # worker identity, used to tell a dead local worker at once
     runner_pid: int | None = None      # the job process doing the work
     cancel_requested: bool = False
+    client: str | None = None          # keyed hash of the web client that submitted it (per-client cap);
+                                       # never shown to anyone, None for the CLI
     attempts: list[dict] = field(default_factory=list)  # per claim: worker, started/ended, first_step, outcome
 
     def to_dict(self) -> dict:

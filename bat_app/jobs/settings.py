@@ -22,6 +22,7 @@ ENV = {
     "redis_url": "BAT_REDIS_URL",
     "queue_name": "BAT_QUEUE_NAME",
     "max_queue": "BAT_MAX_QUEUE",
+    "max_per_client": "BAT_MAX_PER_CLIENT",
     "heartbeat_s": "BAT_JOB_HEARTBEAT_S",
     "stale_after_s": "BAT_JOB_STALE_S",
     "cancel_grace_s": "BAT_JOB_CANCEL_GRACE_S",
@@ -43,6 +44,7 @@ class JobSettings:
     redis_url: str | None = None       # set: Redis huey shared by many machines; unset: SQLite huey in data_dir
     queue_name: str = "bat-jobs"       # huey queue name (one Redis can hold several queues)
     max_queue: int = 50                # waiting jobs accepted before submit raises QueueFull
+    max_per_client: int = 2            # queued + running jobs one web client may have (the CLI has no cap)
     heartbeat_s: float = 5.0           # how often a worker renews the lease of its running job
     stale_after_s: float = 30.0        # a running job with no heartbeat for this long is re-queued
     cancel_grace_s: float = 10.0       # after a cancel, the job process gets this long to stop itself
@@ -63,8 +65,10 @@ class JobSettings:
         if self.stale_after_s <= self.heartbeat_s:
             raise InputError(f"`stale_after_s` ({self.stale_after_s}) must exceed `heartbeat_s` "
                              f"({self.heartbeat_s}), or live jobs would be taken from their workers.")
-        if not isinstance(self.max_queue, int) or self.max_queue < 1:
-            raise InputError(f"Job setting `max_queue` must be a positive integer, got {self.max_queue!r}.")
+        for name in ("max_queue", "max_per_client"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise InputError(f"Job setting `{name}` ({ENV[name]}) must be a positive integer, got {value!r}.")
         if not isinstance(self.max_retries, int) or self.max_retries < 0:
             raise InputError(f"Job setting `max_retries` must be an integer >= 0, got {self.max_retries!r}.")
         if self.cancel_grace_s < 0 or self.retention_days < 0 or self.disk_budget_gb < 0:

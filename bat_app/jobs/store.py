@@ -54,7 +54,7 @@ class FileLocks:
             try:
                 fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
             except FileNotFoundError:  # the job folder is gone
-                raise JobNotFound(f"No job folder {path.parent}.") from None
+                raise JobNotFound(_not_found(path.parent.name)) from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 yield
@@ -77,7 +77,7 @@ class RedisLocks:
         from redis.exceptions import LockError
 
         if not path.parent.is_dir():
-            raise JobNotFound(f"No job folder {path.parent}.")
+            raise JobNotFound(_not_found(path.parent.name))
         # The timeout frees the lock of a process killed while holding it; every critical
         # section here is a few file operations, far below it.
         lock = self.conn.lock(f"{self.prefix}:{path.parent.name}/{path.name}", timeout=self.timeout_s,
@@ -118,8 +118,7 @@ class JobStore:
         try:
             return JobRecord.from_dict(json.loads(path.read_text()))
         except FileNotFoundError:
-            raise JobNotFound(f"No job {job_id} in {self.root} (it may have been cleaned up "
-                              f"after its retention period).") from None
+            raise JobNotFound(_not_found(job_id)) from None
 
     def write(self, record: JobRecord, folder: Path | None = None) -> None:
         """Replace the record atomically: readers see the old or the new file, never half of one."""
@@ -157,6 +156,13 @@ class JobStore:
             except JobNotFound:  # deleted while listing
                 continue
         return records
+
+
+def _not_found(job_id: str) -> str:
+    # Users read this (web app, API): it names no server folder, and says the same for an id
+    # that never existed and one that was deleted, so it tells a guesser nothing.
+    return (f"No job {job_id}: check the id (the 32 hexadecimal digits Start gave you); finished "
+            f"jobs are deleted after their retention period.")
 
 
 def write_json_atomic(path: Path, data) -> None:
