@@ -122,3 +122,51 @@ def test_config_errors_are_refused_at_the_door():
         from bat_app.compare.run import _pool_and_embedder
 
         _pool_and_embedder(CompareConfig(methods=["albat"]), None)
+
+
+def test_a_changed_setting_redoes_exactly_the_stages_it_feeds(tiny_model_dir, tiny_pool_dir, tiny_clip_dir,
+                                                              subject_dir, tmp_path):
+    """`compare --steps 3` after a 2-step run into the same folder must not return the 2-step LoRA."""
+    out = tmp_path / "cmp"
+    train = {"steps": 2, "lr": 5e-3, "checkpoint_every": 1}
+    first = config(tiny_model_dir, tiny_pool_dir, tiny_clip_dir, methods=["random"], num_prompts=1, train=train)
+    run_compare(first, subject_dir, out)
+    lora = out / "methods" / "random" / "lora"
+    samples = out / "previews" / "samples"
+    selected = (out / "methods" / "random" / "selection" / "selection.jsonl").stat().st_mtime_ns
+    base_drawn = next((samples / "base").glob("*.png")).stat().st_mtime_ns
+    drawn = next((samples / "random").glob("*.png")).stat().st_mtime_ns
+
+    more_steps = config(tiny_model_dir, tiny_pool_dir, tiny_clip_dir, methods=["random"], num_prompts=1,
+                        train=train | {"steps": 3})
+    result = run_compare(more_steps, subject_dir, out)
+    log = json.loads((lora / "training_log.json").read_text())
+    assert log["config"]["steps"] == 3 and len(log["losses"]) == 3
+    assert next((samples / "random").glob("*.png")).stat().st_mtime_ns != drawn   # the new LoRA's previews
+    assert next((samples / "base").glob("*.png")).stat().st_mtime_ns == base_drawn  # the base did not change
+    # random selection does not depend on training steps: kept
+    assert (out / "methods" / "random" / "selection" / "selection.jsonl").stat().st_mtime_ns == selected
+    assert result.metrics["counts"] == {"random": 4}
+
+    fewer_items = config(tiny_model_dir, tiny_pool_dir, tiny_clip_dir, methods=["random"], num_prompts=1,
+                         train=train | {"steps": 3}, selection={"m": 3})
+    result = run_compare(fewer_items, subject_dir, out)
+    assert result.metrics["counts"] == {"random": 3}
+    log = json.loads((lora / "training_log.json").read_text())
+    assert log["augmentation_examples"] == 3  # retrained on the new selection
+
+
+def test_an_undefined_metric_is_null_in_json_and_a_dash_in_the_report(tmp_path):
+    """Diversity with one preview seed is undefined: strict JSON (null), shown as "—"."""
+    from bat_app.compare.report import metrics_table
+    from bat_app.metrics import write_metrics
+
+    assert np.isnan(diversity([np.ones((1, 2), np.float32)]))
+    metrics = {"methods": {"base": {"clip_i": 0.5, "diversity": float("nan")}}, "notes": []}
+    path = write_metrics(tmp_path / "metrics.json", metrics)
+    text = path.read_text()
+    assert "NaN" not in text
+    read = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+    assert read["methods"]["base"] == {"clip_i": 0.5, "diversity": None}
+    row = metrics_table(read)[-1]
+    assert row == "| base | — | 0.500 | — |"

@@ -18,7 +18,8 @@ def metrics_table(metrics: dict) -> list[str]:
              "|---|---:|" + "---:|" * len(names)]
     for method, values in methods.items():
         count = metrics.get("counts", {}).get(method, "—")
-        cells = [f"{values[n]:.3f}" if n in values else "—" for n in names]
+        # "—": not measured in this run (absent, or undefined like diversity with one seed)
+        cells = [f"{values[n]:.3f}" if values.get(n) is not None else "—" for n in names]
         lines.append(f"| {method} | {count} | " + " | ".join(cells) + " |")
     return lines
 

@@ -4,9 +4,11 @@
                                        methods=["none", "albat"]), image_paths, "runs/star")
     result.outputs["report"]      # report.md with the table and the cost per stage
 
-Every stage writes its results under ``out_dir`` and is skipped when they are already there,
-and training resumes from its checkpoints, so calling it again after a crash continues where
-it stopped (the job queue relies on this).
+Each stage is one function below, named as in the line above. Selection, training and preview
+samples are expensive, so each writes a ``stage.json`` keyed on the inputs that produced it
+(see :mod:`bat_app.compare.stages`): calling ``run_compare`` again reuses what is still right,
+redoes what a changed setting feeds, and resumes training from its checkpoints after a crash
+(the job queue relies on this). Metrics, the grid and the downloads are cheap and always rebuilt.
 """
 
 from __future__ import annotations
@@ -14,9 +16,9 @@ from __future__ import annotations
 import json
 import time
 import zipfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 from PIL import Image
 
@@ -30,9 +32,13 @@ from ..preview import comparison_grid, default_prompt_set, load_prompt_set, samp
 from ..train.progress import ProgressEvent
 from .config import BASE, CompareConfig
 from .report import write_report
+from .stages import RECORD, StageRecord, stage_key
 
 # Selecting the others needs ALBAT's count first: random/clip/prior take as many items as it kept.
 ORDER = ("albat", "clip", "random", "prior", "none")
+# Selectors whose result depends on the training settings: ALBAT trains a surrogate LoRA, prior
+# generates class images with the base model at the training resolution.
+TRAINING_DEPENDENT = ("albat", "prior")
 
 
 @dataclass
@@ -43,148 +49,216 @@ class CompareResult:
     timings: dict = field(default_factory=dict)             # stage -> seconds
 
 
+@dataclass
+class CompareRun:
+    """What the stages share: the settings, the loaded model and images, and the result so far."""
+
+    config: CompareConfig
+    out: Path
+    emit: Callable[[ProgressEvent], None]
+    cancel: Callable[[], bool] | None
+    resume: bool
+    result: CompareResult
+    train_config: object = None
+    components: object = None
+    images: list = field(default_factory=list)   # checked UserImages
+    resolution: int = 0
+    pool: object = None
+    embedder: object = None
+    inputs: dict = field(default_factory=dict)   # what every stage key includes: model, images
+
+    def stage(self, name: str) -> float:
+        """Announce a stage (after checking for a cancel); returns its start time."""
+        if self.cancel is not None and self.cancel():
+            raise Cancelled(f"Cancelled before stage '{name}'; finished stages are kept in {self.out}.")
+        self.emit(ProgressEvent(name, 0, 1, message=f"{name}"))
+        return time.perf_counter()
+
+    def tagged(self, method: str) -> Callable[[ProgressEvent], None]:
+        def emit(event: ProgressEvent) -> None:
+            event.method = method
+            self.emit(event)
+        return emit
+
+
 def run_compare(config: CompareConfig, images: Sequence[str | Path] | str | Path, out_dir: str | Path, *,
                 progress: Callable[[ProgressEvent], None] | None = None, cancel: Callable[[], bool] | None = None,
                 resume: bool = True, limits: IntakeLimits | None = None) -> CompareResult:
+    """Run every stage; ``resume=False`` redoes even the stages whose results are still valid."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    emit = progress or (lambda e: None)
-    result = CompareResult(out)
-    timings = result.timings
-    # A resumed run reports the cost a stage had when it ran, not the ~0 s of reusing it.
-    previous = json.loads((out / "timings.json").read_text()) if (out / "timings.json").is_file() else {}
+    run = CompareRun(config, out, progress or (lambda e: None), cancel, resume, CompareResult(out))
+    validate(run, images, limits)
+    selections = select(run)
+    loras = train(run, selections)
+    columns, prompts, set_name = preview(run, loras)
+    measure(run, columns, prompts, set_name, selections)
+    package(run, loras, selections)
+    run.emit(ProgressEvent("done", 1, 1))
+    return run.result
 
-    def record(name: str, started: float, reused: bool) -> None:
-        timings[name] = previous.get(name, 0.0) if reused else time.perf_counter() - started
 
-    def stage(name: str):
-        if cancel is not None and cancel():
-            raise Cancelled(f"Cancelled before stage '{name}'; finished stages are kept in {out}.")
-        emit(ProgressEvent(name, 0, 1, message=f"{name}"))
-        return time.perf_counter()
+# --- the stages, in order ------------------------------------------------------------------
 
-    # validate --------------------------------------------------------------------------
-    t = stage("validate")
-    train_config = config.train_config()
-    components = load_components(config.model)
-    resolution = train_config.resolution or components.spec.resolution
+def validate(run: CompareRun, images, limits: IntakeLimits | None) -> None:
+    """Load the model, check the user's images, open the pool and the CLIP that scores."""
+    t = run.stage("validate")
+    config = run.config
+    run.train_config = config.train_config()
+    run.components = load_components(config.model)
+    run.resolution = run.train_config.resolution or run.components.spec.resolution
     report = load_user_images(images if isinstance(images, (str, Path)) else [Path(p) for p in images],
-                              limits=limits or IntakeLimits(), resolution=resolution)
+                              limits=limits or IntakeLimits(), resolution=run.resolution)
+    run.images = report.images
     # The embedder is needed even without a pool: it scores every column (CLIP-I/T).
-    pool, embedder = _pool_and_embedder(config, components)
-    (out / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
-    timings["validate"] = time.perf_counter() - t
+    run.pool, run.embedder = _pool_and_embedder(config, run.components)
+    spec = run.components.spec
+    run.inputs = {"model": [spec.name, str(spec.source)], "images": [u.sha256 for u in run.images]}
+    (run.out / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
+    run.result.timings["validate"] = time.perf_counter() - t
 
-    # select ----------------------------------------------------------------------------
-    selections: dict[str, Selection] = {}
-    params = config.selection_params()
-    for method in [m for m in ORDER if m in config.methods]:
-        t = stage("select")
-        folder = out / "methods" / method / "selection"
-        reused = resume and (folder / "selection.json").is_file()
-        if reused:
-            selections[method] = Selection.load(folder)
-            selections[method].pool = pool
+
+def select(run: CompareRun) -> dict[str, tuple[Selection, str]]:
+    """Each method's backbone items: method -> (selection, the key it was made with)."""
+    selections: dict[str, tuple[Selection, str]] = {}
+    params = run.config.selection_params()
+    for method in [m for m in ORDER if m in run.config.methods]:
+        t = run.stage("select")
+        m_params = params
+        if method != "albat" and "albat" in selections:
+            m_params = SelectionParams(**{**params.to_dict(), "m": max(1, len(selections["albat"][0]))})
+        key = stage_key(stage="select", method=method, params=m_params.to_dict(), **run.inputs,
+                        pool=_pool_identity(run.pool) if method not in ("none", "prior") else None,
+                        train=run.train_config.fingerprint() if method in TRAINING_DEPENDENT else None)
+        record = StageRecord(run.out / "methods" / method / "selection")
+        done = record.finished(key) if run.resume else None
+        if done:
+            selection = Selection.load(record.folder)
+            selection.pool = run.pool
         else:
-            m_params = params
-            if method != "albat" and "albat" in selections:
-                m_params = SelectionParams(**{**params.to_dict(), "m": max(1, len(selections["albat"]))})
-            selections[method] = run_selection(method, components, report.images, train_config, pool=pool,
-                                               embedder=embedder, params=m_params, out_dir=folder,
-                                               progress=_tag(emit, method), cancel=cancel)
-        record(f"select:{method}", t, reused)
+            record.start(key, run.resume)
+            selection = run_selection(method, run.components, run.images, run.train_config, pool=run.pool,
+                                      embedder=run.embedder, params=m_params, out_dir=record.folder,
+                                      progress=run.tagged(method), cancel=run.cancel)
+            done = record.finish(key, time.perf_counter() - t)
+        selections[method] = (selection, key)
+        # A reused stage reports the cost it had when it ran, not the ~0 s of reusing it.
+        run.result.timings[f"select:{method}"] = done["seconds"]
+    return selections
 
-    # train -----------------------------------------------------------------------------
-    loras: dict[str, Path | None] = {BASE: None}
-    for method in config.methods:
-        t = stage("train")
-        lora_dir = out / "methods" / method / "lora"
-        reused = resume and (lora_dir / DIFFUSERS_FILE).is_file() and (lora_dir / "training_log.json").is_file()
-        if not reused:
-            train_with_selection(components, report.images, train_config, selections[method], lora_dir,
-                                 resume=resume, progress=_tag(emit, method), cancel=cancel)
-        loras[method] = lora_dir
-        record(f"train:{method}", t, reused)
 
-    # preview ---------------------------------------------------------------------------
-    t = stage("preview")
-    set_name = config.prompt_set or default_prompt_set(components.spec.preset or components.spec.name,
-                                                       config.class_noun)
+def train(run: CompareRun, selections: dict[str, tuple[Selection, str]]) -> dict[str, tuple[Path | None, str]]:
+    """One LoRA per method, all with the same settings: method -> (LoRA folder, its key)."""
+    loras: dict[str, tuple[Path | None, str]] = {BASE: (None, "")}
+    for method in run.config.methods:
+        t = run.stage("train")
+        selection, selection_key = selections[method]
+        key = stage_key(stage="train", train=run.train_config.fingerprint(), selection=selection_key, **run.inputs)
+        record = StageRecord(run.out / "methods" / method / "lora")
+        done = record.finished(key) if run.resume else None
+        if not done:
+            record.start(key, run.resume)
+            train_with_selection(run.components, run.images, run.train_config, selection, record.folder,
+                                 resume=run.resume, progress=run.tagged(method), cancel=run.cancel)
+            done = record.finish(key, time.perf_counter() - t)
+        loras[method] = (record.folder, key)
+        run.result.timings[f"train:{method}"] = done["seconds"]
+    return loras
+
+
+def preview(run: CompareRun, loras: dict[str, tuple[Path | None, str]]):
+    """Every column (base model + each LoRA) on the same prompts and seeds; the grid.
+
+    Returns (columns, prompts, prompt set name); columns[method][prompt][seed] are images."""
+    run.stage("preview")
+    config, spec = run.config, run.components.spec
+    set_name = config.prompt_set or default_prompt_set(spec.preset or spec.name, config.class_noun)
     prompt_set = load_prompt_set(set_name)
     prompts = prompt_set.prompts(config.token, config.class_noun, limit=config.num_prompts)
     prompts.append(("class", prompt_set.class_text(config.class_noun)))  # class-prior check, no token
-    columns = {}
-    reused = True
-    for method, lora in loras.items():
-        columns[method], drawn = _cached_samples(components, [p for _, p in prompts], config.seeds, lora,
-                                          out / "previews" / "samples" / method, _tag(emit, method), cancel)
-        reused = reused and not drawn
-    grid = comparison_grid(columns, [p for _, p in prompts], cell=64 if resolution <= 64 else 128)
-    grid.save(out / "previews" / f"grid_{set_name}.png")
-    result.outputs["grid"] = f"previews/grid_{set_name}.png"
-    record("preview", t, reused)
+    texts = [p for _, p in prompts]
+    columns, seconds = {}, 0.0
+    for method, (lora, lora_key) in loras.items():
+        key = stage_key(stage="preview", lora=lora_key, prompts=texts, seeds=config.seeds,
+                        sampling=spec.sampling, resolution=spec.resolution, **run.inputs)
+        columns[method], cost = _samples(run, StageRecord(run.out / "previews" / "samples" / method), key,
+                                         texts, lora, run.tagged(method))
+        seconds += cost
+    grid = comparison_grid(columns, texts, cell=64 if run.resolution <= 64 else 128)
+    grid.save(run.out / "previews" / f"grid_{set_name}.png")
+    run.result.outputs["grid"] = f"previews/grid_{set_name}.png"
+    # Like the other stages, the cost is what drawing took when it ran, not the ~0 s of reading back.
+    run.result.timings["preview"] = seconds
+    return columns, prompts, set_name
 
-    # metrics ---------------------------------------------------------------------------
-    t = stage("metrics")
-    subject, classifier = _shapes_judges(components, config)
-    metrics = _compute_metrics(columns, prompts, report.images, embedder, config, subject, classifier)
-    metrics["counts"] = {m: len(selections[m]) for m in config.methods}
+
+def measure(run: CompareRun, columns, prompts, set_name: str, selections) -> dict:
+    """metrics.json: CLIP-I/T, diversity, DINO when available, shapes scores on shapes."""
+    from ..metrics import compute_metrics, json_safe, write_metrics
+
+    t = run.stage("metrics")
+    subject, classifier = _shapes_judges(run.components, run.config)
+    metrics = compute_metrics(columns, prompts, [u.image for u in run.images], run.embedder, run.config.token,
+                              run.config.class_noun, subject=subject, classifier=classifier)
+    metrics["counts"] = {m: len(selections[m][0]) for m in run.config.methods}
     metrics["prompt_set"] = set_name
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    result.metrics = metrics
-    result.outputs["metrics"] = "metrics.json"
-    timings["metrics"] = time.perf_counter() - t
+    write_metrics(run.out / "metrics.json", metrics)
+    run.result.metrics = metrics = json_safe(metrics)  # what the file says, also in memory
+    run.result.outputs["metrics"] = "metrics.json"
+    run.result.timings["metrics"] = time.perf_counter() - t
+    return metrics
 
-    # package ---------------------------------------------------------------------------
-    t = stage("package")
-    for method in config.methods:
-        result.outputs.update(_package(out, method, loras[method], selections[method]))
-    timings["package"] = time.perf_counter() - t
-    (out / "timings.json").write_text(json.dumps(timings, indent=1))
-    result.outputs["report"] = write_report(out, config, metrics, timings, result.outputs).name
-    emit(ProgressEvent("done", 1, 1))
-    return result
+
+def package(run: CompareRun, loras, selections) -> None:
+    """One zip per method, timings.json and report.md."""
+    t = run.stage("package")
+    for method in run.config.methods:
+        run.result.outputs.update(_zip_method(run.out, method, loras[method][0]))
+    run.result.timings["package"] = time.perf_counter() - t
+    (run.out / "timings.json").write_text(json.dumps(run.result.timings, indent=1))
+    run.result.outputs["report"] = write_report(run.out, run.config, run.result.metrics, run.result.timings,
+                                                run.result.outputs).name
 
 
 # --- helpers -----------------------------------------------------------------------------
 
-def _tag(emit, method: str):
-    def tagged(event: ProgressEvent):
-        event.method = method
-        emit(event)
-    return tagged
+def _pool_identity(pool) -> dict | None:
+    """A rebuilt pool (new manifest) in the same folder invalidates the selections made from it."""
+    if pool is None:
+        return None
+    return {"folder": str(pool.folder), "manifest": stage_key(**pool.manifest)}
 
 
 def _pool_and_embedder(config: CompareConfig, components):
-    from .pools import resolve_pool
-
     from ..albat.run import open_pool
+    from .pools import default_embedder, resolve_pool
 
     pool_dir = resolve_pool(config.pool, components)
     if pool_dir is None:
         if config.needs_pool():
             raise InputError(f"Methods {[m for m in config.methods if m in ('random', 'clip', 'albat')]} "
                              f"need a backbone pool: set `pool` (a pool folder, or 'shapes').")
-        from .pools import default_embedder
-
         return None, default_embedder(components, config.clip_model, config.clip_pretrained)
     return open_pool(pool_dir, config.clip_model, config.clip_pretrained)
 
 
-def _cached_samples(components, prompts, seeds, lora, folder: Path, emit, cancel):
-    """(images, drawn): preview images, read back from disk when a previous run drew them."""
-    paths = [[folder / f"p{p:02d}_s{seed}.png" for seed in seeds] for p in range(len(prompts))]
-    if all(path.is_file() for row in paths for path in row):
-        return [[Image.open(path).convert("RGB") for path in row] for row in paths], False
-    if cancel is not None and cancel():
+def _samples(run: CompareRun, record: StageRecord, key: str, prompts: list[str], lora, emit):
+    """(images, seconds drawing them): one column of previews, read back when still valid."""
+    seeds = run.config.seeds
+    paths = [[record.folder / f"p{p:02d}_s{seed}.png" for seed in seeds] for p in range(len(prompts))]
+    done = record.finished(key) if run.resume else None
+    if done and all(path.is_file() for row in paths for path in row):
+        return [[Image.open(path).convert("RGB") for path in row] for row in paths], done["seconds"]
+    if run.cancel is not None and run.cancel():
         raise Cancelled("Cancelled while rendering previews.")
-    images = sample_images(components, prompts, seeds, lora,
-                           progress=lambda d, t: emit(ProgressEvent("preview", d, t)))
-    folder.mkdir(parents=True, exist_ok=True)
+    t = time.perf_counter()
+    record.start(key, resume=False)  # samples are drawn whole: nothing partial to keep
+    images = sample_images(run.components, prompts, seeds, lora,
+                           progress=lambda d, total: emit(ProgressEvent("preview", d, total)))
     for row, row_paths in zip(images, paths):
         for image, path in zip(row, row_paths):
             image.save(path)
-    return images, True
+    return images, record.finish(key, time.perf_counter() - t)["seconds"]
 
 
 def _shapes_judges(components, config):
@@ -199,18 +273,11 @@ def _shapes_judges(components, config):
     return matches[0], load_attribute_classifier()
 
 
-def _compute_metrics(columns, prompts, images, embedder, config, subject, classifier) -> dict:
-    from ..metrics import compute_metrics
-
-    return compute_metrics(columns, prompts, [u.image for u in images], embedder, config.token,
-                           config.class_noun, subject=subject, classifier=classifier)
-
-
-def _package(out: Path, method: str, lora_dir: Path, selection: Selection) -> dict[str, str]:
-    """One zip per method: both LoRA files, the model card, loss curve and preview samples."""
+def _zip_method(out: Path, method: str, lora_dir: Path) -> dict[str, str]:
+    """One zip per method: both LoRA files, the model card, loss curve, samples and selection."""
     zip_path = out / "downloads" / f"{method}_lora.zip"
     zip_path.parent.mkdir(parents=True, exist_ok=True)
-    files = [p for p in lora_dir.iterdir() if p.is_file()]
+    files = [p for p in lora_dir.iterdir() if p.is_file() and p.name != RECORD]
     samples = sorted((out / "previews" / "samples" / method).glob("*.png"))
     tmp = zip_path.with_suffix(".zip.tmp")
     with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:

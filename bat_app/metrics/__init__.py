@@ -3,14 +3,17 @@ diversity, and on the shapes backbone the classifier's attribute scores."""
 
 from __future__ import annotations
 
-from typing import Sequence
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
 from .clip_scores import clip_i, clip_t, diversity, strip_token
 from .dino import dino_embed, dino_unavailable_reason
 
-__all__ = ["clip_i", "clip_t", "compute_metrics", "diversity"]
+__all__ = ["clip_i", "clip_t", "compute_metrics", "diversity", "json_safe", "write_metrics"]
 
 
 def compute_metrics(columns: dict[str, list[list]], prompts: Sequence[tuple[str, str]], references: Sequence,
@@ -47,3 +50,26 @@ def compute_metrics(columns: dict[str, list[list]], prompts: Sequence[tuple[str,
             m.update(shapes_scores(predictions, kinds, None, subject.trait, class_noun))
         result[method] = {k: v for k, v in m.items() if v is not None}
     return {"methods": result, "notes": notes}
+
+
+def json_safe(value):
+    """``value`` with every NaN/inf float replaced by None: an undefined metric (diversity with
+    one seed) is "not measured", and JSON has no NaN (browsers' JSON.parse rejects it).
+
+    >>> json_safe({"a": float("nan"), "b": [1.0, float("inf")]})
+    {'a': None, 'b': [1.0, None]}
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def write_metrics(path: str | Path, metrics: dict) -> Path:
+    """Write ``metrics`` as strict JSON (undefined values as null); returns the path."""
+    path = Path(path)
+    path.write_text(json.dumps(json_safe(metrics), indent=1, allow_nan=False))
+    return path
