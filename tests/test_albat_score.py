@@ -1,5 +1,6 @@
-"""ALBAT's loss-reduction score on the tiny model: exact zero for identical adapters, shared
-draws, determinism, and a positive score where the surrogate learned."""
+"""ALBAT's loss-reduction score on the tiny model: exact zero for identical adapters, draws shared
+by the two passes and by every candidate, stratified timesteps, per-stratum standardisation,
+the prompt-specific variant, determinism per score seed, and the surrogate cache."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ import pytest
 import torch
 from PIL import Image
 
-from bat_app.albat.score import loss_reduction, train_surrogate
+from bat_app.albat import SelectionContext, SelectionParams, get_score
+from bat_app.albat.draws import SharedDraws, stratified_timesteps
+from bat_app.albat.score import loss_matrix, loss_reduction, standardise_strata
+from bat_app.albat.surrogate import train_surrogate
 from bat_app.train import TrainConfig
 from bat_app.train.data import Example
-
 
 CONFIG = TrainConfig(token="sks", class_noun="disc", steps=40, lr=5e-3, rank=4, checkpoint_every=0)
 
@@ -53,38 +56,92 @@ def test_score_is_deterministic_for_a_seed_and_varies_with_it(comps, images, tmp
     assert np.array_equal(a, b) and not np.array_equal(a, c)
 
 
-def test_shared_draws_reduce_variance(comps, images, tmp_path):
-    """With independent draws for the two losses the estimate scatters far more."""
+def test_every_candidate_gets_the_same_draws(comps, images, tmp_path):
+    """One item entered 6 times, in different batches, scores the same in every draw (up to
+    float rounding, which differs with the batch size); with independent draws the copies scatter."""
+    surrogate = train_surrogate(comps, images, CONFIG, 20, tmp_path)
+    copies = candidates(images)[:1] * 6
+    shared, _ = loss_matrix(comps, copies, 32, surrogate, CONFIG, draws=4, batch_size=4, cache_root=tmp_path)
+    np.testing.assert_allclose(shared, np.repeat(shared[:, :1], 6, axis=1), rtol=1e-4)
+    independent, _ = loss_matrix(comps, copies, 32, surrogate, CONFIG, draws=4, independent=True,
+                                 cache_root=tmp_path)
+    spread = lambda d: d.mean(axis=0).std() / abs(d.mean())
+    assert spread(independent) > 0.05 > 100 * spread(shared), (spread(independent), spread(shared))
+
+
+def test_the_two_passes_share_their_draw(comps, images, tmp_path, monkeypatch):
+    """With the reference pass given its own noise and timestep, Delta scatters far more (the
+    common-random-numbers argument of score.py)."""
     from bat_app.albat import score
 
     surrogate = train_surrogate(comps, images, CONFIG, 20, tmp_path)
-    examples = candidates(images)[:1] * 12  # one item, scored 12 times with different draws
-    shared = loss_reduction(comps, examples, 32, surrogate, CONFIG, draws=1, cache_root=tmp_path)
-
-    real = score.draw_noise
-    calls = {"n": 0}
-    # Independent draws: the reference and adapted passes each get their own noise and t.
+    examples = candidates(images)
+    shared, _ = loss_matrix(comps, examples, 32, surrogate, CONFIG, draws=12, cache_root=tmp_path)
     original = score._loss_with
+    gen = torch.Generator().manual_seed(1000)
 
-    def unshared(unet, adapter, scheduler, latents, hidden, noise, t):
-        calls["n"] += 1
-        gen = torch.Generator().manual_seed(1000 + calls["n"])
-        noise, t = real(latents.shape, gen, scheduler.config.num_train_timesteps)
+    def reference_redrawn(unet, adapter, scheduler, latents, hidden, noise, t):
+        if adapter is None:  # the backbone pass: its own noise and timestep
+            noise = torch.randn(noise.shape, generator=gen)
+            t = torch.randint(0, scheduler.config.num_train_timesteps, t.shape, generator=gen)
         return original(unet, adapter, scheduler, latents, hidden, noise, t)
 
-    score._loss_with = unshared
-    try:
-        unshared_deltas = loss_reduction(comps, examples, 32, surrogate, CONFIG, draws=1, cache_root=tmp_path,
-                                         batch_size=1)
-    finally:
-        score._loss_with = original
-    assert shared.std() * 3 < unshared_deltas.std(), (shared.std(), unshared_deltas.std())
+    monkeypatch.setattr(score, "_loss_with", reference_redrawn)
+    unshared, _ = loss_matrix(comps, examples, 32, surrogate, CONFIG, draws=12, cache_root=tmp_path)
+    assert shared.std(axis=0).mean() * 3 < unshared.std(axis=0).mean(), (shared.std(), unshared.std())
+
+
+def test_timesteps_are_stratified_over_the_schedule():
+    for count in (1, 4, 8, 16, 1000):
+        t = stratified_timesteps(count, 1000, torch.Generator().manual_seed(count))
+        strata = (t * count // 1000).tolist()
+        assert strata == list(range(count)), (count, t)
+    draws = SharedDraws.make(8, (4, 8, 8), 1000, seed=3)
+    t, noise, eps = draws.batch(2, 5, 9)
+    assert t.tolist() == [int(draws.timesteps[2])] * 4 and noise.shape == (4, 4, 8, 8)
+    assert torch.equal(noise[0], noise[3]) and not torch.equal(noise[0], eps[0])
+
+
+def test_standardise_divides_each_stratum_by_its_spread_and_keeps_signs():
+    rng = np.random.default_rng(0)
+    matrix = rng.normal(0.1, 1.0, (4, 50)) * np.array([[100.0], [1.0], [0.01], [5.0]])
+    z = standardise_strata(matrix)
+    np.testing.assert_allclose(z.std(axis=1), 1.0)
+    assert np.array_equal(np.sign(z), np.sign(matrix))
+    # without it the row with the largest values alone decides the ranking
+    assert np.corrcoef(matrix.mean(axis=0), matrix[0])[0, 1] > 0.99
+    assert np.corrcoef(z.mean(axis=0), matrix[0])[0, 1] < 0.9
+    zeros = np.zeros((3, 5))
+    assert np.array_equal(standardise_strata(zeros), zeros)
+
+
+def test_prompt_specific_score_removes_the_empty_caption_part(comps, images, tmp_path):
+    surrogate = train_surrogate(comps, images, CONFIG, 20, tmp_path)
+    examples = candidates(images)
+    params = SelectionParams(draws=3, standardise=False, score_seed=5)
+    ctx = SelectionContext(comps, images, CONFIG, None, params=params, cache_root=tmp_path)
+    plain = get_score("loss_reduction")(ctx, examples, surrogate)
+    specific = get_score("prompt_specific")(ctx, examples, surrogate)
+    empty, _ = loss_matrix(comps, examples, 32, surrogate, CONFIG, draws=3, seed=5, captions=[""] * len(examples),
+                           cache_root=tmp_path)
+    np.testing.assert_allclose(specific.values, plain.values - empty.mean(axis=0), atol=1e-12)
+    assert specific.forward_passes == 2 * plain.forward_passes == 4 * 3 * len(examples)
+    np.testing.assert_array_equal(plain.delta, specific.delta)  # the reported Delta stays the plain one
+
+
+def test_score_seed_is_what_the_score_uses(comps, images, tmp_path):
+    surrogate = train_surrogate(comps, images, CONFIG, 10, tmp_path)
+    run = lambda **kw: get_score("loss_reduction")(
+        SelectionContext(comps, images, CONFIG, None, params=SelectionParams(draws=2, **kw), cache_root=tmp_path),
+        candidates(images), surrogate).values
+    assert np.array_equal(run(score_seed=1, seed=0), run(score_seed=1, seed=7))
+    assert not np.array_equal(run(score_seed=1), run(score_seed=2))
 
 
 def test_surrogate_is_cached(comps, images, tmp_path, monkeypatch):
     first = train_surrogate(comps, images, CONFIG, 3, tmp_path)
-    from bat_app.albat import score
+    from bat_app.albat import surrogate
 
-    monkeypatch.setattr(score, "train_lora", lambda *a, **k: pytest.fail("surrogate retrained"))
+    monkeypatch.setattr(surrogate, "train_lora", lambda *a, **k: pytest.fail("surrogate retrained"))
     again = train_surrogate(comps, images, CONFIG, 3, tmp_path)
     assert all(torch.equal(first[k], again[k]) for k in first)

@@ -1,4 +1,5 @@
-"""One shared suite run against every selector, plus ALBAT's own guarantees, on a tiny pool."""
+"""One shared suite run against every selector, plus ALBAT's own guarantees (with the score
+passed in as a parameter), on a tiny pool."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from bat_app.albat import METHODS, SelectionContext, SelectionParams, select
+from bat_app.albat import SELECTORS, AlbatSelector, ScoreResult, SelectionContext, SelectionParams, select
 from bat_app.albat.run import run_selection, train_with_selection
 from bat_app.albat.selection import Selection
 from bat_app.errors import InputError
@@ -27,7 +28,7 @@ def ctx(comps, images, pool, embedder, tmp_path, params=PARAMS):
     return SelectionContext(comps, images, CONFIG, pool, embedder, params, cache_root=tmp_path / "cache")
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", SELECTORS)
 def test_every_selector_honours_the_interface(method, comps, images, pool, tiny_embedder, tmp_path):
     sel = select(method, ctx(comps, images, pool, tiny_embedder, tmp_path))
     assert sel.method == method and len(sel) <= PARAMS.m
@@ -51,7 +52,7 @@ def test_every_selector_honours_the_interface(method, comps, images, pool, tiny_
     assert all(json.loads(line) for line in (tmp_path / "saved" / "selection.jsonl").read_text().splitlines())
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", SELECTORS)
 def test_every_selector_is_deterministic_for_a_seed(method, comps, images, pool, tiny_embedder, tmp_path):
     a = select(method, ctx(comps, images, pool, tiny_embedder, tmp_path))
     b = select(method, ctx(comps, images, pool, tiny_embedder, tmp_path))
@@ -65,7 +66,7 @@ def test_random_differs_with_the_seed(comps, images, pool, tiny_embedder, tmp_pa
 
 
 def test_clip_ranks_by_similarity(comps, images, pool, tiny_embedder, tmp_path):
-    sel = select("clip", ctx(comps, images, pool, tiny_embedder, tmp_path))
+    sel = select("clip", ctx(comps, images, pool, tiny_embedder, tmp_path, SelectionParams(m=6, dedupe=1.0)))
     scores = [r.score for r in sel.rows]
     assert scores == sorted(scores, reverse=True)
     query = tiny_embedder.encode_images([u.image for u in images])
@@ -74,23 +75,63 @@ def test_clip_ranks_by_similarity(comps, images, pool, tiny_embedder, tmp_path):
 
 
 def test_pool_methods_need_a_pool(comps, images, tiny_embedder, tmp_path):
-    for method in ("random", "clip", "albat"):
+    for method in ("random", "clip", "albat", "shortlist"):
         with pytest.raises(InputError, match="--pool"):
             select(method, ctx(comps, images, None, tiny_embedder, tmp_path))
 
 
-def test_albat_never_selects_non_positive_delta(comps, images, pool, tiny_embedder, tmp_path, monkeypatch):
-    from bat_app.albat import albat
+class FakeScore:
+    """A score passed to AlbatSelector: fixed values, counts its calls."""
 
-    def fake_scores(components, examples, *a, **k):
-        return np.array([(-1) ** i * (i + 1) * 0.01 for i in range(len(examples))])  # +, -, +, -, ...
+    name = "fake"
 
-    monkeypatch.setattr(albat, "loss_reduction", fake_scores)
-    sel = select("albat", ctx(comps, images, pool, tiny_embedder, tmp_path, SelectionParams(m=50, k=20, dedupe=1.0)))
+    def __init__(self, values):
+        self.values, self.calls = values, 0
+
+    def __call__(self, ctx, examples, surrogate):
+        self.calls += 1
+        values = np.asarray(self.values(len(examples)), dtype=float)
+        return ScoreResult(values, values * 0.001, 7, {"timesteps": [1, 2]})
+
+
+ALTERNATING = lambda n: [(-1) ** i * (i + 1) * 0.01 for i in range(n)]  # +, -, +, -, ... growing
+
+
+def test_albat_ranks_by_the_score_it_is_given(comps, images, pool, tiny_embedder, tmp_path):
+    score = FakeScore(ALTERNATING)
+    sel = AlbatSelector(score=score).select(ctx(comps, images, pool, tiny_embedder, tmp_path,
+                                                SelectionParams(m=50, k=20, dedupe=1.0)))
+    assert score.calls == 1 and sel.stats["score"] == "fake" and sel.stats["unet_forward_passes"] == 7
     assert sel.rows and all(r.score > 0 for r in sel.rows)
     assert len(sel) == 10  # exactly the positive half of 20 candidates
     assert [r.score for r in sel.rows] == sorted((r.score for r in sel.rows), reverse=True)
-    assert sel.stats["positive"] == 10 and sel.stats["candidates"] == 20
+    assert sel.stats["positive"] == 10 and sel.stats["candidates"] == 20 and sel.stats["anchors"] == 0
+
+
+def test_albat_uses_the_score_named_in_its_params(comps, images, pool, tiny_embedder, tmp_path, monkeypatch):
+    from bat_app.albat import score as score_module
+
+    fake = FakeScore(ALTERNATING)
+    monkeypatch.setitem(score_module.SCORES, "prompt_specific", fake)
+    select("albat", ctx(comps, images, pool, tiny_embedder, tmp_path,
+                        SelectionParams(m=4, k=20, score="prompt_specific", surrogate_steps=2)))
+    assert fake.calls == 1
+    with pytest.raises(InputError, match="Unknown ALBAT score 'nope'"):
+        SelectionParams(score="nope")
+
+
+def test_negative_fraction_takes_anchors_from_the_bottom(comps, images, pool, tiny_embedder, tmp_path):
+    run = lambda frac: AlbatSelector(score=FakeScore(ALTERNATING)).select(
+        ctx(comps, images, pool, tiny_embedder, tmp_path, SelectionParams(m=6, k=20, dedupe=1.0,
+                                                                          negative_fraction=frac)))
+    both = run(0.5)
+    scores = [r.score for r in both.rows]
+    assert scores[:3] == [0.19, 0.17, 0.15] and scores[3:] == [-0.2, -0.18, -0.16]
+    assert both.stats["anchors"] == 3 and "anchor" in both.rows[-1].reason
+    bottom = run(1.0)
+    assert [r.score for r in bottom.rows] == [-0.2, -0.18, -0.16, -0.14, -0.12, -0.1]
+    with pytest.raises(InputError, match="negative_fraction"):
+        SelectionParams(negative_fraction=1.5)
 
 
 def test_albat_records_parameters_timings_and_delta(comps, images, pool, tiny_embedder, tmp_path):
@@ -99,29 +140,74 @@ def test_albat_records_parameters_timings_and_delta(comps, images, pool, tiny_em
     assert sel.stats["unet_forward_passes"] == 2 * PARAMS.draws * sel.stats["candidates"]
     assert {"mean", "q50", "positive_fraction"} <= set(sel.stats["delta"])
     assert sel.stats["surrogate_steps"] == PARAMS.surrogate_steps
+    assert sel.stats["score"] == "loss_reduction" and len(sel.stats["timesteps"]) == PARAMS.draws
+    assert sel.params["score_seed"] == 0
 
 
-def test_near_duplicates_are_dropped(comps, images, tiny_embedder, tmp_path):
-    """A pool of copies of one image: ALBAT keeps a single one of them."""
+def test_albat_selection_follows_the_score_seed_not_the_training_seed(comps, images, pool, tiny_embedder,
+                                                                      tmp_path):
+    run = lambda **kw: [r.score for r in select("albat", ctx(comps, images, pool, tiny_embedder, tmp_path,
+                                                             SelectionParams(**{**PARAMS.to_dict(), **kw}))).rows]
+    assert run(seed=0) == run(seed=3)
+    assert run(score_seed=0) != run(score_seed=1)
+
+
+@pytest.fixture
+def dup_pool(tiny_embedder, tmp_path):
+    """Six copies of one image ("copy" captions), then six distinct random-noise images."""
     from PIL import Image
 
     from bat_app.pool import build_pool
 
     src = tmp_path / "dups"
     src.mkdir()
-    for i in range(6):
-        Image.new("RGB", (40, 40), (200, 30, 30)).save(src / f"{i}.png")
-        (src / f"{i}.txt").write_text("a red square")
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        pixels = np.full((40, 40, 3), (200, 30, 30), np.uint8) if i < 6 else rng.integers(0, 255, (40, 40, 3), np.uint8)
+        Image.fromarray(pixels).save(src / f"{i:02d}.png")
+        (src / f"{i:02d}.txt").write_text("copy" if i < 6 else f"noise {i}")
     pool = build_pool(src, tmp_path / "dup-pool", tiny_embedder)
-    from bat_app.albat import albat
+    emb = pool.embeddings()
+    distinct = [i for i in range(len(pool)) if pool.item(i).caption != "copy"]
+    sims = emb[distinct] @ emb[distinct].T
+    # the tiny random CLIP puts everything close together: the tests use a threshold above the
+    # distinct items' cosines and below the copies' (1.0)
+    assert sims[~np.eye(6, dtype=bool)].max() < DUP_THRESHOLD
+    return pool
 
-    original = albat.loss_reduction
-    albat.loss_reduction = lambda components, examples, *a, **k: np.linspace(1, 0.5, len(examples))
-    try:
-        sel = select("albat", ctx(comps, images, pool, tiny_embedder, tmp_path, SelectionParams(m=6, k=6)))
-    finally:
-        albat.loss_reduction = original
-    assert len(sel) == 1 and sel.stats["near_duplicates"] == 5
+
+DUP_THRESHOLD = 0.999
+
+
+def test_near_duplicates_are_dropped(comps, images, dup_pool, tiny_embedder, tmp_path):
+    """A pool whose first six items are copies of one image: ALBAT keeps a single one of them."""
+    score = FakeScore(lambda n: np.linspace(1, 0.5, n))
+    everything = SelectionParams(m=12, k=12, dedupe=DUP_THRESHOLD)
+    sel = AlbatSelector(score=score).select(ctx(comps, images, dup_pool, tiny_embedder, tmp_path, everything))
+    captions = [r.caption for r in sel.rows]
+    assert captions.count("copy") == 1 and len(captions) == 7 and sel.stats["near_duplicates"] == 5
+
+
+@pytest.mark.parametrize("method", ["clip", "shortlist"])
+def test_clip_and_shortlist_are_deduplicated_like_albat(method, comps, images, dup_pool, tiny_embedder, tmp_path):
+    sel = select(method, ctx(comps, images, dup_pool, tiny_embedder, tmp_path,
+                             SelectionParams(m=12, k=12, dedupe=DUP_THRESHOLD)))
+    captions = [r.caption for r in sel.rows]
+    assert captions.count("copy") == 1 and len(captions) == 7 and sel.stats["near_duplicates"] == 5
+    undeduplicated = select(method, ctx(comps, images, dup_pool, tiny_embedder, tmp_path,
+                                        SelectionParams(m=12, k=12, dedupe=1.0)))
+    assert len(undeduplicated) == 12
+
+
+def test_shortlist_draws_at_random_from_the_clip_shortlist(comps, images, pool, tiny_embedder, tmp_path):
+    from bat_app.albat.retrieval import nearest_items, user_embeddings
+
+    shortlist, _ = nearest_items(pool, user_embeddings(tiny_embedder, images), 10)
+    run = lambda seed: [r.pool_id for r in select("shortlist", ctx(
+        comps, images, pool, tiny_embedder, tmp_path, SelectionParams(m=4, k=10, dedupe=1.0, seed=seed))).rows]
+    a, b = run(0), run(1)
+    assert set(a) <= set(shortlist) and set(b) <= set(shortlist) and len(a) == 4
+    assert a != b and a == run(0)
 
 
 def test_select_then_train_end_to_end(comps, images, tiny_pool_dir, tiny_embedder, tmp_path):

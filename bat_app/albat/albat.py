@@ -1,16 +1,22 @@
 """ALBAT: pick the backbone items that the adaptation itself pulls towards.
 
 1. retrieval prefilter: the K pool items nearest (CLIP) to the user images;
-2. surrogate: a short LoRA phi_s on the user images alone;
-3. score: Delta(x) = l(x, c; 0) - l(x, c; phi_s) with shared (t, noise) draws (see score.py);
+2. surrogate: a short LoRA phi_s on the user images alone (surrogate.py);
+3. score: by default the loss reduction Delta(x) over R draws shared by every candidate,
+   stratified over timesteps (score.py); any ``Score`` can be passed instead;
 4. reject Delta <= 0 (the adapted model fits x worse: x would pull the optimum away), drop
-   near-duplicates (CLIP cosine > 0.95), keep the top m by Delta.
+   near-duplicates (CLIP cosine > 0.95), keep the top m by Delta. With ``negative_fraction``
+   a share of the m slots goes to the most negative items instead ("anchors", a variant).
 The final training (G + S, weight lambda) is the caller's. docs/albat.md has the reasoning.
+
+    sel = AlbatSelector().select(ctx)                        # the score named in ctx.params
+    sel = AlbatSelector(score=my_score).select(ctx)          # another criterion, same pipeline
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import numpy as np
 
@@ -18,20 +24,25 @@ from ..paths import cache_dir
 from ..train.data import Example
 from ..train.progress import ProgressEvent
 from .baselines import _need_pool, _row
-from .retrieval import drop_near_duplicates, nearest_items, user_embeddings
-from .score import loss_reduction, train_surrogate
+from .retrieval import nearest_items, take_distinct, user_embeddings
+from .score import Score, ScoreResult, get_score
 from .selection import Selection, SelectionContext
+from .surrogate import train_surrogate
 
 
 class AlbatSelector:
     name = "albat"
 
+    def __init__(self, score: Score | None = None):
+        self.score = score  # None: the one ctx.params.score names
+
     def select(self, ctx: SelectionContext) -> Selection:
         pool = _need_pool(ctx, self.name)
         p = ctx.params
         emit = ctx.progress or (lambda e: None)
-        cache_root = ctx.cache_root or cache_dir()
-        resolution = ctx.config.resolution or ctx.components.spec.resolution
+        if ctx.cache_root is None:  # the score caches latents there too
+            ctx = replace(ctx, cache_root=cache_dir())
+        score = self.score or get_score(p.score)
         timings = {}
 
         start = time.perf_counter()
@@ -42,32 +53,52 @@ class AlbatSelector:
 
         start = time.perf_counter()
         steps = p.surrogate_steps or max(1, round(p.surrogate_fraction * ctx.config.steps))
-        surrogate = train_surrogate(ctx.components, ctx.images, ctx.config, steps, cache_root, emit)
+        surrogate = train_surrogate(ctx.components, ctx.images, ctx.config, steps, ctx.cache_root, emit)
         timings["surrogate"] = time.perf_counter() - start
 
         start = time.perf_counter()
         examples = [Example(pool.load_image(i), pool.item(i).caption) for i in candidates]
-        deltas = loss_reduction(ctx.components, examples, resolution, surrogate, ctx.config, draws=p.draws,
-                                batch_size=p.batch_size, seed=p.seed, cache_root=cache_root, progress=emit)
+        result = score(ctx, examples, surrogate)
         timings["score"] = time.perf_counter() - start
 
-        order = [i for i in np.argsort(-deltas, kind="stable") if deltas[i] > 0]
-        positive_ids = [candidates[i] for i in order]
-        kept, dropped = drop_near_duplicates(positive_ids, pool.embeddings()[positive_ids], p.dedupe) \
-            if positive_ids else ([], [])
-        chosen = kept[:p.m]
-        by_id = {candidates[i]: (deltas[i], sims[i]) for i in range(len(candidates))}
-        rows = [_row(pool, i, by_id[i][0], f"Delta {by_id[i][0]:.4g} > 0 (CLIP {by_id[i][1]:.3f})")
-                for i in chosen]
-        stats = {"candidates": len(candidates), "positive": len(positive_ids), "near_duplicates": len(dropped),
-                 "selected": len(rows), "surrogate_steps": steps, "delta": _describe(deltas),
-                 "unet_forward_passes": 2 * p.draws * len(candidates)}
+        chosen, dropped, positive = rank_and_pick(candidates, result.values, pool.embeddings(), p.m,
+                                                  p.dedupe, p.negative_fraction)
+        by_id = {c: i for i, c in enumerate(candidates)}
+        rows = [_row(pool, c, result.values[by_id[c]], _reason(result, by_id[c], sims[by_id[c]]))
+                for c in chosen]
+        stats = {"candidates": len(candidates), "positive": positive, "near_duplicates": dropped,
+                 "selected": len(rows), "anchors": int(sum(result.values[by_id[c]] < 0 for c in chosen)),
+                 "surrogate_steps": steps, "score": getattr(score, "name", type(score).__name__),
+                 "delta": describe(result.delta), "score_values": describe(result.values),
+                 "unet_forward_passes": result.forward_passes, **result.details}
         return Selection(self.name, rows, p.to_dict(), timings, stats)
 
 
-def _describe(values: np.ndarray) -> dict:
+def rank_and_pick(candidates: list[int], values: np.ndarray, embeddings: np.ndarray, m: int, dedupe: float,
+                  negative_fraction: float = 0.0) -> tuple[list[int], int, int]:
+    """(chosen pool ids, near-duplicates skipped, number of positives): the positive items in
+    decreasing score and, for ``negative_fraction`` of the m slots, the most negative items
+    ("anchors"), each de-duplicated against everything taken before it."""
+    values = np.asarray(values)
+    order = np.argsort(-values, kind="stable")
+    positive = [candidates[i] for i in order if values[i] > 0]
+    negative = [candidates[i] for i in order[::-1] if values[i] < 0]
+    n_anchor = int(round(negative_fraction * m))
+    kept: list[np.ndarray] = []
+    top, skipped_top = take_distinct(positive, embeddings, m - n_anchor, dedupe, kept)
+    anchors, skipped_anchors = take_distinct(negative, embeddings, n_anchor, dedupe, kept)
+    return top + anchors, skipped_top + skipped_anchors, len(positive)
+
+
+def _reason(result: ScoreResult, i: int, sim: float) -> str:
+    side = "> 0" if result.values[i] > 0 else "< 0 (anchor)"
+    return f"score {result.values[i]:.4g} {side}, Delta {result.delta[i]:.4g} (CLIP {sim:.3f})"
+
+
+def describe(values: np.ndarray) -> dict:
     if len(values) == 0:
         return {}
+    values = np.asarray(values, dtype=np.float64)
     q = np.quantile(values, [0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0])
     return {"mean": float(values.mean()), "std": float(values.std()), "positive_fraction": float((values > 0).mean()),
             **{f"q{int(k * 100):02d}": float(v) for k, v in zip([0, .1, .25, .5, .75, .9, 1], q)}}

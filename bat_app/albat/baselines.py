@@ -1,13 +1,16 @@
-"""The selection baselines ALBAT is compared with: none, prior, random, clip."""
+"""The selection baselines ALBAT is compared with: none, prior, random, clip, and the benchmark's
+shortlist arm (random items from ALBAT's own CLIP shortlist)."""
 
 from __future__ import annotations
 
 import time
 
+import numpy as np
+
 from ..errors import InputError
 from ..train.prior import ensure_class_images
 from ..train.progress import ProgressEvent
-from .retrieval import nearest_items, user_embeddings
+from .retrieval import nearest_items, take_distinct, user_embeddings
 from .selection import Selection, SelectionContext, SelectionRow
 
 
@@ -52,16 +55,43 @@ class RandomSelector:
 
 
 class ClipSelector:
-    """Top-m pool items by CLIP image similarity to the user's images (Custom Diffusion's "real prior")."""
+    """Top-m pool items by CLIP image similarity to the user's images (Custom Diffusion's "real
+    prior"), de-duplicated like ALBAT (so neither spends slots on copies the other skips)."""
 
     name = "clip"
 
     def select(self, ctx: SelectionContext) -> Selection:
         pool = _need_pool(ctx, self.name)
+        p = ctx.params
         start = time.perf_counter()
-        ids, sims = nearest_items(pool, user_embeddings(ctx.embedder, ctx.images), ctx.params.m)
-        rows = [_row(pool, i, s, f"CLIP cosine {s:.3f} to the nearest user image") for i, s in zip(ids, sims)]
-        return Selection(self.name, rows, ctx.params.to_dict(), {"retrieve": time.perf_counter() - start})
+        ids, sims = nearest_items(pool, user_embeddings(ctx.embedder, ctx.images), max(p.k, p.m))
+        sim = dict(zip(ids, sims))
+        chosen, skipped = take_distinct(ids, pool.embeddings(), p.m, p.dedupe)
+        rows = [_row(pool, i, sim[i], f"CLIP cosine {sim[i]:.3f} to the nearest user image") for i in chosen]
+        return Selection(self.name, rows, p.to_dict(), {"retrieve": time.perf_counter() - start},
+                         {"near_duplicates": skipped})
+
+
+class ShortlistSelector:
+    """m random items from ALBAT's K-candidate CLIP shortlist (de-duplicated like ALBAT).
+
+    A benchmark arm, not an app method: against ALBAT it separates what the score adds from
+    what the shortlist alone gives.
+    """
+
+    name = "shortlist"
+
+    def select(self, ctx: SelectionContext) -> Selection:
+        pool = _need_pool(ctx, self.name)
+        p = ctx.params
+        start = time.perf_counter()
+        ids, sims = nearest_items(pool, user_embeddings(ctx.embedder, ctx.images), p.k)
+        sim = dict(zip(ids, sims))
+        shuffled = [ids[i] for i in np.random.default_rng(p.seed).permutation(len(ids))]
+        chosen, skipped = take_distinct(shuffled, pool.embeddings(), p.m, p.dedupe)
+        rows = [_row(pool, i, sim[i], f"random from the CLIP top {p.k} (cosine {sim[i]:.3f})") for i in chosen]
+        return Selection(self.name, rows, p.to_dict(), {"retrieve": time.perf_counter() - start},
+                         {"near_duplicates": skipped, "candidates": len(ids)})
 
 
 def _need_pool(ctx: SelectionContext, method: str):

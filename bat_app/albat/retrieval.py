@@ -40,3 +40,22 @@ def drop_near_duplicates(ids: list[int], embeddings: np.ndarray, threshold: floa
             kept.append(i)
             kept_vecs.append(vec)
     return kept, dropped
+
+
+def take_distinct(ids: list[int], embeddings: np.ndarray, quota: int, threshold: float,
+                  kept: list[np.ndarray] | None = None) -> tuple[list[int], int]:
+    """Walk ``ids`` in order and take up to ``quota`` of them, skipping an item whose CLIP cosine
+    to one already taken (or to a vector in ``kept``, which is extended) exceeds ``threshold``.
+    ``embeddings`` is indexed by pool id. Returns (taken, skipped before the quota was met)."""
+    kept = kept if kept is not None else []
+    taken, skipped = [], 0
+    for i in ids:
+        if len(taken) >= quota:
+            break
+        vec = embeddings[i]
+        if threshold < 1.0 and kept and float(np.max(np.stack(kept) @ vec)) > threshold:
+            skipped += 1
+            continue
+        taken.append(i)
+        kept.append(vec)
+    return taken, skipped

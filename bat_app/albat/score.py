@@ -1,96 +1,174 @@
-"""ALBAT's score: how much a surrogate adapter lowers a candidate's own diffusion loss.
+"""ALBAT's scores: how much the surrogate adapter lowers a candidate's own diffusion loss.
 
-    Delta(x) = mean_r [ l(x, c; phi_ref) - l(x, c; phi_s) ]
+    score = get_score("loss_reduction")            # or any object with the Score interface
+    result = score(ctx, examples, surrogate)       # ScoreResult; result.values ranks the items
 
-over R draws of (latent sample, t, noise) that are *shared* by the two evaluations (common
-random numbers: both losses move together with the draw, so their difference has far less
-variance than either). phi_ref is the backbone (adapter off) unless another adapter is given.
-Identical adapters give Delta = 0 exactly, because both passes run the same arithmetic on the
-same inputs.
+The loss reduction of candidate x with its own caption c, in draw r, is
+
+    d_r(x) = l_r(x, c; phi_ref) - l_r(x, c; phi_s)
+
+where l_r is the diffusion training loss at draw r's (latent sample, timestep, noise). The R
+draws are *shared* by the two evaluations (common random numbers: both losses move with the
+draw, so their difference varies far less than either) and by *every candidate* (see
+draws.py), with the timesteps stratified over the schedule. phi_ref is the backbone (adapter
+off) unless another adapter is given; identical adapters give d = 0 exactly.
+
+Scores (SelectionParams.score):
+
+- ``loss_reduction`` (default): Delta(x) = mean_r d_r(x) / s_r with ``standardise`` on, where
+  s_r is the spread of d_r across the candidates. Without it, the high-loss strata (whose
+  differences are largest in absolute terms) would decide the ranking alone; dividing keeps the
+  sign of each d_r, so "Delta > 0" still means "the surrogate lowers x's loss".
+- ``prompt_specific``: the same on d_r(x, c) - d_r(x, ""), i.e. with the part of the loss
+  reduction that the empty caption gets too (a prompt-independent shift the surrogate learned,
+  e.g. towards the subject photos' colours) removed. Twice the forward passes.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 import torch
 from peft import LoraConfig, set_peft_model_state_dict
-from safetensors.torch import load_file, save_file
 
-from ..train import TrainConfig, train_lora
+from ..errors import Cancelled, InputError
+from ..train import TrainConfig
 from ..train.data import Example
-from ..train.encode import LatentCache, TextCache, sample_latents
-from ..train.objective import draw_noise, per_sample_loss
+from ..train.encode import LatentCache, TextCache
+from ..train.objective import per_sample_loss
 from ..train.progress import ProgressEvent
+from .draws import IndependentDraws, SharedDraws
 
 SURROGATE = "albat-surrogate"
 REFERENCE = "albat-reference"
 
 
-def surrogate_config(config: TrainConfig, steps: int) -> TrainConfig:
-    """The final training's settings on G alone: same rank/targets/lr, fewer steps, UNet only."""
-    return replace(config, steps=steps, train_text_encoder=False, prior=False, checkpoint_every=0,
-                   lr_schedule="constant", warmup_steps=0)
+@dataclass
+class ScoreResult:
+    values: np.ndarray        # (N,) what the selector ranks by; > 0: the surrogate lowers x's loss
+    delta: np.ndarray         # (N,) raw Delta in loss units (mean over draws), for reports
+    forward_passes: int       # UNet forward passes spent (the cost of scoring)
+    details: dict = field(default_factory=dict)  # e.g. the timesteps of the draws
 
 
-def train_surrogate(components, images, config: TrainConfig, steps: int, cache_root: Path,
-                    progress: Callable | None = None) -> dict[str, torch.Tensor]:
-    """Train (or reuse from the cache) the surrogate LoRA phi_s on the user images alone."""
-    cfg = surrogate_config(config, steps)
-    key = hashlib.sha256(json.dumps({
-        "model": str(components.spec.source), "config": cfg.fingerprint(),
-        "images": [Example(u.image, "").key for u in images]}, sort_keys=True).encode()).hexdigest()[:16]
-    path = Path(cache_root) / "surrogates" / f"{key}.safetensors"
-    if path.is_file():
-        return load_file(path)
-    work = path.parent / f"run-{key}"
-    result = train_lora(components, images, cfg, work, progress=_relabel(progress, "surrogate"),
-                        cache_root=cache_root, export=False)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(result.unet_lora, path)
-    return result.unet_lora
+class Score(Protocol):
+    """What AlbatSelector ranks candidates with (pass one to ``AlbatSelector(score=...)``)."""
 
+    name: str
+
+    def __call__(self, ctx, examples: Sequence[Example], surrogate: dict[str, torch.Tensor]) -> ScoreResult: ...
+
+
+# --- the loss reduction, per draw ---------------------------------------------------------
 
 @torch.no_grad()
-def loss_reduction(components, examples: Sequence[Example], resolution: int, surrogate: dict[str, torch.Tensor],
-                   config: TrainConfig, *, reference: dict[str, torch.Tensor] | None = None, draws: int = 8,
-                   batch_size: int = 32, seed: int = 0, cache_root: Path | None = None,
-                   progress: Callable | None = None) -> np.ndarray:
-    """Delta for each example (its own caption), shape (len(examples),), float64."""
+def loss_matrix(components, examples: Sequence[Example], resolution: int, surrogate: dict[str, torch.Tensor],
+                config: TrainConfig, *, draws: int = 8, seed: int = 0,
+                reference: dict[str, torch.Tensor] | None = None, captions: Sequence[str] | None = None,
+                independent: bool = False, batch_size: int = 32, cache_root: Path | None = None,
+                progress: Callable | None = None, cancel: Callable[[], bool] | None = None
+                ) -> tuple[np.ndarray, list[int]]:
+    """(d, timesteps): d[r, i] = l_r(ref) - l_r(surrogate) for example i with its own caption
+    (or ``captions[i]``), shape (draws, N), float64. ``independent`` uses the former unshared,
+    unstratified draws (for measurements only)."""
     emit = progress or (lambda e: None)
     stats = LatentCache(components, resolution, cache_root).get(
         examples, progress=lambda d, t: emit(ProgressEvent("encode", d, t, message="candidates")))
-    texts = TextCache(components).get([e.caption for e in examples])
+    texts = TextCache(components).get(list(captions) if captions is not None else [e.caption for e in examples])
     unet, scheduler = components.unet, components.noise_scheduler
     device = components.device
+    total_t = scheduler.config.num_train_timesteps
+    shape = tuple(stats[0][0].shape) if stats else (0,)
+    plan = IndependentDraws(draws, shape, total_t, seed, len(examples)) if independent \
+        else SharedDraws.make(draws, shape, total_t, seed)
+    scaling = components.vae.config.scaling_factor
     adapters = _load_adapters(unet, config, surrogate, reference)
-    generator = torch.Generator().manual_seed(seed)
-    deltas = np.zeros(len(examples), dtype=np.float64)
+    out = np.zeros((draws, len(examples)), dtype=np.float64)
     try:
-        for start in range(0, len(examples), batch_size):
-            batch_stats = stats[start:start + batch_size]
-            hidden = torch.stack(texts[start:start + batch_size]).to(device)
-            total = torch.zeros(len(batch_stats), dtype=torch.float64)
-            for _ in range(draws):
-                latents = sample_latents(batch_stats, generator, components.vae.config.scaling_factor).to(device)
-                noise, t = draw_noise(latents.shape, generator, scheduler.config.num_train_timesteps)
+        for lo in range(0, len(examples), batch_size):
+            if cancel is not None and cancel():
+                raise Cancelled("Cancelled while scoring candidates.")
+            hi = min(lo + batch_size, len(examples))
+            mean = torch.stack([m for m, _ in stats[lo:hi]])
+            std = torch.stack([s for _, s in stats[lo:hi]])
+            hidden = torch.stack(texts[lo:hi]).to(device)
+            for r in range(draws):
+                t, noise, eps = plan.batch(r, lo, hi)
+                latents = ((mean + std * eps) * scaling).to(device)
                 noise, t = noise.to(device), t.to(device)
                 ref_loss = _loss_with(unet, adapters["reference"], scheduler, latents, hidden, noise, t)
                 adapted_loss = _loss_with(unet, adapters["surrogate"], scheduler, latents, hidden, noise, t)
-                total += (ref_loss - adapted_loss).double().cpu()
-            deltas[start:start + len(batch_stats)] = (total / draws).numpy()
-            emit(ProgressEvent("score", min(start + batch_size, len(examples)), len(examples)))
+                out[r, lo:hi] = (ref_loss - adapted_loss).double().cpu().numpy()
+            emit(ProgressEvent("score", hi, len(examples)))
     finally:
         for name in (SURROGATE, REFERENCE):
             if name in (getattr(unet, "peft_config", None) or {}):
                 unet.delete_adapters(name)
-    return deltas
+    timesteps = plan.timesteps.tolist() if not independent else []
+    return out, timesteps
 
+
+def loss_reduction(components, examples: Sequence[Example], resolution: int, surrogate: dict[str, torch.Tensor],
+                   config: TrainConfig, *, reference: dict[str, torch.Tensor] | None = None, draws: int = 8,
+                   batch_size: int = 32, seed: int = 0, cache_root: Path | None = None,
+                   progress: Callable | None = None) -> np.ndarray:
+    """Raw Delta (loss units) for each example with its own caption: the mean of loss_matrix."""
+    matrix, _ = loss_matrix(components, examples, resolution, surrogate, config, draws=draws, seed=seed,
+                            reference=reference, batch_size=batch_size, cache_root=cache_root, progress=progress)
+    return matrix.mean(axis=0)
+
+
+def standardise_strata(matrix: np.ndarray) -> np.ndarray:
+    """Divide each draw's (stratum's) row by its standard deviation across candidates.
+
+    The sign of every entry is kept (no centring), so a positive mean still means "lowered on
+    balance". A row without spread (one candidate, or identical adapters) is left as it is.
+    """
+    if matrix.shape[1] < 2:
+        return matrix.copy()
+    scale = matrix.std(axis=1, keepdims=True)
+    return matrix / np.where(scale > 0, scale, 1.0)
+
+
+# --- the scores ---------------------------------------------------------------------------
+
+class LossReductionScore:
+    """Delta over the shared stratified draws; ``prompt_specific`` subtracts the empty-caption part."""
+
+    def __init__(self, prompt_specific: bool = False):
+        self.prompt_specific = prompt_specific
+        self.name = "prompt_specific" if prompt_specific else "loss_reduction"
+
+    def __call__(self, ctx, examples: Sequence[Example], surrogate: dict[str, torch.Tensor]) -> ScoreResult:
+        p = ctx.params
+        resolution = ctx.config.resolution or ctx.components.spec.resolution
+        common = dict(draws=p.draws, seed=p.score_seed, batch_size=p.batch_size, cache_root=ctx.cache_root,
+                      progress=ctx.progress, cancel=ctx.cancel)
+        matrix, timesteps = loss_matrix(ctx.components, examples, resolution, surrogate, ctx.config, **common)
+        delta = matrix.mean(axis=0)
+        passes = 2 * p.draws * len(examples)
+        if self.prompt_specific:
+            unconditional, _ = loss_matrix(ctx.components, examples, resolution, surrogate, ctx.config,
+                                           captions=[""] * len(examples), **common)
+            matrix = matrix - unconditional
+            passes *= 2
+        values = (standardise_strata(matrix) if p.standardise else matrix).mean(axis=0)
+        return ScoreResult(values, delta, passes, {"timesteps": timesteps})
+
+
+SCORES: dict[str, Score] = {s.name: s for s in (LossReductionScore(), LossReductionScore(prompt_specific=True))}
+
+
+def get_score(name: str) -> Score:
+    if name not in SCORES:
+        raise InputError(f"Unknown ALBAT score {name!r}; choose one of {', '.join(SCORES)}.")
+    return SCORES[name]
+
+
+# --- adapters -----------------------------------------------------------------------------
 
 def _load_adapters(unet, config: TrainConfig, surrogate, reference) -> dict[str, str | None]:
     lora = LoraConfig(r=config.rank, lora_alpha=config.lora_alpha, target_modules=list(config.target_modules))
@@ -111,15 +189,3 @@ def _loss_with(unet, adapter: str | None, scheduler, latents, hidden, noise, t) 
         unet.enable_adapters()
         unet.set_adapter(adapter)
     return per_sample_loss(unet, scheduler, latents, hidden, noise, t)
-
-
-def _relabel(progress, stage: str):
-    if progress is None:
-        return None
-
-    def relabel(event):
-        if event.stage == "train":
-            event.stage = stage
-        progress(event)
-
-    return relabel

@@ -70,30 +70,50 @@ class Selection:
         return cls(meta["method"], rows, meta["params"], meta["timings"], meta["stats"])
 
 
+SCORE_NAMES = ("loss_reduction", "prompt_specific")  # score.SCORES; here so params validate without torch
+
+
 @dataclass
 class SelectionParams:
     """Every selector parameter, with its default (recorded in selection.json)."""
 
     m: int = 100                     # items to select (random/clip/prior take as many as asked)
-    k: int = 1000                    # ALBAT: retrieval prefilter size
+    k: int = 1000                    # ALBAT: retrieval prefilter size (also the `shortlist` baseline's)
     surrogate_fraction: float = 0.25  # ALBAT: surrogate steps as a fraction of the final steps
     surrogate_steps: int | None = None  # overrides the fraction when set
-    draws: int = 8                   # ALBAT: (t, noise) draws per candidate, shared by both evaluations
+    draws: int = 16                  # ALBAT: R (t, noise) draws, the same for every candidate; default
+    #                                  from the measured stability curve (docs/albat.md)
+    score: str = "loss_reduction"    # ALBAT: which score ranks the candidates (score.SCORES)
+    standardise: bool = True         # ALBAT: divide each draw's differences by their spread over candidates
+    score_seed: int = 0              # ALBAT: seed of the scoring draws, apart from the training seed, so
+    #                                  that the selected set does not change with the training seed
+    negative_fraction: float = 0.0   # ALBAT: share of the m slots given to the most negative Delta
+    #                                  ("anchors"); 0 = the design's top-m among Delta > 0, 1 = only anchors
     dedupe: float = 0.95             # drop an item whose CLIP cosine to a kept one exceeds this
     batch_size: int = 32             # candidates per UNet batch when scoring
-    seed: int = 0
+    seed: int = 0                    # random draws of the baselines (random, shortlist, prior)
 
     def __post_init__(self):
         for name in ("m", "k", "draws", "batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise InputError(f"selection parameter `{name}` must be a positive integer, got {value!r}.")
+        for name in ("seed", "score_seed"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise InputError(f"selection parameter `{name}` must be an integer >= 0, got {value!r}.")
         if not 0 < self.surrogate_fraction <= 1:
             raise InputError(f"`surrogate_fraction` must be in (0, 1], got {self.surrogate_fraction!r}.")
         if self.surrogate_steps is not None and self.surrogate_steps < 1:
             raise InputError(f"`surrogate_steps` must be >= 1, got {self.surrogate_steps!r}.")
         if not 0 < self.dedupe <= 1:
             raise InputError(f"`dedupe` must be a cosine in (0, 1], got {self.dedupe!r}; 1 disables it.")
+        if self.score not in SCORE_NAMES:
+            raise InputError(f"Unknown ALBAT score {self.score!r}; choose one of {', '.join(SCORE_NAMES)}.")
+        if not isinstance(self.standardise, bool):
+            raise InputError(f"`standardise` must be true or false, got {self.standardise!r}.")
+        if not isinstance(self.negative_fraction, (int, float)) or not 0 <= self.negative_fraction <= 1:
+            raise InputError(f"`negative_fraction` must be in [0, 1], got {self.negative_fraction!r}.")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -1,0 +1,59 @@
+"""ALBAT's surrogate: a short LoRA phi_s trained on the user images alone, cached per subject.
+
+    phi_s = train_surrogate(components, images, config, steps=38, cache_root=cache)
+
+Same rank, targets and learning rate as the final training (so that phi_s points where the
+final LoRA will go), UNet only, constant LR, a fraction of the final steps. The cache key is
+the model, the settings and the images' pixel hashes: every method and job on the same subject
+(and training seed) reuses one surrogate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..train import TrainConfig, train_lora
+from ..train.data import Example
+
+
+def surrogate_config(config: TrainConfig, steps: int) -> TrainConfig:
+    """The final training's settings on G alone: same rank/targets/lr, fewer steps, UNet only."""
+    return replace(config, steps=steps, train_text_encoder=False, prior=False, checkpoint_every=0,
+                   lr_schedule="constant", warmup_steps=0)
+
+
+def train_surrogate(components, images, config: TrainConfig, steps: int, cache_root: Path,
+                    progress: Callable | None = None) -> dict[str, torch.Tensor]:
+    """Train (or reuse from the cache) the surrogate LoRA phi_s on the user images alone."""
+    cfg = surrogate_config(config, steps)
+    key = hashlib.sha256(json.dumps({
+        "model": str(components.spec.source), "config": cfg.fingerprint(),
+        "images": [Example(u.image, "").key for u in images]}, sort_keys=True).encode()).hexdigest()[:16]
+    path = Path(cache_root) / "surrogates" / f"{key}.safetensors"
+    if path.is_file():
+        return load_file(path)
+    work = path.parent / f"run-{key}"
+    result = train_lora(components, images, cfg, work, progress=_relabel(progress, "surrogate"),
+                        cache_root=cache_root, export=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(result.unet_lora, path)
+    return result.unet_lora
+
+
+def _relabel(progress, stage: str):
+    if progress is None:
+        return None
+
+    def relabel(event):
+        if event.stage == "train":
+            event.stage = stage
+        progress(event)
+
+    return relabel
