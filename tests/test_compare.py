@@ -10,7 +10,8 @@ from PIL import Image
 
 from bat_app.compare import CompareConfig, run_compare
 from bat_app.errors import InputError
-from bat_app.metrics import clip_i, clip_t, diversity
+from bat_app.metrics import clip_i, clip_t, compute_metrics, diversity
+from bat_app.metrics.dino import dino_unavailable_reason
 from bat_app.preview import comparison_grid, load_prompt_set
 
 
@@ -32,10 +33,16 @@ def test_two_method_compare(tiny_model_dir, tiny_pool_dir, tiny_clip_dir, subjec
     for values in metrics["methods"].values():
         assert -1 <= values["clip_i"] <= 1 and -1 <= values["clip_t"] <= 1 and values["diversity"] >= 0
     assert metrics["counts"] == {"none": 0, "random": 4}
-    assert any("DINO" in n for n in metrics["notes"]) or "dino" in metrics["methods"]["base"]
     grid = Image.open(out / result.outputs["grid"])
     assert grid.width > grid.height / 2  # three labelled columns
     report = (out / "report.md").read_text()
+    # DINO: a number in every column, or no column at all and the reason in the report
+    reason = dino_unavailable_reason()
+    if reason is None:
+        assert all("dino" in values for values in metrics["methods"].values()) and "DINO ↑" in report
+    else:
+        assert not any("dino" in values for values in metrics["methods"].values()) and "DINO ↑" not in report
+        assert f"> DINO column absent: {reason}." in report
     assert "| none | 0 |" in report and "| random | 4 |" in report and "train:random" in report
     for method in ("none", "random"):
         assert (out / result.outputs[f"{method}:zip"]).is_file()
@@ -99,7 +106,7 @@ def test_shapes_scores_by_hand():
              "a photo of star": [{"shape": "star", "marking": "none", "colour": "red", "pattern": "solid"},
                                  {"shape": "star", "marking": "dot", "colour": "red", "pattern": "solid"}]}
     kinds = {"a photo of sks star": "subject", "a sks star on a white background": "context", "a photo of star": "class"}
-    s = shapes_scores(preds, kinds, None, trait, "star")
+    s = shapes_scores(preds, kinds, trait, "star")
     assert s == {"subject_fidelity": 2 / 3, "prompt_fidelity": 1.0, "class_prior": 0.5, "class_variety": 0.5}
 
 
@@ -170,3 +177,39 @@ def test_an_undefined_metric_is_null_in_json_and_a_dash_in_the_report(tmp_path):
     assert read["methods"]["base"] == {"clip_i": 0.5, "diversity": None}
     row = metrics_table(read)[-1]
     assert row == "| base | — | 0.500 | — |"
+
+
+class _AxisEmbedder:
+    """A stand-in CLIP: red images and texts with 'red' embed to x, everything else to y."""
+
+    def encode_images(self, images):
+        return np.array([[1.0, 0.0] if im.getpixel((0, 0))[0] > 128 else [0.0, 1.0] for im in images], np.float32)
+
+    def encode_texts(self, texts):
+        return np.array([[1.0, 0.0] if "red" in t else [0.0, 1.0] for t in texts], np.float32)
+
+
+@pytest.mark.parametrize("dino_available", [False, True])
+def test_dino_is_measured_when_available_else_absent_with_its_reason(monkeypatch, dino_available):
+    import bat_app.metrics as metrics_module
+    from bat_app.compare.report import metrics_table
+
+    red, blue = Image.new("RGB", (8, 8), (255, 0, 0)), Image.new("RGB", (8, 8), (0, 0, 255))
+    if dino_available:  # the DINO embedding of this stand-in is the same axis code as the CLIP one
+        monkeypatch.setattr(metrics_module, "dino_embed", _AxisEmbedder().encode_images)
+    else:
+        monkeypatch.setattr(metrics_module, "dino_embed", lambda images: None)
+        monkeypatch.setattr(metrics_module, "dino_unavailable_reason", lambda: "no weights here")
+    prompts = [("subject", "a photo of sks thing"), ("context", "a sks thing, red")]
+    columns = {"base": [[blue, blue], [blue, red]], "lora": [[red, red], [red, red]]}
+    result = compute_metrics(columns, prompts, [red], _AxisEmbedder(), "sks", "thing")
+    if dino_available:
+        assert result["methods"]["base"]["dino"] == pytest.approx(0.25)  # 1 of 4 samples is the subject
+        assert result["methods"]["lora"]["dino"] == pytest.approx(1.0)
+        assert result["notes"] == []
+        assert "DINO ↑" in metrics_table(result)[0]
+    else:
+        assert all("dino" not in values for values in result["methods"].values())
+        assert result["notes"] == ["DINO column absent: no weights here."]
+        assert "DINO" not in metrics_table(result)[0]
+    assert result["methods"]["lora"]["clip_i"] == pytest.approx(1.0)

@@ -47,7 +47,7 @@ def compute_metrics(columns: dict[str, list[list]], prompts: Sequence[tuple[str,
             from .shapes_scores import shapes_scores
 
             predictions = {text: classifier.predict(images[i]) for i, (_, text) in enumerate(prompts)}
-            m.update(shapes_scores(predictions, kinds, None, subject.trait, class_noun))
+            m.update(shapes_scores(predictions, kinds, subject.trait, class_noun))
         result[method] = {k: v for k, v in m.items() if v is not None}
     return {"methods": result, "notes": notes}
 

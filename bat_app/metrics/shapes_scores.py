@@ -34,8 +34,8 @@ def shows(prediction: dict, wanted: dict) -> bool:
     return all(prediction.get(k) == v for k, v in wanted.items())
 
 
-def shapes_scores(predictions: dict[str, list[dict]], kinds: dict[str, str], prompts_by_kind: dict,
-                  trait: dict, class_noun: str) -> dict[str, float]:
+def shapes_scores(predictions: dict[str, list[dict]], kinds: dict[str, str], trait: dict,
+                  class_noun: str) -> dict[str, float]:
     """``predictions[prompt]`` = classifier outputs for that prompt's samples; ``kinds[prompt]``
     is subject/context/property/class."""
     subject = [p for prompt, preds in predictions.items() if kinds[prompt] in ("subject", "context") for p in preds]

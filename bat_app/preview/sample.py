@@ -11,7 +11,6 @@ from PIL import Image
 from ..export import DIFFUSERS_FILE
 from ..images.grid import image_grid
 from ..models import Components, build_pipeline
-from ..train.progress import ProgressEvent
 
 
 def sample_images(components: Components, prompts: Sequence[str], seeds: Sequence[int],
@@ -66,14 +65,3 @@ def comparison_grid(columns: dict[str, list[list[Image.Image]]], prompts: Sequen
     return image_grid(strips, columns=len(methods), cell=strip_size, column_titles=methods,
                       row_titles=list(prompts), title_width=220, pad=6) if strips else Image.new("RGB", (1, 1))
 
-
-def render_previews(components: Components, loras: dict[str, str | Path | None], prompts: Sequence[str],
-                    seeds: Sequence[int], progress: Callable[[ProgressEvent], None] | None = None
-                    ) -> dict[str, list[list[Image.Image]]]:
-    """Sample every method's column; ``loras`` maps method -> LoRA folder (None = base model)."""
-    emit = progress or (lambda e: None)
-    columns = {}
-    for method, lora in loras.items():
-        columns[method] = sample_images(components, prompts, seeds, lora, progress=lambda d, t, m=method: emit(
-            ProgressEvent("preview", d, t, method=m, message=m)))
-    return columns
