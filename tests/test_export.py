@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -117,3 +118,68 @@ def test_full_disk_is_a_clear_error(trained, tmp_path, monkeypatch):
     with pytest.raises(ExportError, match="MiB free.*Free some disk space"):
         export.export_lora(comps, config, tmp_path, result.unet_lora, result.text_encoder_lora)
     assert not (tmp_path / "pytorch_lora_weights.safetensors").exists()
+
+
+SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+
+
+def test_card_kohya_metadata_and_log_name_the_real_model_not_the_preset(trained, tmp_path):
+    import dataclasses
+
+    from bat_app.export import export_lora
+    from bat_app.models.presets import resolve_model
+
+    comps, config, result = trained
+    as_sd15 = dataclasses.replace(comps, spec=resolve_model("sd15"))  # the card reads only the spec
+    files = export_lora(as_sd15, config, tmp_path, result.unet_lora, result.text_encoder_lora)
+    card = files["card"].read_text()
+    front = card.split("---\n")[1]
+    assert f"base_model: {SD15}\n" in front
+    assert f"from_pretrained({SD15!r}" in card and "sd15'" not in card
+    with safe_open(files["kohya"], "pt") as f:
+        meta = f.metadata()
+    assert meta["bat_base_model"] == SD15 and meta["ss_sd_model_name"] == SD15
+    assert json.loads(files["log"].read_text())["base_model"] == SD15
+
+
+def test_a_cached_hub_snapshot_is_named_with_its_revision(tmp_path):
+    from bat_app.export.model_card import base_model_of, model_card
+    from bat_app.models.presets import ModelSpec
+
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    folder = tmp_path / "hub" / "models--someone--tiny-sd" / "snapshots" / sha
+    base = base_model_of(ModelSpec(str(folder), folder))
+    assert (base.hub_id, base.revision) == ("someone/tiny-sd", sha)
+    card = model_card(TrainConfig(token="sks", class_noun="dog"), base, "sks_dog_kohya.safetensors")
+    assert "base_model: someone/tiny-sd\n" in card
+    assert f"from_pretrained('someone/tiny-sd', revision='{sha}')" in card
+    # a plain local folder has no hub id: no base_model line, and the card names the folder
+    local = base_model_of(ModelSpec("my-model", tmp_path / "my-model"))
+    card = model_card(TrainConfig(token="sks", class_noun="dog"), local, "k.safetensors")
+    assert local.hub_id is None and "base_model:" not in card and str(tmp_path / "my-model") in card
+
+
+def test_hub_push_of_an_older_folder_names_the_real_model(tmp_path):
+    """training_log.json written before this fix says "sd15": the pushed card still names SD 1.5."""
+    from bat_app.export.hub import push_lora
+
+    folder = tmp_path / "lora"
+    folder.mkdir()
+    (folder / "pytorch_lora_weights.safetensors").write_bytes(b"weights")
+    config = TrainConfig(token="sks", class_noun="dog", steps=10)
+    (folder / "training_log.json").write_text(json.dumps({"config": config.to_dict(), "base_model": "sd15",
+                                                          "method": "albat", "losses": [0.1]}))
+    uploaded = {}
+
+    class Api:
+        def whoami(self, token=None):
+            return {"name": "alice"}
+
+        def create_repo(self, repo_id, **kw):
+            pass
+
+        def upload_folder(self, *, repo_id, folder_path, **kw):
+            uploaded["card"] = (Path(folder_path) / "README.md").read_text()
+
+    push_lora(folder, "dog-lora", "hf_token", api=Api())
+    assert f"base_model: {SD15}\n" in uploaded["card"] and f"from_pretrained({SD15!r}" in uploaded["card"]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..errors import ExportError
 from .formats import DIFFUSERS_FILE, save_diffusers, save_kohya, to_kohya
-from .model_card import model_card
+from .model_card import base_model_of, model_card
 from .plots import loss_curve
 
 __all__ = ["DIFFUSERS_FILE", "export_lora", "kohya_file_name", "loss_curve", "model_card", "to_kohya"]
@@ -33,10 +33,10 @@ def export_lora(components, config, out_dir, unet_lora, te_lora, *, losses=(), m
         raise ExportError(f"Only {free // 2**20} MiB free in {out_dir}; the LoRA files need about "
                           f"{needed // 2**20} MiB. Free some disk space and run export again (training is saved "
                           f"in the checkpoint; --resume finishes instantly).")
-    base = str(components.spec.name)
+    base = base_model_of(components.spec)  # the real model: "sd15" is named by its hub id
     kohya_name = kohya_file_name(config)
     meta = {"ss_base_model_version": "sd_v1", "ss_network_dim": config.rank, "ss_network_alpha": config.lora_alpha,
-            "ss_output_name": Path(kohya_name).stem, "bat_base_model": base, "bat_trigger": config.prompt,
+            "ss_output_name": Path(kohya_name).stem, **base.metadata(), "bat_trigger": config.prompt,
             "bat_method": method}
     try:
         files = {
@@ -53,6 +53,7 @@ def export_lora(components, config, out_dir, unet_lora, te_lora, *, losses=(), m
         files["loss_curve"] = out_dir / "loss_curve.png"
         loss_curve(list(losses)).save(files["loss_curve"])
     files["log"] = out_dir / "training_log.json"
-    files["log"].write_text(json.dumps({"config": config.to_dict(), "base_model": base, "method": method,
+    files["log"].write_text(json.dumps({"config": config.to_dict(), "base_model": base.id,
+                                        "base_revision": base.revision, "method": method,
                                         "losses": list(losses), **(extra or {})}, indent=1))
     return files

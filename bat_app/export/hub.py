@@ -86,7 +86,7 @@ def _full_repo_id(repo_id: str, user: str | None) -> str:
 def _stage(lora_dir: Path, tmp: Path, samples: Sequence[str | Path]) -> Path:
     """The upload folder: LoRA files, samples/ and a model card that shows them."""
     from ..train.config import TrainConfig
-    from .model_card import model_card
+    from .model_card import base_model_of, model_card
 
     staging = tmp / "repo"
     staging.mkdir()
@@ -105,8 +105,8 @@ def _stage(lora_dir: Path, tmp: Path, samples: Sequence[str | Path]) -> Path:
         info = json.loads(log_file.read_text())
         config = TrainConfig.from_dict(info["config"])
         kohya = next((f.name for f in lora_dir.glob("*_kohya.safetensors")), "lora_kohya.safetensors")
-        card = model_card(config, info.get("base_model", "unknown"), kohya, method=info.get("method", "dreambooth-lora"),
-                          samples=names)
+        base = base_model_of(info.get("base_model", "unknown"), revision=info.get("base_revision"))
+        card = model_card(config, base, kohya, method=info.get("method", "dreambooth-lora"), samples=names)
     elif (lora_dir / "README.md").is_file():
         card = (lora_dir / "README.md").read_text() + "".join(f"\n![sample]({n})\n" for n in names)
     else:

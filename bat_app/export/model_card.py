@@ -1,28 +1,114 @@
-"""The README.md model card written next to the LoRA files (also the Hub repo's card)."""
+"""The README.md model card written next to the LoRA files (also the Hub repo's card), and the
+one place that says which base model a LoRA was trained on.
+
+A card, the kohya metadata and a Hub push name the real model (``sd15`` is
+``stable-diffusion-v1-5/stable-diffusion-v1-5``), with its revision when it is known:
+
+    >>> base = base_model_of("sd15")
+    >>> base.hub_id
+    'stable-diffusion-v1-5/stable-diffusion-v1-5'
+    >>> base_model_of("someone/model", revision="abc123").pretrained_args()
+    "'someone/model', revision='abc123'"
+"""
 
 from __future__ import annotations
 
 import json
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import BatError
 from ..train.config import TrainConfig
 
+# A model folder inside the Hugging Face cache: .../models--org--name/snapshots/<commit>
+_HUB_SNAPSHOT = re.compile(r"models--(?P<org>[^/]+?)--(?P<name>[^/]+)/snapshots/(?P<revision>[0-9a-f]{40})")
 
-def model_card(config: TrainConfig, base_model: str, kohya_name: str, method: str = "dreambooth-lora",
+
+@dataclass(frozen=True)
+class BaseModel:
+    """The backbone a LoRA belongs to."""
+
+    name: str                    # what the user chose: preset, folder or hub id
+    hub_id: str | None = None    # the model on the Hub (None: a local folder only)
+    revision: str | None = None  # the Hub commit, when known
+    folder: str | None = None    # the local folder it was loaded from, if any
+
+    @property
+    def id(self) -> str:
+        """The name files record: the hub id, else what the user chose (a preset or a folder)."""
+        return self.hub_id or self.name
+
+    def metadata(self) -> dict[str, str]:
+        """The kohya file's metadata keys for the base model (A1111 shows ``ss_sd_model_name``)."""
+        return {"ss_sd_model_name": self.id, "bat_base_model": self.id,
+                **({"bat_base_revision": self.revision} if self.revision else {})}
+
+    @property
+    def ref(self) -> str:
+        """What to pass to ``from_pretrained``: the hub id, else the folder, else the name."""
+        return self.hub_id or self.folder or self.name
+
+    def pretrained_args(self) -> str:
+        """The arguments of ``from_pretrained(...)`` in the card's usage snippet."""
+        return repr(self.ref) + (f", revision={self.revision!r}" if self.hub_id and self.revision else "")
+
+
+def base_model_of(model, revision: str | None = None) -> BaseModel:
+    """The :class:`BaseModel` of a ModelSpec, a preset name, a hub id or a folder.
+
+    Training logs keep only a string; a preset name in an older log still resolves to its model.
+    """
+    from ..models.presets import ModelSpec, resolve_model
+
+    if isinstance(model, BaseModel):
+        return model
+    if not isinstance(model, ModelSpec):
+        try:
+            model = resolve_model(str(model))
+        except BatError:  # a folder that is gone: keep its name
+            return BaseModel(str(model), revision=revision)
+    revision = revision or getattr(model, "revision", None)
+    if not model.is_local:
+        return BaseModel(model.name, str(model.source), revision or _cached_revision(str(model.source)))
+    snapshot = _HUB_SNAPSHOT.search(Path(model.source).as_posix())
+    if snapshot:
+        return BaseModel(model.name, f"{snapshot['org']}/{snapshot['name']}", revision or snapshot["revision"],
+                         folder=str(model.source))
+    return BaseModel(model.name, folder=str(model.source))
+
+
+def _cached_revision(hub_id: str) -> str | None:
+    """The commit of the snapshot in the local Hugging Face cache (never asks the Hub)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    path = try_to_load_from_cache(hub_id, "model_index.json")
+    found = _HUB_SNAPSHOT.search(Path(path).as_posix()) if isinstance(path, str) else None
+    return found["revision"] if found else None
+
+
+def model_card(config: TrainConfig, base_model, kohya_name: str, method: str = "dreambooth-lora",
                samples: list[str] | None = None, extra: dict | None = None) -> str:
-    """Markdown with Hub front matter: base model, trigger, usage in diffusers/A1111/ComfyUI, settings."""
+    """Markdown with Hub front matter: base model, trigger, usage in diffusers/A1111/ComfyUI, settings.
+
+    ``base_model``: a :class:`BaseModel`, or anything :func:`base_model_of` takes.
+    """
+    base = base_model_of(base_model)
     trigger = config.prompt
-    hub_base = base_model if base_model.count("/") == 1 and not Path(base_model).exists() else None
     front = ["---", "library_name: diffusers", "license: other",
              "tags:", "- text-to-image", "- diffusers", "- lora", "- dreambooth", "- bat-studio", f"- {method}"]
-    if hub_base:
-        front.append(f"base_model: {hub_base}")
+    if base.hub_id:  # the Hub links the card to its base model; a local folder has no such page
+        front += [f"base_model: {base.hub_id}", "base_model_relation: adapter"]
     front += [f"instance_prompt: {json.dumps(trigger)}", "---", ""]
     settings = {k: v for k, v in config.to_dict().items() if v is not None}
     settings.update(extra or {})
+    if base.hub_id:
+        made_for = f"**{base.hub_id}**" + (f" (revision `{base.revision}`)" if base.revision else "")
+    else:
+        made_for = f"the local model **{base.name}** (`{base.ref}`)"
     lines = [
         f"# {config.token} {config.class_noun} — LoRA made with BAT Studio", "",
-        f"A DreamBooth-LoRA (method: `{method}`) of one subject, for **{base_model}**.", "",
+        f"A DreamBooth-LoRA (method: `{method}`) of one subject, for {made_for}.", "",
         f"**Trigger:** put `{config.token} {config.class_noun}` in the prompt, e.g. `{trigger}`.", "",
     ]
     if samples:
@@ -32,7 +118,7 @@ def model_card(config: TrainConfig, base_model: str, kohya_name: str, method: st
         "### diffusers", "", "```python",
         "import torch",
         "from diffusers import StableDiffusionPipeline",
-        f"pipe = StableDiffusionPipeline.from_pretrained({base_model!r})",
+        f"pipe = StableDiffusionPipeline.from_pretrained({base.pretrained_args()})",
         "pipe.load_lora_weights('.', weight_name='pytorch_lora_weights.safetensors')",
         f"image = pipe({(trigger + ' on the beach')!r}).images[0]",
         "```", "",
