@@ -62,7 +62,22 @@ def test_build_config_defaults_and_overrides(settings):
     ({"methods": ["none", "albat"]}, "need a backbone pool"),
     ({"pool": "shapes"}, "'shapes' pool is the shapes backbone's"),
     ({"token": "two words"}, "must be one word"),
-    ({"steps": 0}, "`steps` must be a positive integer"),
+    ({"steps": 0}, "steps must be between 1 and 5,000, got 0: raise it to 1"),
+    ({"steps": 10**12}, "steps must be between 1 and 5,000, got 1,000,000,000,000: lower it to 5,000"),
+    ({"steps": 2.5}, "steps must be a whole number"),
+    ({"rank": 100_000}, "LoRA rank must be between 1 and 128"),
+    ({"lr": float("nan")}, "learning rate must be a finite number"),
+    ({"resolution": 100_000}, "resolution must be between 8 and 64, got 100,000"),  # twice the tiny model's 32 px
+    ({"seed": -1}, "seed must be between 0 and 4,294,967,295"),
+    ({"k": 10**9}, "K \\(retrieval candidates\\) must be between 1 and 5,000"),
+    ({"m": 0}, "m \\(backbone images kept\\) must be between 1 and 500"),
+    ({"aug_weight": 1e6}, "lambda \\(backbone loss weight\\) must be between 0 and 10"),
+    ({"class_noun": "x" * 10_000}, "class noun is 10,000 characters long; the limit is 40"),
+    ({"class_noun": "dog/../../etc"}, "class noun 'dog/../../etc' is not allowed: use letters"),
+    ({"token": "t" * 33}, "trigger token is 33 characters long; the limit is 32"),
+    ({"model": "/etc"}, "Model '/etc' is not offered by this server: choose one of tiny-sd, sd15, shapes"),
+    ({"model": "../../"}, "Model '../../' is not offered"),
+    ({"pool": "/etc"}, "Pool '/etc' is not offered by this server: choose one of none"),
 ])
 def test_build_config_errors_name_the_fix(settings, form, message):
     with pytest.raises(InputError, match=message):
@@ -71,9 +86,44 @@ def test_build_config_errors_name_the_fix(settings, form, message):
 
 def test_pool_choices(settings, tmp_path):
     assert handlers.pool_choices(settings, settings.model) == ["none"]
-    assert handlers.pool_choices(settings.with_(pool="/pools/laion"), "sd15") == ["/pools/laion", "none"]
+    assert handlers.pool_choices(settings.with_(pool="/pools/laion"), "sd15") == ["laion", "none"]  # names only
     assert handlers.pool_choices(settings, "shapes")[0] == "shapes"
     assert handlers.initial_form(settings).methods == ["none"]  # ALBAT needs a pool: not ticked without one
+
+
+def test_choices_are_names_and_map_to_what_the_server_offers(settings, tmp_path):
+    built = settings.jobs.data_dir / "pools" / "laion-1k"
+    built.mkdir(parents=True)
+    (built / "manifest.json").write_text("{}")
+    extra = tmp_path / "operator" / "my-pool"
+    s = settings.with_(allowed_models=("org/model",), allowed_pools=(str(extra),))
+    assert handlers.model_choices(s) == ["tiny-sd", "sd15", "shapes", "org/model"]
+    assert handlers.pool_choices(s, "tiny-sd") == ["laion-1k", "my-pool", "none"]
+    form = handlers.initial_form(s)
+    assert form.model == "tiny-sd" and "/" not in "".join(form.pools)  # the browser sees no server path
+    cfg = handlers.build_config(s, class_noun="disc", model="tiny-sd", pool="my-pool", methods=["random"])
+    assert cfg.model == settings.model and cfg.pool == str(extra)
+    assert handlers.build_config(s, class_noun="disc", pool="laion-1k", methods=["random"]).pool == str(built)
+    assert handlers.build_config(s, class_noun="disc", model="org/model", methods=["none"]).model == "org/model"
+    with pytest.raises(InputError, match="Pool 'pools' is not offered"):
+        handlers.build_config(s, class_noun="disc", pool="pools", methods=["random"])
+
+
+def test_limits_are_operator_settings(settings, monkeypatch):
+    from bat_app.limits import LimitError, Limits
+
+    monkeypatch.setenv("BAT_LIMIT_STEPS", "20000")
+    assert handlers.build_config(settings, class_noun="disc", methods=["none"], steps=20_000).train["steps"] == 20_000
+    with pytest.raises(LimitError) as info:
+        handlers.build_config(settings, class_noun="disc", methods=["none"], steps=20_001)
+    assert info.value.public == "steps must be between 1 and 20,000, got 20,001: lower it to 20,000 or less."
+    assert "BAT_LIMIT_STEPS" in str(info.value)  # the CLI and the server log say where the limit is set
+    monkeypatch.setenv("BAT_LIMIT_STEPS", "many")
+    with pytest.raises(InputError, match="BAT_LIMIT_STEPS='many' must be a whole number"):
+        Limits.from_env()
+    monkeypatch.setenv("BAT_LIMIT_STEPS", "0")
+    with pytest.raises(InputError, match="must be a positive number"):
+        Limits.from_env()
 
 
 def test_check_uploads_names_bad_files(settings, tmp_path):
@@ -92,12 +142,17 @@ def test_start_job_queues_and_refuses_bad_input(settings, tmp_path):
                              methods=["none"], steps=3)
     assert job["queue_position"] == 1 and job["config"]["train"]["steps"] == 3
     view = views.job_view(settings, job["job_id"])
-    assert "position 1 of 1" in view.text and not view.finished and view.loss_image is None
+    # nothing runs: the job is next, not "position 1 in the queue"
+    assert "Next in line" in view.text and "position" not in view.text
+    assert not view.finished and view.loss_image is None
+    second = handlers.start_job(settings, example_paths(settings), class_noun="disc", methods=["none"], steps=3)
+    assert "position 2 of 2" in views.job_view(settings, second["job_id"]).text
+    handlers.cancel_job(settings, second["job_id"])
     with pytest.raises(InputError, match="still waiting in the queue"):
         views.job_results(settings, job["job_id"])
     assert handlers.cancel_job(settings, job["job_id"])["status"] == "cancelled"
 
-    with pytest.raises(InputError, match="2 image\\(s\\) uploaded"):
+    with pytest.raises(InputError, match="2 photo\\(s\\) uploaded: upload 3-10 photos"):
         handlers.start_job(settings, example_paths(settings, 2), class_noun="disc", methods=["none"])
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not a png")
@@ -164,11 +219,16 @@ def test_results_of_a_finished_job(settings, tmp_path):
     assert views.job_view(settings, job_id, view.selection_key).selection is None  # unchanged: not re-read
     res = views.job_results(settings, job_id)
     assert res.methods == ["none"] and [c for _, c in res.grids] == ["object"]
-    assert res.metric_headers == ["method", "backbone images", "clip_i", "clip_t"]
-    assert res.metric_rows == [["base model", 0, 0.5123, 0.2], ["DreamBooth-LoRA", 0, 0.7, 0.25]]
+    # "method" is what the grid's column titles say; "name" what the method is
+    assert res.metric_headers == ["method", "name", "backbone images", "clip_i", "clip_t"]
+    assert res.metric_rows == [["base", "base model", 0, 0.5123, 0.2], ["none", "DreamBooth-LoRA", 0, 0.7, 0.25]]
     assert [Path(p).name for p in res.downloads] == ["none_pytorch_lora_weights.safetensors",
                                                       "none_sks_disc_kohya.safetensors", "none_lora.zip"]
     assert Path(res.downloads[0]).read_bytes() == b"w" * 10
+    # served from a folder named by the job id outside the jobs folder, never from the job folder
+    folder = jobs.job_dir(job_id, settings=settings.jobs)
+    for path in [res.grids[0][0], *res.downloads]:
+        assert Path(path).parent.name == job_id and folder not in Path(path).parents
     assert views.api_status(settings, job_id)["status"] == "done"
     with pytest.raises(InputError, match="did not train method 'albat'"):
         views.lora_dir(settings, job_id, "albat")

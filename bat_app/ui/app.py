@@ -8,7 +8,8 @@ library) and turn a BatError into a ``gr.Error`` with its message. No handler ta
 uploads as an output, so an error never clears what the user uploaded.
 
 Named API endpoints (``gradio_client``): ``/submit`` (the Start button), ``/status`` (JSON),
-``/results`` (grids, metrics, download files), ``/cancel``.
+``/results`` (grids, metrics, download files), ``/cancel``, ``/try``. Every one but ``/submit``
+needs the job id; what is public and what is not: docs/security.md.
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ import functools
 import gradio as gr
 
 from ..errors import BatError
+from ..limits import SEED_MAX, Limits, bounds, check_range, check_text, env_name
 from ..models.presets import presets
 from . import handlers, tryit, views
 from .defaults import suggested_settings
+from .public import client_id, public_message, scrub
 from .settings import AppSettings
 
 TICK_S = 1.0
@@ -31,13 +34,14 @@ CSS = "#uploads {min-height: 220px} .bat-note {font-size: 0.9em; opacity: 0.85}"
 
 
 def guarded(fn):
-    """Show library errors as gr.Error (message only, no traceback); anything else is a bug."""
+    """Show library errors as gr.Error (message only: no traceback, no server path, no operator
+    setting); anything else is a bug, which Gradio shows as a bare "Error" (the log has it)."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except BatError as exc:
-            raise gr.Error(str(exc), print_exception=False) from exc
+            raise gr.Error(public_message(exc), print_exception=False) from exc
     return wrapper
 
 
@@ -45,8 +49,14 @@ def _device_note(settings: AppSettings) -> str:
     import torch
 
     device = "CUDA GPU" if torch.cuda.is_available() else "CPU (no CUDA found)"
-    pool = settings.pool or "none configured"
-    return f"Backbone **{settings.model}** · pool **{pool}** · running on {device}."
+    form = handlers.initial_form(settings)  # names, never the server's folders
+    pool = form.pool if form.pool != handlers.NO_POOL else "none configured"
+    return f"Backbone **{form.model}** · pool **{pool}** · running on {device}."
+
+
+def _limit_info(key: str, limits: Limits, model: str | None = None) -> str:
+    lo, hi = bounds(key, limits, model)
+    return f"{lo:g}–{hi:,g}" if isinstance(hi, float) else f"{lo:,}–{hi:,}"
 
 
 def build_app(settings: AppSettings | None = None) -> gr.Blocks:
@@ -54,6 +64,7 @@ def build_app(settings: AppSettings | None = None) -> gr.Blocks:
     form = handlers.initial_form(settings)
     examples = handlers.list_examples(settings.subjects_dir)
     preset_of = lambda model: model if model in presets() else None
+    limits = Limits.from_env()
 
     with gr.Blocks(title="BAT Studio", analytics_enabled=False, delete_cache=(3600, 86400)) as demo:
         remembered = gr.BrowserState("", storage_key="bat-studio-last-job")  # survives a reload
@@ -83,25 +94,32 @@ def build_app(settings: AppSettings | None = None) -> gr.Blocks:
                         token = gr.Textbox("sks", label="Trigger token", info="a rare word that will mean your subject")
                         class_noun = gr.Textbox(label="Class noun", placeholder="dog, backpack, star",
                                                 info="what the subject is")
+                        # allow_custom_value: an unknown name reaches the handler, whose message
+                        # names the choices (Gradio's own says only "not in the list of choices")
                         model = gr.Dropdown(handlers.model_choices(settings), value=form.model, label="Model preset",
-                                            allow_custom_value=True, info="a preset, a diffusers folder or a hub id")
+                                            allow_custom_value=True, info="the backbones this server offers")
                         pool = gr.Dropdown(form.pools, value=form.pool, label="Backbone pool", allow_custom_value=True,
-                                           info="the backbone's pretraining data (a pool folder); 'none' without one")
+                                           info="the backbone's pretraining data; 'none' without one")
                 methods = gr.CheckboxGroup([(handlers.METHOD_LABELS[m], m) for m in handlers.METHOD_LABELS],
                                            value=form.methods, label="Methods to compare (the base model is "
                                            "always the first column)")
                 with gr.Accordion("Advanced settings (defaults follow the number of photos)", open=False):
                     adv = form.advanced
+                    # No minimum/maximum here: Gradio would refuse with "Value -1 is less than
+                    # minimum value 0."; the handler's message names the field and its range.
+                    info = lambda key: _limit_info(key, limits)
                     with gr.Row():
-                        steps = gr.Number(adv["steps"], label="steps", precision=0, minimum=1)
-                        rank = gr.Number(adv["rank"], label="LoRA rank", precision=0, minimum=1)
-                        lr = gr.Number(adv["lr"], label="learning rate")
-                        resolution = gr.Number(adv["resolution"], label="resolution (0 = the model's)", precision=0)
+                        steps = gr.Number(adv["steps"], label="steps", precision=0, info=info("steps"))
+                        rank = gr.Number(adv["rank"], label="LoRA rank", precision=0, info=info("rank"))
+                        lr = gr.Number(adv["lr"], label="learning rate", info=f"more than 0, at most {limits.lr:g}")
+                        resolution = gr.Number(adv["resolution"], label="resolution (0 = the model's)", precision=0,
+                                               info="a multiple of 8, at most twice the model's")
                     with gr.Row():
-                        seed = gr.Number(adv["seed"], label="seed", precision=0, minimum=0)
-                        k = gr.Number(adv["k"], label="K: retrieval candidates", precision=0, minimum=1)
-                        m = gr.Number(adv["m"], label="m: backbone images kept", precision=0, minimum=1)
-                        aug_weight = gr.Number(adv["aug_weight"], label="lambda: backbone loss weight", minimum=0)
+                        seed = gr.Number(adv["seed"], label="seed", precision=0, info=info("seed"))
+                        k = gr.Number(adv["k"], label="K: retrieval candidates", precision=0, info=info("k"))
+                        m = gr.Number(adv["m"], label="m: backbone images kept", precision=0, info=info("m"))
+                        aug_weight = gr.Number(adv["aug_weight"], label="lambda: backbone loss weight",
+                                               info=info("aug_weight"))
                 advanced = [steps, rank, lr, resolution, seed, k, m, aug_weight]
                 start = gr.Button("Start", variant="primary", elem_id="start")
                 start_info = gr.Markdown(elem_id="start-info")
@@ -122,7 +140,7 @@ def build_app(settings: AppSettings | None = None) -> gr.Blocks:
                                  type="filepath", interactive=False, elem_id="grids", buttons=["download", "fullscreen"])
                 metrics = gr.Dataframe(label="Metrics", interactive=False, elem_id="metrics")
                 downloads = gr.File(label="Downloads: diffusers / kohya .safetensors, zip with model card and samples",
-                                    file_count="multiple", interactive=False, elem_id="downloads")
+                                    file_count="multiple", interactive=False, elem_id="downloads", buttons=[])
                 with gr.Accordion("Push to the Hugging Face Hub", open=False):
                     with gr.Row():
                         hub_method = gr.Dropdown([], label="Method", scale=1, allow_custom_value=True)
@@ -140,7 +158,7 @@ def build_app(settings: AppSettings | None = None) -> gr.Blocks:
                 with gr.Row():
                     try_method = gr.Dropdown([], label="LoRA (method)", scale=1, allow_custom_value=True)
                     prompt = gr.Textbox(label="Prompt", placeholder="a sks dog on the beach", scale=3)
-                    try_seed = gr.Number(0, label="seed", precision=0, minimum=0, scale=1)
+                    try_seed = gr.Number(0, label="seed", precision=0, scale=1)
                 generate = gr.Button("Generate", variant="primary")
                 with gr.Row():
                     base_image = gr.Image(label="base model", type="pil", interactive=False, elem_id="try-base")
@@ -181,19 +199,28 @@ def build_app(settings: AppSettings | None = None) -> gr.Blocks:
 
         if examples:
             @guarded
-            def on_example(name):
+            def on_example(name, model_name):
+                # the same note and photo-count defaults as an upload (Gallery.change does not
+                # fire for values an event sets)
                 ex = handlers.get_example(settings.subjects_dir, name)
-                return [str(p) for p in ex.images], ex.class_noun
+                paths = [str(p) for p in ex.images]
+                return [paths, ex.class_noun, *on_images(paths, model_name)]
 
-            use_example.click(on_example, example, [images, class_noun], api_visibility="private")
+            use_example.click(on_example, [example, model], [images, class_noun, notes, *advanced],
+                              api_visibility="private")
 
         @guarded
-        def on_start(value, token_, noun, model_, pool_, methods_, *adv_values):
-            job = handlers.start_job(settings, value, token=token_, class_noun=noun, model=model_, pool=pool_,
-                                     methods=methods_, **dict(zip(ADVANCED, adv_values)))
+        def on_start(value, token_, noun, model_, pool_, methods_, steps_, rank_, lr_, resolution_, seed_, k_, m_,
+                     aug_weight_, request: gr.Request):
+            adv_values = (steps_, rank_, lr_, resolution_, seed_, k_, m_, aug_weight_)
+            job = handlers.start_job(settings, value, client=client_id(request, settings.proxy_hops), token=token_,
+                                     class_noun=noun, model=model_, pool=pool_, methods=methods_,
+                                     **dict(zip(ADVANCED, adv_values)))
             for line in job["warnings"]:
-                gr.Warning(line)
-            where = (f"position {job['queue_position']} in the queue" if job["queue_position"]
+                gr.Warning(scrub(line))
+            position = job["queue_position"] or 0
+            # "position 1 in the queue" only when something is actually ahead of it
+            where = (f"position {position} in the queue" if position > 1 or (position == 1 and job["running"])
                      else "starting now")
             return job["job_id"], (f"Job **`{job['job_id']}`** submitted ({where}). Keep the id to come back "
                                    f"to it from any device; progress is on the Progress tab.")
@@ -209,17 +236,19 @@ def build_app(settings: AppSettings | None = None) -> gr.Blocks:
         # --- Progress events --------------------------------------------------------------
         def on_tick(job, shown_key):
             if not job:
-                return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.Timer(active=False), gr.skip()
+                return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.Timer(active=False), gr.skip(), gr.skip()
             try:
                 view = views.job_view(settings, job, shown_key)
             except BatError as exc:  # e.g. the job was cleaned up: stop polling, say why
-                return f"{exc}", gr.skip(), gr.skip(), gr.skip(), gr.Timer(active=False), gr.skip()
+                return (public_message(exc), gr.skip(), gr.skip(), gr.skip(), gr.Timer(active=False), gr.skip(),
+                        gr.Button(visible=False))
             gallery = view.selection if view.selection is not None else gr.skip()
             return (view.text, view.loss_image if view.loss_image is not None else gr.skip(), gallery,
                     view.selection_key, gr.Timer(active=not view.finished),
-                    job if view.status["status"] == "done" else gr.skip())
+                    job if view.status["status"] == "done" else gr.skip(),
+                    gr.Button(visible=not view.finished))  # nothing left to cancel once it ended
 
-        timer.tick(on_tick, [watching, gallery_key], [progress, loss, selected, gallery_key, timer, finished],
+        timer.tick(on_tick, [watching, gallery_key], [progress, loss, selected, gallery_key, timer, finished, stop],
                    api_visibility="private", show_progress="hidden")
 
         # --- Results events ---------------------------------------------------------------
@@ -246,14 +275,17 @@ def build_app(settings: AppSettings | None = None) -> gr.Blocks:
         @guarded
         def on_push(job, method, repo, token_value, private):
             url = tryit.push_job_to_hub(settings, job, method, repo, token_value, private)
-            return f"Pushed: [{url}]({url})", ""  # the token box is emptied
+            return f"Pushed: [{url}]({url})"
 
-        push.click(on_push, [job_id, hub_method, hub_repo, hub_token, hub_private], [pushed, hub_token],
-                   api_visibility="private")
+        # .then runs after a failed push too: the token never stays in the page
+        push.click(on_push, [job_id, hub_method, hub_repo, hub_token, hub_private], pushed,
+                   api_visibility="private").then(lambda: "", None, hub_token, api_visibility="private")
 
         # --- Try it -----------------------------------------------------------------------
         @guarded
         def on_generate(job, method, text, seed_value):
+            check_text("The prompt", text or "", limits.prompt_chars, env_name("prompt_chars"))
+            check_range("seed", int(seed_value or 0), 0, SEED_MAX)
             return tryit.try_prompt(settings, job, method, text, seed_value)
 
         generate.click(on_generate, [job_id, try_method, prompt, try_seed], [base_image, lora_image],
@@ -283,7 +315,8 @@ def build_app(settings: AppSettings | None = None) -> gr.Blocks:
             return views.progress_text(status)
 
         cancel.click(on_cancel, job_id, job_info, api_name="cancel")
-        stop.click(on_cancel, watching, progress, api_visibility="private")
+        stop.click(on_cancel, watching, progress, api_visibility="private").success(
+            lambda: gr.Button(visible=False), None, stop, api_visibility="private")
 
         def status(job_id: str) -> dict:
             """The job's status: status, stage, method, step, total, loss, eta_s, queue_position, error."""
@@ -303,9 +336,17 @@ def build_app(settings: AppSettings | None = None) -> gr.Blocks:
 
 
 def launch_options(settings: AppSettings) -> dict:
-    """Keyword arguments for ``demo.launch`` (theme, CSS, the job files the app may serve).
+    """Keyword arguments for ``demo.launch`` (theme, CSS, what the app must never serve).
 
+    No ``allowed_paths``: Gradio serves only its own cache, where ``served.publish`` puts a
+    job's results under the job id. The data dir (queue database, every job's inputs, config
+    and log, pools) is blocked outright, so no path trick (``..``, encoding, symlinks) reaches
+    it; where the Gradio cache was put inside the data dir, its jobs and pools folders are.
     Gradio's run history is off: it would keep every call's inputs, the Hub token among them.
     """
-    return {"theme": THEME, "css": CSS, "allowed_paths": [str(settings.jobs.jobs_dir)], "footer_links": ["api"],
+    from .served import cache_root
+
+    data = settings.jobs.data_dir.resolve()
+    blocked = [data] if data not in cache_root().resolve().parents else [settings.jobs.jobs_dir, data / "pools"]
+    return {"theme": THEME, "css": CSS, "blocked_paths": [str(p) for p in blocked], "footer_links": ["api"],
             "run_history": False}

@@ -19,8 +19,10 @@ from ..albat import METHODS
 from ..compare.config import CompareConfig
 from ..errors import ImageError, InputError
 from ..images import IntakeLimits, load_user_images
+from ..limits import Limits, check_field, check_text
 from ..models.presets import presets
 from .defaults import suggested_settings
+from .public import scrub
 from .settings import AppSettings
 
 NO_POOL = "none"
@@ -68,31 +70,85 @@ def get_example(subjects_dir: Path | None, name: str) -> Example:
     raise InputError(f"No example subject {name!r}; available: {', '.join(names) or 'none (no subjects folder)'}.")
 
 
-# --- choices -------------------------------------------------------------------------------
+# --- choices: what this server offers ---------------------------------------------------
+
+@dataclass(frozen=True)
+class Offer:
+    """A model or pool a web user may pick: by ``name``; the job gets ``source``."""
+
+    name: str     # shown and sent by the browser: a preset, a hub id, or a folder's last part
+    source: str   # what the job config holds: preset name, hub id, folder path, or "shapes"
+
+
+def _offer(spec: str) -> Offer:
+    looks_like_path = spec.startswith(("/", ".", "~")) or Path(spec).expanduser().is_dir()
+    return Offer(Path(spec).name if looks_like_path else spec, spec)
+
+
+def _unique(offers) -> list[Offer]:
+    seen, out = set(), []
+    for offer in offers:
+        if offer.name not in seen:  # the first of two same-named offers wins
+            seen.add(offer.name)
+            out.append(offer)
+    return out
+
+
+def model_offers(settings: AppSettings) -> list[Offer]:
+    """The default model, the presets, and the models an operator allow-listed."""
+    return _unique([_offer(settings.model), *[Offer(n, n) for n in presets()],
+                    *[_offer(m) for m in settings.allowed_models]])
+
+
+def pool_offers(settings: AppSettings, model: str | None) -> list[Offer]:
+    """Pools that fit ``model`` (a model name or source): shapes' own data, the configured pool,
+    pools built in $BAT_HOME/pools, the operator's allow-list; "none" last."""
+    offers = []
+    if _model_source(settings, model) == "shapes":
+        offers.append(Offer("shapes", "shapes"))
+    if settings.pool and settings.pool != "shapes":
+        offers.append(_offer(settings.pool))
+    pools = settings.jobs.data_dir / "pools"
+    if pools.is_dir():
+        offers += [Offer(p.parent.name, str(p.parent)) for p in sorted(pools.glob("*/manifest.json"))
+                   if not p.parent.name.startswith("shapes-")]
+    offers += [_offer(p) for p in settings.allowed_pools]
+    return _unique(offers) + [Offer(NO_POOL, NO_POOL)]
+
+
+def _model_source(settings: AppSettings, model: str | None) -> str | None:
+    if not model:
+        return settings.model
+    return next((o.source for o in model_offers(settings) if model in (o.name, o.source)), None)
+
+
+def _pick(offers: list[Offer], value: str, what: str) -> str:
+    for offer in offers:
+        if value in (offer.name, offer.source):
+            return offer.source
+    raise InputError(f"{what} {value!r} is not offered by this server: choose one of "
+                     f"{', '.join(o.name for o in offers)}.")
+
 
 def model_choices(settings: AppSettings) -> list[str]:
-    names = list(presets())
-    return names if settings.model in names else [settings.model, *names]
+    return [o.name for o in model_offers(settings)]
 
 
 def pool_choices(settings: AppSettings, model: str | None) -> list[str]:
-    """Pools that fit ``model``: shapes' own data, the configured pool, pools in the data dir."""
-    out = []
-    if (model or settings.model) == "shapes":
-        out.append("shapes")
-    if settings.pool and settings.pool != "shapes":
-        out.append(settings.pool)
-    pools = settings.jobs.data_dir / "pools"
-    if pools.is_dir():
-        out += [str(p.parent) for p in sorted(pools.glob("*/manifest.json")) if not p.parent.name.startswith("shapes-")]
-    return list(dict.fromkeys(out)) + [NO_POOL]
+    return [o.name for o in pool_offers(settings, model)]
+
+
+def model_name(settings: AppSettings, source: str | None = None) -> str:
+    """The name the form shows for a model source (default: the app's model)."""
+    return _offer(source or settings.model).name
 
 
 def default_pool(settings: AppSettings, model: str | None) -> str:
-    choices = pool_choices(settings, model)
-    if settings.pool in choices:
-        return settings.pool
-    return choices[0]
+    offers = pool_offers(settings, model)
+    for offer in offers:
+        if settings.pool and settings.pool == offer.source:
+            return offer.name
+    return offers[0].name
 
 
 # --- uploads -------------------------------------------------------------------------------
@@ -118,12 +174,18 @@ def check_uploads(paths: list[str]) -> list[str]:
     if not paths:
         return []
     lines = []
+    limits = Limits.from_env().intake()
     try:
-        report = load_user_images([Path(p) for p in paths], limits=IntakeLimits(min_images=1, max_images=10_000))
+        # the first max_images files are looked at even when there are too many (the count is
+        # a line of its own); files past them are not decoded at all
+        shown = paths[:limits.max_images]
+        report = load_user_images([Path(p) for p in shown], limits=IntakeLimits(
+            min_images=1, max_images=len(shown), max_file_bytes=limits.max_file_bytes,
+            max_pixels=limits.max_pixels))
         lines += list(report.warnings)
     except ImageError as exc:
         lines += [f"{Path(name).name}: {why}" for name, why in exc.problems.items()] or [str(exc)]
-    limits = IntakeLimits()
+    lines = [scrub(line) for line in lines]  # no upload paths, no operator-only advice
     if len(paths) < limits.min_images:
         lines.append(f"{len(paths)} image(s) so far: add at least {limits.min_images - len(paths)} more "
                      f"({limits.min_images}-{limits.max_images} photos of the subject, varied views and backgrounds).")
@@ -135,57 +197,107 @@ def check_uploads(paths: list[str]) -> list[str]:
 
 # --- submit and cancel ---------------------------------------------------------------------
 
+# The Advanced settings: form key -> (config group, type).
+NUMBERS = {"steps": ("train", int), "rank": ("train", int), "lr": ("train", float), "seed": ("train", int),
+           "aug_weight": ("train", float), "resolution": ("train", int), "k": ("selection", int),
+           "m": ("selection", int)}
+
+
+def _number(key: str, value, kind):
+    """A form or API value as a number, or InputError naming the field (None: not given)."""
+    from ..limits import FIELDS
+
+    label = FIELDS[key][0]
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, bool):
+        raise InputError(f"{label} must be a number, got {value!r}.")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{label} must be a number, got {value!r:.40}.") from None
+    if number != number or number in (float("inf"), float("-inf")):
+        raise InputError(f"{label} must be a finite number, got {value!r}.")
+    if kind is int:
+        if not number.is_integer():
+            raise InputError(f"{label} must be a whole number, got {value!r}.")
+        return int(number)
+    return number
+
+
 def build_config(settings: AppSettings, *, token: str = "sks", class_noun: str = "", model: str | None = None,
                  pool: str | None = None, methods: list[str] | None = None, steps=None, rank=None, lr=None,
                  resolution=None, seed=None, k=None, m=None, aug_weight=None, n_images: int = 5) -> CompareConfig:
-    """The CompareConfig a Start press submits; empty fields take the defaults for ``n_images``."""
-    model = (model or settings.model).strip()
+    """The CompareConfig a Start press (or an API call) submits; empty fields take the defaults for
+    ``n_images``. Model and pool must be among what the server offers; every number is within
+    ``bat_app.limits`` (the message names the field, the limit and the fix)."""
+    limits = Limits.from_env()
+    for label, text in (("The trigger token", token), ("The class noun", class_noun)):
+        if text is not None and not isinstance(text, str):
+            raise InputError(f"{label} must be text, got {type(text).__name__}.")
+    model = _pick(model_offers(settings), model.strip(), "Model") if (model or "").strip() else settings.model
     if pool in (None, ""):  # not given (API clients): the app's default for this model
         pool = default_pool(settings, model)
-    pool = None if pool == NO_POOL else str(pool).strip()
-    methods = list(methods if methods is not None else DEFAULT_METHODS)
-    if not methods:
-        raise InputError("No method selected: tick at least one of " +
-                         ", ".join(METHOD_LABELS[m] for m in METHODS) + " (the base model is always shown).")
-    if not (class_noun or "").strip():
-        raise InputError("The class noun is empty: say what the subject is, e.g. 'dog', 'backpack' or 'star'.")
-    needing = [METHOD_LABELS[m] for m in methods if m in POOL_METHODS]
-    if needing and pool is None:
-        raise InputError(f"{', '.join(needing)} need a backbone pool: pick one under 'Backbone pool', or "
-                         f"untick them (see docs/space.md to build a pool).")
+    pool = str(pool).strip()
     if pool == "shapes" and model != "shapes":
         raise InputError("The 'shapes' pool is the shapes backbone's own data: pick the 'shapes' model, "
                          "or another pool.")
+    pool = _pick(pool_offers(settings, model), pool, "Pool")
+    pool = None if pool == NO_POOL else pool
+    if methods is not None and (not isinstance(methods, (list, tuple)) or len(methods) > len(METHODS)):
+        raise InputError(f"methods must be a list of at most {len(METHODS)} of {', '.join(METHODS)}.")
+    methods = list(methods if methods is not None else DEFAULT_METHODS)
+    if not methods:
+        raise InputError("No method selected: tick at least one of " +
+                         ", ".join(METHOD_LABELS[m] for m in METHODS if m in METHOD_LABELS) +
+                         " (the base model is always shown).")
+    token = (token or "sks").strip()
+    check_text("The trigger token", token, limits.token_chars, None)
+    class_noun = (class_noun or "").strip()
+    if not class_noun:
+        raise InputError("The class noun is empty: say what the subject is, e.g. 'dog', 'backpack' or 'star'.")
+    check_text("The class noun", class_noun, limits.noun_chars, None)
+    needing = [METHOD_LABELS.get(m, m) for m in methods if m in POOL_METHODS]
+    if needing and pool is None:
+        raise InputError(f"{', '.join(needing)} need a backbone pool: pick one under 'Backbone pool', or "
+                         f"untick them.")
     preset = model if model in presets() else None
     d = suggested_settings(n_images, preset)
-    pick = lambda value, key, cast: d[key] if value in (None, "") else cast(value)
-    resolution = pick(resolution, "resolution", int)
-    train = {"steps": pick(steps, "steps", int), "rank": pick(rank, "rank", int), "lr": pick(lr, "lr", float),
-             "seed": pick(seed, "seed", int), "aug_weight": pick(aug_weight, "aug_weight", float)}
-    if resolution:
-        train["resolution"] = resolution
+    given = {"steps": steps, "rank": rank, "lr": lr, "seed": seed, "aug_weight": aug_weight,
+             "resolution": resolution, "k": k, "m": m}
+    values = {}
+    for key, (_, kind) in NUMBERS.items():
+        value = _number(key, given[key], kind)
+        values[key] = d[key] if value is None else value
+        if not (key == "resolution" and values[key] == 0):  # 0: the model's own resolution
+            check_field(key, values[key], limits, model)
+    train = {key: values[key] for key, (group, _) in NUMBERS.items() if group == "train" and key != "resolution"}
+    if values["resolution"]:
+        train["resolution"] = values["resolution"]
     train["checkpoint_every"] = max(1, train["steps"] // 4)
     return CompareConfig.from_dict({
-        "token": (token or "sks").strip(), "class_noun": class_noun.strip(), "model": model, "pool": pool,
+        "token": token, "class_noun": class_noun, "model": model, "pool": pool,
         "clip_model": settings.clip_model, "methods": methods, "train": train,
-        "selection": {"k": pick(k, "k", int), "m": pick(m, "m", int)},
+        "selection": {"k": values["k"], "m": values["m"]},
         "seeds": list(settings.seeds), "num_prompts": settings.preview_prompts,
     })
 
 
-def start_job(settings: AppSettings, images, **form) -> dict:
-    """Check the form and the images, submit the job. Returns job_id, queue_position, warnings."""
+def start_job(settings: AppSettings, images, client: str | None = None, **form) -> dict:
+    """Check the form and the images, submit the job for ``client`` (per-client cap; None: no
+    cap). Returns job_id, queue_position, running (jobs running now), warnings, config."""
     paths = image_paths(images)
-    limits = IntakeLimits()
-    if len(paths) < limits.min_images:
-        raise InputError(f"{len(paths)} image(s) uploaded: upload {limits.min_images}-{limits.max_images} photos "
+    limits = Limits.from_env()
+    if not limits.photos_min <= len(paths) <= limits.photos_max:
+        fix = "upload" if len(paths) < limits.photos_min else "remove some, keeping"
+        raise InputError(f"{len(paths)} photo(s) uploaded: {fix} {limits.photos_min}-{limits.photos_max} photos "
                          f"of the subject (drag them onto the upload box), then press Start again.")
     config = build_config(settings, n_images=len(paths), **form)
-    job_id = jobs.submit(config, paths, settings=settings.jobs)
+    job_id = jobs.submit(config, paths, settings=settings.jobs, client=client, limits=limits)
     status = jobs.status(job_id, settings=settings.jobs)
     warnings = [m["text"].removeprefix("warning: ") for m in status["messages"] if m["text"].startswith("warning: ")]
-    return {"job_id": job_id, "queue_position": status["queue_position"], "warnings": warnings,
-            "config": config.to_dict()}
+    return {"job_id": job_id, "queue_position": status["queue_position"], "running": status.get("running", 0),
+            "warnings": warnings, "config": config.to_dict()}
 
 
 def normalize_job_id(text: str | None) -> str:
@@ -203,7 +315,7 @@ def cancel_job(settings: AppSettings, job_id: str) -> dict:
 class Form:
     """The Train tab's values for a model and an image count (what the UI shows at start)."""
 
-    model: str
+    model: str          # names, as the dropdowns show them
     pool: str
     pools: list[str]
     methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
@@ -211,7 +323,8 @@ class Form:
 
 
 def initial_form(settings: AppSettings, model: str | None = None, n_images: int = 0) -> Form:
-    model = model or settings.model
+    """The form for ``model`` (a name; default: the app's model), names only: no server path."""
+    model = model or model_name(settings)
     pool = default_pool(settings, model)
     methods = [m for m in DEFAULT_METHODS if pool != NO_POOL or m not in POOL_METHODS]
     return Form(model, pool, pool_choices(settings, model), methods,

@@ -12,6 +12,13 @@
 | BAT_PREVIEW_PROMPTS | preview_prompts | every prompt of the set |
 | BAT_HOME, BAT_REDIS_URL, ... | jobs | see bat_app.jobs.settings |
 | BAT_EMBEDDED_WORKER | embedded_worker | 1 (the app runs jobs itself; 0 with separate workers) |
+| BAT_ALLOWED_MODELS | allowed_models | none: web users pick a preset or the default model |
+| BAT_ALLOWED_POOLS | allowed_pools | none: web users pick the default pool or one in $BAT_HOME/pools |
+| BAT_PROXY_HOPS | proxy_hops | 1 on a Hugging Face Space (SPACE_ID set), else 0 |
+| BAT_LIMIT_* | (bat_app.limits) | bounds on every job field; see docs/security.md |
+
+``allowed_models`` / ``allowed_pools``: comma-separated folders or hub ids an operator offers to
+web users besides the defaults; users pick them by name (a folder's last part), never by path.
 """
 
 from __future__ import annotations
@@ -34,6 +41,9 @@ class AppSettings:
     preview_prompts: int | None = None  # first N prompts of the preview set (None: all)
     seeds: tuple[int, ...] = (0, 1)     # preview seeds, the same in every column
     embedded_worker: bool = True        # run jobs in this process's worker thread
+    allowed_models: tuple[str, ...] = ()  # more models web users may pick (folders or hub ids)
+    allowed_pools: tuple[str, ...] = ()   # more pool folders web users may pick
+    proxy_hops: int = 0                 # reverse proxies that append to X-Forwarded-For (a Space: 1)
     jobs: JobSettings = field(default_factory=JobSettings.from_env)
 
     @classmethod
@@ -49,6 +59,10 @@ class AppSettings:
             "subjects_dir": Path(env.get("BAT_SUBJECTS") or assets_dir() / "subjects"),
             "preview_prompts": _int_or_none("BAT_PREVIEW_PROMPTS"),
             "embedded_worker": env.get("BAT_EMBEDDED_WORKER", "1") not in ("0", "false", "no"),
+            "allowed_models": _list("BAT_ALLOWED_MODELS"),
+            "allowed_pools": _list("BAT_ALLOWED_POOLS"),
+            "proxy_hops": _int_or_none("BAT_PROXY_HOPS") if env.get("BAT_PROXY_HOPS") else
+            (1 if env.get("SPACE_ID") else 0),
         }
         values.update(overrides)
         if "jobs" not in overrides:
@@ -59,6 +73,10 @@ class AppSettings:
 
     def with_(self, **changes) -> "AppSettings":
         return replace(self, **changes)
+
+
+def _list(var: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in os.environ.get(var, "").split(",") if item.strip())
 
 
 def _int_or_none(var: str) -> int | None:

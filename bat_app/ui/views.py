@@ -5,6 +5,8 @@
     api_status(settings, job_id)           # the JSON the `status` API endpoint returns
 
 The job folder layout is the compare pipeline's (see bat_app.compare.run), under ``out/``.
+Everything here is shown to whoever holds the job id: texts go through ``public`` (no server
+paths), files through ``served`` (only a job's results, copied out of the jobs folder).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from .. import jobs
 from ..errors import InputError
 from ..export.plots import loss_curve
 from .handlers import METHOD_LABELS, normalize_job_id
+from .public import public_job_text
+from .served import publish
 from .settings import AppSettings
 
 OUT = "out"           # the pipeline's folder inside a job folder (bat_app.jobs.store.OUT)
@@ -53,7 +57,9 @@ def progress_text(status: dict) -> str:
     """One short markdown block a user can read at a glance."""
     state = status["status"]
     lines = [f"**Job** `{status['id']}` — **{state}**"]
-    if state == jobs.QUEUED:
+    if state == jobs.QUEUED and (status.get("queue_position") or 0) <= 1 and not status.get("running"):
+        lines.append("Next in line: it starts as soon as a worker is free.")
+    elif state == jobs.QUEUED:
         lines.append(f"Waiting in the queue: position {status['queue_position']} of {status['queue_length']}.")
     elif state == jobs.RUNNING:
         what = status["stage"] + (f" · {METHOD_LABELS.get(status['method'], status['method'])}"
@@ -66,11 +72,11 @@ def progress_text(status: dict) -> str:
         took = (status.get("finished_at") or 0) - (status.get("started_at") or 0)
         lines.append(f"Finished in {format_seconds(took)}: the **Results** tab has the grids, metrics and downloads.")
     elif state == jobs.FAILED:
-        lines.append(f"Failed: {status.get('error') or 'no reason recorded'}")
+        lines.append(f"Failed: {public_job_text(status.get('error')) or 'no reason recorded'}")
     elif state == jobs.CANCELLED:
         lines.append("Cancelled. Finished stages are kept in the job folder.")
     if status.get("message") and state != jobs.DONE:
-        lines.append(f"Last message: {status['message']}")
+        lines.append(f"Last message: {public_job_text(status['message'])}")
     return "\n\n".join(lines)
 
 
@@ -165,10 +171,10 @@ def _row_image(row: dict, pool) -> Image.Image | None:
 class Results:
     job_id: str
     methods: list[str]
-    grids: list[tuple[str, str]]               # (png path, caption)
+    grids: list[tuple[str, str]]               # (served png path, caption)
     metric_headers: list[str]
     metric_rows: list[list]
-    downloads: list[str]                       # files, named <method>_<file> so they never collide
+    downloads: list[str]                       # served files, named <method>_<file> so they never collide
     report: str                                # report.md
     config: dict
 
@@ -178,27 +184,31 @@ def job_results(settings: AppSettings, job_id: str) -> Results:
     status = jobs.status(job_id, settings=settings.jobs)
     if status["status"] != jobs.DONE:
         hint = {"queued": "it is still waiting in the queue", "running": f"it is still running (stage {status['stage']})",
-                "failed": f"it failed: {status.get('error')}", "cancelled": "it was cancelled"}[status["status"]]
+                "failed": f"it failed: {public_job_text(status.get('error'))}",
+                "cancelled": "it was cancelled"}[status["status"]]
         raise InputError(f"Job {job_id} has no results: {hint}. Results appear here when it finishes.")
     folder = Path(status["dir"])
     out = folder / OUT
     config = json.loads((folder / "config.json").read_text())
     methods = list(config["methods"])
-    grids = [(str(p), p.stem.removeprefix("grid_")) for p in sorted((out / "previews").glob("grid_*.png"))]
+    grids = [(path, Path(path).stem.removeprefix("grid_"))
+             for path in publish(job_id, out, [f"previews/{p.name}" for p in sorted((out / "previews").glob("grid_*.png"))])]
     metrics = json.loads((out / "metrics.json").read_text())
     headers, rows = metrics_table(metrics)
     report = (out / "report.md").read_text() if (out / "report.md").is_file() else ""
-    return Results(job_id, methods, grids, headers, rows, download_files(out, methods), report, config)
+    downloads = publish(job_id, out, [f"downloads/{Path(p).name}" for p in download_files(out, methods)])
+    return Results(job_id, methods, grids, headers, rows, downloads, report, config)
 
 
 def metrics_table(metrics: dict) -> tuple[list[str], list[list]]:
+    """Rows per method; ``method`` is the name the grid's column titles use, ``name`` what it is."""
     per_method = metrics.get("methods", {})
     keys = list(dict.fromkeys(k for values in per_method.values() for k in values))
-    headers = ["method", "backbone images", *keys]
+    headers = ["method", "name", "backbone images", *keys]
     rows = []
     for method, values in per_method.items():
         count = metrics.get("counts", {}).get(method, 0 if method == "base" else None)
-        rows.append([METHOD_LABELS.get(method, "base model" if method == "base" else method), count,
+        rows.append([method, METHOD_LABELS.get(method, "base model" if method == "base" else method), count,
                      *[_round(values.get(k)) for k in keys]])
     return headers, rows
 
@@ -219,7 +229,7 @@ def download_files(out: Path, methods: list[str]) -> list[str]:
     for method in methods:
         lora = out / "methods" / method / "lora"
         for src in [lora / "pytorch_lora_weights.safetensors", *sorted(lora.glob("*_kohya.safetensors"))]:
-            if src.is_file():
+            if src.is_file() and not src.is_symlink():  # a copy would follow a link anywhere
                 files.append(str(_named_copy(src, out / "downloads" / f"{method}_{src.name}")))
         zip_path = out / "downloads" / f"{method}_lora.zip"
         if zip_path.is_file():
@@ -286,5 +296,6 @@ def api_status(settings: AppSettings, job_id: str) -> dict:
     keep = ("id", "status", "stage", "method", "step", "total", "loss", "eta_s", "it_per_s", "message",
             "error", "queue_position", "queue_length", "created_at", "started_at", "finished_at")
     view = {k: status.get(k) for k in keep}
+    view["error"], view["message"] = public_job_text(view["error"]), public_job_text(view["message"])
     view["outputs"] = sorted(status.get("outputs", {}))
     return view
