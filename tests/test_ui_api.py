@@ -113,8 +113,9 @@ def test_submit_status_results(client, app):
 
     grid, metrics, downloads, report = client.predict(job_id, api_name="/results")
     assert Path(grid).is_file()
-    assert metrics["headers"][:2] == ["method", "backbone images"]
-    assert [row[0] for row in metrics["data"]] == ["base model", "DreamBooth-LoRA", "random backbone images"]
+    assert metrics["headers"][:3] == ["method", "name", "backbone images"]  # method: the grid's column title
+    assert [row[:2] for row in metrics["data"]] == [["base", "base model"], ["none", "DreamBooth-LoRA"],
+                                                    ["random", "random backbone images"]]
     names = sorted(Path(p).name for p in downloads)
     assert names == ["none_lora.zip", "none_pytorch_lora_weights.safetensors", "none_sks_disc_kohya.safetensors",
                      "random_lora.zip", "random_pytorch_lora_weights.safetensors",
