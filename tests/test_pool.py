@@ -71,7 +71,10 @@ class NoModel:
     def encode_images(self, images):
         raise AssertionError("embeddings were recomputed")
 
-    encode_texts = encode_images
+    def encode_texts(self, texts):
+        # the zero-shot content check embeds its prompts; images are never re-embedded
+        v = np.random.default_rng(len(texts)).normal(size=(len(texts), self.dim)).astype(np.float32)
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
 def image(i: int, size: int = 40) -> Image.Image:
@@ -574,9 +577,7 @@ def test_load_embedder_failures_say_what_to_do(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-home"))
     with pytest.raises(PoolError, match="not in the local cache .*local open_clip model folder"):
         load_embedder("ViT-B-32", "laion2b_s34b_b79k")
-    import bat_app.shapes.paths
-
-    monkeypatch.setattr(bat_app.shapes.paths, "SHAPES_DIR", tmp_path / "no-shapes")
+    monkeypatch.setenv("BAT_ASSETS", str(tmp_path / "no-assets"))  # shapes assets not built
     with pytest.raises(PoolError, match="shapes CLIP could not be loaded.*shapes build"):
         load_embedder("shapes")
     monkeypatch.setitem(__import__("sys").modules, "bat_app.shapes", None)

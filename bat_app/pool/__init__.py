@@ -7,8 +7,11 @@ embedding each, and a faiss index over them (DESIGN.md, "Backbone pool"; docs/po
     pool = Pool.open("pools/laion", emb)                        # refuses another model
     scores, ids = pool.search(emb.encode_images(photos), k=1000)
     pool.item(int(ids[0, 0])).caption, pool.load_image(int(ids[0, 0]))
+    hits = search(pool, embedder_for_pool(pool), "a corgi", k=20)   # text or image path
+    contact_sheet(pool, hits).save("sheet.png")
 
-Command line: ``python -m bat_app pool build SOURCE --out POOL`` and ``pool info POOL``.
+Command line: ``python -m bat_app pool build SOURCE --out POOL``, ``pool info POOL`` and
+``pool search POOL QUERY [--out sheet.png]``.
 
 Modules:
     embedder   Embedder protocol, open_clip / shapes / local-folder loading
@@ -16,15 +19,21 @@ Modules:
     store      the files of a pool folder, appended while building
     index      flat / ivf / hnsw behind one VectorIndex interface
     build      build_pool: embed in committed batches (resumable), then index
-    pool       Pool, PoolItem: open, search, items, images
+    pool       Pool, PoolItem: open, search, items, images, content filters
+    safety     content scores (source columns or zero-shot CLIP) and flags
+    search     text/image search with the pool's CLIP, contact sheets
 """
 
 from bat_app.pool.build import BuildEvent, build_pool
-from bat_app.pool.embedder import Embedder, OpenClipEmbedder, embedder_id, load_embedder
+from bat_app.pool.embedder import (Embedder, OpenClipEmbedder, embedder_for_pool, embedder_id,
+                                   load_embedder)
 from bat_app.pool.errors import PoolError
 from bat_app.pool.index import FLAT_MAX, choose_index
 from bat_app.pool.pool import Pool, PoolItem
+from bat_app.pool.safety import SafetyConfig
+from bat_app.pool.search import SearchHit, contact_sheet, search
 from bat_app.pool.sources import open_source
 
 __all__ = ["FLAT_MAX", "BuildEvent", "Embedder", "OpenClipEmbedder", "Pool", "PoolError",
-           "PoolItem", "build_pool", "choose_index", "embedder_id", "load_embedder", "open_source"]
+           "PoolItem", "SafetyConfig", "SearchHit", "build_pool", "choose_index", "contact_sheet",
+           "embedder_for_pool", "embedder_id", "load_embedder", "open_source", "search"]

@@ -29,6 +29,7 @@ from bat_app.pool.embedder import Embedder
 from bat_app.pool.errors import PoolError
 from bat_app.pool.index import FLAT_MAX, INDEX_FILE, INDEX_TYPES, build_index, choose_index
 from bat_app.pool.pool import FORMAT, VERSION, Pool
+from bat_app.pool.safety import SafetyConfig, finalize as finalize_safety, scores_row
 from bat_app.pool.sources import Record, Source, open_source
 
 # What Pillow raises on damaged or hostile files (as bat_app.images does), plus bombs.
@@ -54,7 +55,7 @@ ProgressCallback = Callable[[BuildEvent], None]
 def build_pool(source: Source | Path | str, out: Path | str, embedder: Embedder | str,
                batch_size: int = 64, progress: ProgressCallback | None = None, *,
                index: str = "auto", flat_max: int = FLAT_MAX, index_params: dict | None = None,
-               copy_images: bool = True) -> Pool:
+               copy_images: bool = True, safety: SafetyConfig | None = None) -> Pool:
     """Build (or resume, or just open) the pool in ``out`` from ``source``.
 
     Args:
@@ -69,9 +70,13 @@ def build_pool(source: Source | Path | str, out: Path | str, embedder: Embedder 
         index_params: passed to the index build (e.g. ``{"nlist": 1024, "nprobe": 32}``).
         copy_images: store image bytes in the pool (default), so it works after the source
             is gone; False keeps paths to images that are local files.
+        safety: which content checks score the items (default: unsafe and watermark, from
+            the source's columns, else zero-shot CLIP for web-trained models); see
+            :mod:`bat_app.pool.safety`.
     """
     src = source if isinstance(source, Source) else open_source(source)
     model_id, dim = _model_of(embedder, src)
+    safety = safety or SafetyConfig()
     if not isinstance(batch_size, int) or batch_size < 1:
         raise PoolError(f"batch_size must be a positive integer, got {batch_size!r}.")
     if index != "auto" and index not in INDEX_TYPES:
@@ -93,9 +98,10 @@ def build_pool(source: Source | Path | str, out: Path | str, embedder: Embedder 
         writer.finish()
     finally:
         writer.close()
+    checks = finalize_safety(out, safety, embedder, model_id, state.get("safety_from_column", {}))
     built = _index(out, state, index, flat_max, index_params, progress)
     state["seconds"] += time.perf_counter() - started
-    store.write_json(out / store.MANIFEST, _manifest(state, src, built))
+    store.write_json(out / store.MANIFEST, _manifest(state, src, built) | {"safety": checks})
     (out / store.STATE).unlink()
     _emit(progress, BuildEvent("index", 1, 1, state["items"], state["skipped"], built.kind))
     return Pool.open(out)
@@ -120,10 +126,10 @@ def _embed(src: Source, writer: store.PoolWriter, embedder, batch_size: int,
         if not batch:
             return
         started = time.perf_counter()
-        items, images, vectors, skipped = _prepare(batch, src, embedder, writer.dim, copy_images)
+        items, images, vectors, skipped, safety = _prepare(batch, src, embedder, writer.dim, copy_images)
         consumed += len(batch)
         state["seconds"] += time.perf_counter() - started
-        writer.commit(items, images, vectors, skipped, consumed)
+        writer.commit(items, images, vectors, skipped, consumed, safety)
         _emit(progress, BuildEvent("embed", consumed, total, state["items"], state["skipped"]))
 
 
@@ -147,8 +153,9 @@ def _index(out: Path, state: dict, index: str, flat_max: int, index_params: dict
 
 
 def _prepare(batch: list[Record], src: Source, embedder, dim: int, copy_images: bool):
-    """Records -> (item dicts, image bytes or None, (n, dim) vectors, skipped dicts)."""
-    items, images, decoded, vectors, skipped = [], [], [], [], []
+    """Records -> (item dicts, image bytes or None, (n, dim) vectors, skipped dicts,
+    (n, 2) content scores from the source)."""
+    items, images, decoded, vectors, skipped, safety = [], [], [], [], [], []
     for rec in batch:
         if rec.problem is None and not src.has_embeddings:
             rec = _load(rec, decoded)
@@ -162,6 +169,7 @@ def _prepare(batch: list[Record], src: Source, embedder, dim: int, copy_images: 
         if rec.image_path is not None and not keep_bytes:
             item["path"] = str(Path(rec.image_path).resolve())
         items.append(item)
+        safety.append(scores_row(rec.safety))
         images.append(rec.image_bytes if keep_bytes else None)
         if src.has_embeddings:
             vectors.append(rec.embedding)
@@ -175,7 +183,7 @@ def _prepare(batch: list[Record], src: Source, embedder, dim: int, copy_images: 
         if not np.isfinite(out).all():
             raise PoolError(f"Embedder {embedder.model_id!r} returned NaN or inf: the model is "
                             "broken (or ran in a precision it does not support).")
-    return items, images, out, skipped
+    return items, images, out, skipped, np.asarray(safety, np.float32).reshape(len(items), 2)
 
 
 def _load(rec: Record, decoded: list[Image.Image]) -> Record:
@@ -256,6 +264,9 @@ def _resume_state(out: Path, model_id: str, src: Source, copy_images: bool) -> d
     if state["copy_images"] != copy_images:
         raise PoolError(f"The unfinished build in {out} was started with copy_images="
                         f"{state['copy_images']}; resume it the same way.")
+    if state["items"] and store.SAFETY not in state["sizes"]:
+        raise PoolError(f"The unfinished build in {out} was started by an older BAT Studio "
+                        "(no content scores): delete it and build again.")
     for name, size in state["sizes"].items():
         if not (out / name).is_file() or (out / name).stat().st_size < size:
             raise PoolError(f"{out / name} is shorter than the build's last commit: the folder "

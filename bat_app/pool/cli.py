@@ -1,9 +1,10 @@
-"""``python -m bat_app pool {build,info}``: build a backbone pool, describe one.
+"""``python -m bat_app pool {build,info,search}``: build a backbone pool, describe one, look in one.
 
     python -m bat_app pool build laion-shards/ --out pools/laion --clip-model ViT-L-14 --clip-pretrained openai
     python -m bat_app pool build photos/ --out pools/shapes --clip-model shapes
     python -m bat_app pool build cr-out/ --out pools/cr --clip-model ViT-B-32 --clip-pretrained openai
     python -m bat_app pool info pools/laion
+    python -m bat_app pool search pools/laion "a corgi on a beach" --k 20 --out sheet.png
 
 A killed ``build`` continues where it stopped when run again with the same arguments.
 """
@@ -14,6 +15,8 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+from bat_app.pool.safety import CLIP_MODES, SafetyConfig
 
 DEFAULT_MODEL = "ViT-B-32"
 DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
@@ -47,12 +50,38 @@ def register(subparsers) -> None:
     b.add_argument("--no-copy-images", action="store_true",
                    help="reference local image files instead of copying their bytes into the pool")
     b.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    s = b.add_argument_group("content checks", "score items as unsafe / watermarked; flagged "
+                             "items are never selected nor shown by default (docs/pool.md)")
+    s.add_argument("--no-unsafe-check", action="store_true", help="do not score unsafe content")
+    s.add_argument("--no-watermark-check", action="store_true", help="do not score watermarks")
+    s.add_argument("--clip-safety", choices=CLIP_MODES, default="auto",
+                   help="zero-shot CLIP check where the source has no punsafe/pwatermark column: "
+                        "auto (web-trained CLIPs only), on, off (default auto)")
+    s.add_argument("--unsafe-threshold", type=float, default=0.5, help="flag above this score (default 0.5)")
+    s.add_argument("--watermark-threshold", type=float, default=0.5, help="flag above this score (default 0.5)")
     b.set_defaults(func=run_build)
 
     i = sub.add_parser("info", help="print a pool's size, model, index and sources")
     i.add_argument("pool", type=Path, metavar="POOL")
     i.add_argument("--json", action="store_true", help="print the manifest as JSON")
     i.set_defaults(func=run_info)
+
+    q = sub.add_parser("search", help="the pool items nearest to a text or an image",
+                       description="Search a pool with its own CLIP and print the hits; --out "
+                                   "writes a contact sheet of their images.")
+    q.add_argument("pool", type=Path, metavar="POOL")
+    q.add_argument("query", metavar="QUERY", help="text, or the path of an image file")
+    q.add_argument("--k", type=int, default=20, help="number of hits (default 20)")
+    q.add_argument("--out", type=Path, default=None, metavar="SHEET.png", help="write a contact sheet")
+    q.add_argument("--columns", type=int, default=5, help="contact sheet columns (default 5)")
+    q.add_argument("--clip-model", default=None,
+                   help="the pool's CLIP, when it cannot be loaded from the manifest (local folders)")
+    q.add_argument("--clip-pretrained", default=None, help="with --clip-model: pretrained tag or weights file")
+    q.add_argument("--include-flagged", action="store_true",
+                   help="show items flagged unsafe/watermarked too (marked in the output)")
+    q.add_argument("--json", action="store_true", help="print the hits as JSON lines")
+    q.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    q.set_defaults(func=run_search)
     p.set_defaults(func=lambda args: p.print_help() or 1)
 
 
@@ -78,14 +107,61 @@ def run_build(args: argparse.Namespace) -> int:
         embedder = load_embedder(model, pretrained, device=args.device)
     print(f"building a pool from {source.kind} source {args.source} with "
           f"{embedder if isinstance(embedder, str) else embedder.model_id} -> {args.out}", file=sys.stderr)
+    safety = SafetyConfig(unsafe=not args.no_unsafe_check, watermark=not args.no_watermark_check,
+                          clip=args.clip_safety, unsafe_threshold=args.unsafe_threshold,
+                          watermark_threshold=args.watermark_threshold)
+    if isinstance(embedder, str):
+        embedder = _text_tower_for_safety(embedder, model, pretrained, safety, args.device)
     bar = TqdmBuildProgress()
     try:
         pool = build_pool(source, args.out, embedder, batch_size=args.batch_size, progress=bar,
                           index=args.index, flat_max=args.flat_max or FLAT_MAX,
-                          copy_images=not args.no_copy_images)
+                          copy_images=not args.no_copy_images, safety=safety)
     finally:
         bar.close()
     print(pool.describe())
+    return 0
+
+
+def _text_tower_for_safety(model_id: str, model: str, pretrained, safety, device):
+    """Adopted embeddings need no model, but the zero-shot content check needs the model's text
+    tower: load it when that check would run, else keep the id (nothing is loaded)."""
+    from bat_app.pool import PoolError, load_embedder
+    from bat_app.pool.safety import clip_check_runs
+
+    if not clip_check_runs(safety, model_id, object())[0]:
+        return model_id
+    try:
+        return load_embedder(model, pretrained, device=device)
+    except PoolError as exc:
+        # Recorded in the manifest ("clip check: not run") and shown by `pool info`.
+        print(f"warning: the CLIP content check cannot run ({exc}); items without "
+              "punsafe/pwatermark columns stay unscored. Pass --clip-safety off to silence "
+              "this.", file=sys.stderr)
+        return model_id
+
+
+def run_search(args: argparse.Namespace) -> int:
+    from bat_app.pool import Pool, embedder_for_pool
+    from bat_app.pool.search import contact_sheet, search
+
+    with Pool.open(args.pool) as pool:
+        embedder = embedder_for_pool(pool, args.clip_model, args.clip_pretrained, device=args.device)
+        hits = search(pool, embedder, args.query, k=args.k, include_flagged=args.include_flagged)
+        for hit in hits:
+            if args.json:
+                print(json.dumps(hit.to_dict(), ensure_ascii=False))
+            else:
+                flags = f" [{','.join(hit.flags)}]" if hit.flags else ""
+                print(f"{hit.rank:>4}  {hit.score:.4f}  id {hit.id:<8} {hit.caption[:100]}{flags}")
+        if not hits:
+            print(f"no items: the pool's {len(pool)} items are all hidden by the content filters "
+                  f"({', '.join(pool.filters)}); pass --include-flagged to see them.", file=sys.stderr)
+            return 1
+        if args.out is not None:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            contact_sheet(pool, hits, columns=args.columns).save(args.out)
+            print(f"contact sheet: {args.out}", file=sys.stderr)
     return 0
 
 

@@ -28,8 +28,7 @@ from bat_app.pool.errors import PoolError
 SHAPES_NAME = "shapes"
 SHAPES_MODEL_ID = "shapes-clip"
 PRUNED_TOKEN_KEY = "token_embedding.kept_ids"  # bat_app.shapes.clip.save_clip's token table
-_UNSET = object()
-_SHAPES_DIGEST = _UNSET  # the shipped shapes CLIP folder's digest, computed once
+_SHAPES_DIGESTS: dict = {}  # shapes CLIP folder -> its digest (the folder is read once)
 
 
 @runtime_checkable
@@ -133,6 +132,29 @@ def load_embedder(name: str = "ViT-B-32", pretrained: str | None = "laion2b_s34b
     return OpenClipEmbedder(model, preprocess, tokenizer, model_id, device)
 
 
+def embedder_for_pool(pool, clip_model: str | None = None, clip_pretrained: str | None = None,
+                      device=None) -> OpenClipEmbedder:
+    """The CLIP a pool was built with, loaded from its manifest's ``model_id`` (or the model
+    given, which must be that same one). Pools built with a local folder or weights file
+    need it named again: the manifest records its content hash, not where it lives."""
+    model_id = pool.model_id
+    if clip_model is not None:
+        embedder = load_embedder(clip_model, clip_pretrained, device=device)
+    elif model_id == SHAPES_MODEL_ID:
+        embedder = load_embedder(SHAPES_NAME, device=device)
+    elif model_id.startswith("open_clip:hf-hub:"):
+        embedder = load_embedder(model_id.removeprefix("open_clip:"), device=device)
+    elif model_id.startswith("open_clip:") and "/" in model_id and "/file:" not in model_id \
+            and not model_id.startswith("open_clip:local-dir:"):
+        name, pretrained = model_id.removeprefix("open_clip:").split("/", 1)
+        embedder = load_embedder(name, None if pretrained == "random" else pretrained, device=device)
+    else:
+        raise PoolError(f"Pool {pool.folder} was built with a local CLIP model ({model_id}); "
+                        "pass the same model with --clip-model FOLDER [--clip-pretrained FILE].")
+    pool.check_embedder(embedder)
+    return embedder
+
+
 def embedder_id(name: str, pretrained: str | None = None) -> str:
     """The ``model_id`` that ``load_embedder(name, pretrained)`` will have, without loading it.
 
@@ -209,16 +231,19 @@ def _load_pruned(folder: Path):
 
 
 def _shipped_shapes_digest() -> str | None:
-    global _SHAPES_DIGEST
-    if _SHAPES_DIGEST is _UNSET:
-        try:
-            from bat_app.shapes.paths import shapes_paths
+    """Digest of the shapes CLIP folder in use (BAT_ASSETS can move it), cached per folder."""
+    try:
+        from bat_app.shapes.paths import shapes_paths
 
-            folder = shapes_paths().clip
-            _SHAPES_DIGEST = _folder_digest(folder) if folder.is_dir() else None
-        except (ImportError, OSError, ValueError):
-            _SHAPES_DIGEST = None
-    return _SHAPES_DIGEST
+        folder = shapes_paths().clip
+    except ImportError:
+        return None
+    if folder not in _SHAPES_DIGESTS:
+        try:
+            _SHAPES_DIGESTS[folder] = _folder_digest(folder) if folder.is_dir() else None
+        except (OSError, ValueError):
+            return None
+    return _SHAPES_DIGESTS[folder]
 
 
 def _load_failure(name: str, pretrained: str | None, exc: Exception) -> str:

@@ -71,17 +71,38 @@ class VectorIndex(ABC):
     def _search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """faiss' (distances, labels) for valid, contiguous float32 queries."""
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: np.ndarray, k: int, blocked: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
         """(scores, ids), each (n_queries, k), best first; ids -1 and scores -inf past the
-        last hit (k > N, or an approximate index that found fewer than k)."""
+        last hit (k > N, or an approximate index that found fewer than k).
+
+        ``blocked``: bool (N,) of ids never to return (flagged content).
+        """
         queries = check_queries(queries, self.vectors.shape[1])
         if not isinstance(k, (int, np.integer)) or k < 1:
             raise PoolError(f"k must be a positive integer, got {k!r}.")
         if len(queries) == 0:
             return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
-        scores, ids = self._search(queries, int(k))
+        if blocked is not None and blocked.any():
+            scores, ids = self._search_allowed(queries, int(k), blocked)
+        else:
+            scores, ids = self._search(queries, int(k))
         scores = np.where(ids < 0, -np.inf, scores).astype(np.float32)
         return scores, ids.astype(np.int64)
+
+    def _search_allowed(self, queries, k, blocked):
+        """Search leaving out ``blocked`` ids. Default: ask for k more than there are
+        blocked ids and drop them, which is exact for an exact index (used by flat, whose
+        faiss.knn takes no id selector; flagged items are a small share of a pool)."""
+        n_blocked = int(np.count_nonzero(blocked))
+        scores, ids = self._search(queries, int(min(len(self.vectors), k + n_blocked)))
+        out_s = np.full((len(ids), k), -np.inf, np.float32)
+        out_i = np.full((len(ids), k), -1, np.int64)
+        for r, (row_s, row_i) in enumerate(zip(scores, ids)):
+            keep = (row_i >= 0) & ~blocked[np.maximum(row_i, 0)]
+            row_s, row_i = row_s[keep][:k], row_i[keep][:k]
+            out_s[r, :len(row_i)], out_i[r, :len(row_i)] = row_s, row_i
+        return out_s, out_i
 
     def __len__(self) -> int:
         return len(self.vectors)
@@ -129,6 +150,17 @@ class _FaissFileIndex(VectorIndex):
                             "the index belongs to another build. Delete it and run `pool build` "
                             "again to rebuild it.")
         return cls(vectors, params, index)
+
+    def _search_allowed(self, queries, k, blocked):
+        # faiss skips the blocked ids inside the search (a bitmap of allowed ids), so the
+        # approximate index still fills k from what it probes.
+        import faiss
+
+        bitmap = np.packbits(~blocked, bitorder="little")
+        sel = faiss.IDSelectorBitmap(len(blocked), faiss.swig_ptr(bitmap))
+        scores, ids = self._search(queries, k, sel=sel)
+        del sel, bitmap  # the selector points into bitmap: both live until the search is done
+        return scores, ids
 
     def _write(self, folder: Path) -> None:
         import faiss
@@ -193,10 +225,12 @@ class IVFIndex(_FaissFileIndex):
         self._write(folder)
         return self
 
-    def _search(self, queries, k):
+    def _search(self, queries, k, sel=None):
         import faiss
 
         params = faiss.SearchParametersIVF(nprobe=int(self.params["nprobe"]))
+        if sel is not None:
+            params.sel = sel
         return self.index.search(queries, k, params=params)
 
 
@@ -223,11 +257,13 @@ class HNSWIndex(_FaissFileIndex):
         self._write(folder)
         return self
 
-    def _search(self, queries, k):
+    def _search(self, queries, k, sel=None):
         import faiss
 
         # HNSW returns at most efSearch results: it has to be at least k.
         params = faiss.SearchParametersHNSW(efSearch=max(int(self.params["ef_search"]), k))
+        if sel is not None:
+            params.sel = sel
         return self.index.search(queries, k, params=params)
 
 

@@ -8,6 +8,8 @@
     items.idx.npy    int64 byte offsets of each line of items.jsonl (N + 1 of them)
     images.bin       stored image bytes, back to back (an item's blob = [offset, length])
     skipped.jsonl    one line per skipped source record: key, reason, detail
+    safety.npy       (N, 2) float32 content scores, unsafe and watermark (NaN: unscored);
+                     appended like embeddings.npy (bat_app.pool.safety)
     index.faiss      the approximate index (ivf, hnsw); the flat index has no file
 
 A kill can leave bytes past the last commit in any of the appended files; resuming
@@ -32,7 +34,10 @@ ITEMS = "items.jsonl"
 ITEMS_INDEX = "items.idx.npy"
 IMAGES = "images.bin"
 SKIPPED = "skipped.jsonl"
-APPENDED = (EMBEDDINGS, ITEMS, IMAGES, SKIPPED)
+SAFETY = "safety.npy"
+SAFETY_COLUMNS = 2  # unsafe, watermark (bat_app.pool.safety.FLAGS)
+APPENDED = (EMBEDDINGS, ITEMS, IMAGES, SKIPPED, SAFETY)
+MATRICES = {EMBEDDINGS: None, SAFETY: SAFETY_COLUMNS}  # .npy files: name -> width (None: dim)
 HEADER_BYTES = 128
 
 
@@ -62,7 +67,8 @@ class PoolWriter:
         for name in APPENDED:
             path = folder / name
             if not path.exists():
-                path.write_bytes(npy_header(0, self.dim) if name == EMBEDDINGS else b"")
+                width = MATRICES.get(name, 0) or self.dim
+                path.write_bytes(npy_header(0, width) if name in MATRICES else b"")
                 sizes.setdefault(name, path.stat().st_size)
             f = open(path, "r+b")
             f.truncate(sizes.get(name, 0))  # drop whatever a kill left past the last commit
@@ -70,10 +76,13 @@ class PoolWriter:
             self._files[name] = f
 
     def commit(self, items: list[dict], images: list[bytes | None], vectors: np.ndarray,
-               skipped: list[dict], consumed: int) -> None:
-        """Append one batch: items[i] gets vectors[i] and, when images[i] is given, a blob."""
-        if len(items) != len(vectors) or len(items) != len(images):
-            raise ValueError("items, images and vectors must have the same length")
+               skipped: list[dict], consumed: int, safety: np.ndarray | None = None) -> None:
+        """Append one batch: items[i] gets vectors[i], safety[i] (content scores, NaN when
+        the source had none) and, when images[i] is given, a blob."""
+        if safety is None:
+            safety = np.full((len(items), SAFETY_COLUMNS), np.nan, np.float32)
+        if not len(items) == len(vectors) == len(images) == len(safety):
+            raise ValueError("items, images, vectors and safety must have the same length")
         blob = self._files[IMAGES]
         lines = []
         for item, data in zip(items, images):
@@ -82,6 +91,7 @@ class PoolWriter:
                 blob.write(data)
             lines.append(json.dumps(item, ensure_ascii=False) + "\n")
         self._files[EMBEDDINGS].write(np.ascontiguousarray(vectors, dtype="<f4").tobytes())
+        self._files[SAFETY].write(np.ascontiguousarray(safety, dtype="<f4").tobytes())
         self._files[ITEMS].write("".join(lines).encode("utf-8"))
         self._files[SKIPPED].write("".join(json.dumps(s, ensure_ascii=False) + "\n"
                                            for s in skipped).encode("utf-8"))
@@ -93,21 +103,26 @@ class PoolWriter:
         st["stored"] += sum(data is not None for data in images)
         st["referenced"] += sum("path" in item for item in items)
         st["skipped"] += len(skipped)
+        scored = st.setdefault("safety_from_column", {})
+        for j, flag in enumerate(("unsafe", "watermark")):
+            scored[flag] = scored.get(flag, 0) + int(np.count_nonzero(~np.isnan(safety[:, j])))
         for s in skipped:
             st["skipped_by_reason"][s["reason"]] = st["skipped_by_reason"].get(s["reason"], 0) + 1
         st["sizes"] = {name: f.tell() for name, f in self._files.items()}
         write_json(self.folder / STATE, st)
 
     def finish(self) -> None:
-        """Stamp the final shape into embeddings.npy and index the lines of items.jsonl."""
+        """Stamp the final shapes into the .npy files and index the lines of items.jsonl."""
         n = self.state["items"]
-        emb = self._files[EMBEDDINGS]
-        if emb.tell() != HEADER_BYTES + n * self.dim * 4:
-            raise PoolError(f"{self.folder / EMBEDDINGS} has {emb.tell()} bytes, expected "
-                            f"{HEADER_BYTES + n * self.dim * 4} for {n} items: the folder was "
-                            "changed during the build. Delete it and build again.")
-        emb.seek(0)
-        emb.write(npy_header(n, self.dim))
+        for name, width in MATRICES.items():
+            width = width or self.dim
+            f = self._files[name]
+            if f.tell() != HEADER_BYTES + n * width * 4:
+                raise PoolError(f"{self.folder / name} has {f.tell()} bytes, expected "
+                                f"{HEADER_BYTES + n * width * 4} for {n} items: the folder was "
+                                "changed during the build. Delete it and build again.")
+            f.seek(0)
+            f.write(npy_header(n, width))
         self.close()
         offsets, lines = [0], 0
         with open(self.folder / ITEMS, "rb") as f:

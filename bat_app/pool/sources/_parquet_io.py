@@ -61,6 +61,8 @@ def _kind(t) -> str:
         return "binary"
     if pa.types.is_string(t) or pa.types.is_large_string(t):
         return "string"
+    if pa.types.is_floating(t) or pa.types.is_integer(t):
+        return "number"
     if pa.types.is_struct(t) and {t.field(i).name for i in range(t.num_fields)} & {"bytes", "path"}:
         return "image-struct"  # Hugging Face datasets' Image feature
     return "other"

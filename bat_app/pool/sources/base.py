@@ -31,6 +31,7 @@ class Record:
     image_path: Path | None = None      # or a local file holding it
     embedding: np.ndarray | None = None  # sources that carry embeddings (clip-retrieval)
     url: str | None = None
+    safety: dict | None = None          # content scores from the source: {"unsafe": punsafe, ...}
     problem: str | None = None          # short reason when unusable: skipped and counted by it
     detail: str = ""                    # longer explanation, written to skipped.jsonl
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from bat_app.pool.errors import PoolError
+from bat_app.pool.safety import SOURCE_COLUMNS, from_metadata
 from bat_app.pool.sources import _parquet_io
 from bat_app.pool.sources.base import Record, Source
 
@@ -61,6 +62,7 @@ class ClipRetrievalSource(Source):
         if self.caption_column is None:
             raise PoolError(f"{self._pairs[0][1]} has no caption column (columns: {', '.join(kinds)}).")
         self.extra_columns = [c for c in ("url", "image_path") if c in kinds]
+        self.extra_columns += [c for cols in SOURCE_COLUMNS.values() for c in cols if kinds.get(c) == "number"]
         if self.count() == 0:
             raise PoolError(f"The clip-retrieval output in {self.path} has no rows.")
 
@@ -102,7 +104,8 @@ def _record(key: str, row: dict, caption_column: str, vector: np.ndarray) -> Rec
     caption = row.get(caption_column)
     if not isinstance(caption, str):
         return Record(key, url=url, problem="no caption", detail=f"column {caption_column!r} is empty")
-    return Record(key, caption=caption.strip(), embedding=vector / norm, url=url, image_path=image_path)
+    return Record(key, caption=caption.strip(), embedding=vector / norm, url=url, image_path=image_path,
+                  safety=from_metadata(row))
 
 
 def _number(path: Path) -> int:

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from bat_app.pool.errors import PoolError
+from bat_app.pool.safety import from_metadata
 from bat_app.pool.sources.base import Record, Source, sorted_files
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -53,15 +54,18 @@ class FolderSource(Source):
             except (OSError, UnicodeDecodeError) as exc:
                 yield Record(key, image_path=image, problem="unreadable caption", detail=str(exc))
                 continue
-            yield Record(key, caption=caption, image_path=image, url=_url_of(image))
+            meta = _meta_of(image)
+            url = meta.get("url") if isinstance(meta.get("url"), str) else None
+            yield Record(key, caption=caption, image_path=image, url=url, safety=from_metadata(meta))
 
 
-def _url_of(image: Path) -> str | None:
+def _meta_of(image: Path) -> dict:
+    """img2dataset's KEY.json (url, and punsafe/pwatermark when saved); {} when absent."""
     meta = image.with_suffix(".json")
     if not meta.is_file():
-        return None
+        return {}
     try:
-        url = json.loads(meta.read_text(encoding="utf-8")).get("url")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return url if isinstance(url, str) else None
+        data = json.loads(meta.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}  # metadata is optional: a broken json only loses the url and scores
+    return data if isinstance(data, dict) else {}

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from bat_app.pool.errors import PoolError
+from bat_app.pool.safety import SOURCE_COLUMNS, from_metadata
 from bat_app.pool.sources import _parquet_io
 from bat_app.pool.sources.base import Record, Source, sorted_files
 
@@ -41,6 +42,9 @@ class ParquetSource(Source):
                                                  ("binary", "image-struct", "string"), "image",
                                                  self._files[0], "--image-column")
         self.url_column = next((c for c in URL_COLUMNS if kinds.get(c) == "string"), None)
+        # LAION's punsafe / pwatermark: kept as the items' content scores
+        self.safety_columns = [c for cols in SOURCE_COLUMNS.values() for c in cols
+                               if kinds.get(c) == "number"]
         for table in self._tables:
             for column in (self.caption_column, self.image_column):
                 if column not in table.column_kinds:
@@ -62,7 +66,8 @@ class ParquetSource(Source):
                                      "image_column": self.image_column}
 
     def records(self, start: int = 0) -> Iterator[Record]:
-        columns = [self.caption_column, self.image_column] + ([self.url_column] if self.url_column else [])
+        columns = ([self.caption_column, self.image_column] + ([self.url_column] if self.url_column else [])
+                   + self.safety_columns)
         first = 0
         for table in self._tables:
             if first + table.num_rows <= start:
@@ -77,6 +82,7 @@ class ParquetSource(Source):
         key = f"{file.name}#{i}"
         caption, image = row.get(self.caption_column), row.get(self.image_column)
         url = row.get(self.url_column) if self.url_column else None
+        safety = from_metadata(row) if self.safety_columns else None
         if isinstance(image, dict):  # {"bytes": ..., "path": ...}
             image = image.get("bytes") or image.get("path")
         if image is None or image == b"" or image == "":
@@ -86,8 +92,8 @@ class ParquetSource(Source):
         if isinstance(image, str):
             path = Path(image)
             return Record(key, caption=caption.strip(), image_path=path if path.is_absolute() else file.parent / path,
-                          url=url)
-        return Record(key, caption=caption.strip(), image_bytes=bytes(image), url=url)
+                          url=url, safety=safety)
+        return Record(key, caption=caption.strip(), image_bytes=bytes(image), url=url, safety=safety)
 
 
 def _pick(kinds: dict[str, str], names: tuple[str, ...], allowed: tuple[str, ...], what: str,

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from bat_app.pool.errors import PoolError
+from bat_app.pool.safety import from_metadata
 from bat_app.pool.sources.base import Record, Source, sorted_files
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
@@ -112,7 +113,7 @@ def _record(shard: Path, members: list[tarfile.TarInfo], tar: tarfile.TarFile) -
     data = raw[image_ext]
     if not isinstance(caption, str):
         return Record(key, url=url, problem="no caption", detail="no .txt member and no json caption")
-    return Record(key, caption=caption, image_bytes=data, url=url)
+    return Record(key, caption=caption, image_bytes=data, url=url, safety=from_metadata(meta))
 
 
 def _split(name: str) -> tuple[str, str]:
