@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 from ..errors import ExportError
+from .embeddings import save_embeddings
 from .formats import DIFFUSERS_FILE, save_diffusers, save_kohya, to_kohya
 from .model_card import base_model_of, model_card
 from .plots import loss_curve
@@ -24,8 +25,12 @@ def kohya_file_name(config) -> str:
 
 
 def export_lora(components, config, out_dir, unet_lora, te_lora, *, losses=(), method="dreambooth-lora",
-                extra: dict | None = None) -> dict[str, Path]:
-    """Write every output of a finished training into ``out_dir``; returns name -> path."""
+                extra: dict | None = None, embeddings=None) -> dict[str, Path]:
+    """Write every output of a finished training into ``out_dir``; returns name -> path.
+
+    ``embeddings``: the trigger's pivotal-tuning vectors, written as ``<trigger>.safetensors``
+    (see :mod:`bat_app.export.embeddings`); without them the LoRA alone cannot draw the subject.
+    """
     out_dir = Path(out_dir)
     needed = 3 * sum(v.numel() * 4 for v in (unet_lora | te_lora).values()) + 1_000_000
     free = shutil.disk_usage(out_dir).free
@@ -44,6 +49,8 @@ def export_lora(components, config, out_dir, unet_lora, te_lora, *, losses=(), m
                                         list(config.target_modules), list(config.text_encoder_targets)),
             "kohya": save_kohya(out_dir / kohya_name, unet_lora, te_lora, config.lora_alpha, meta),
         }
+        if embeddings is not None:
+            files["embeddings"] = save_embeddings(out_dir, config.token, embeddings)
     except OSError as exc:
         raise ExportError(f"Could not write the LoRA files to {out_dir}: {exc}. Check the folder and free space.") from exc
     card = out_dir / "README.md"

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from ..export import DIFFUSERS_FILE
+from ..export.embeddings import find_embeddings
 from ..images.grid import image_grid
 from ..models import Components, build_pipeline
 
@@ -23,6 +24,7 @@ def sample_images(components: Components, prompts: Sequence[str], seeds: Sequenc
     pipe = build_pipeline(components)
     sampling = components.spec.sampling
     resolution = components.spec.resolution
+    embedding = find_embeddings(lora_dir) if lora_dir is not None else None
     if lora_dir is not None:
         from diffusers.utils import logging as diffusers_logging
 
@@ -31,6 +33,8 @@ def sample_images(components: Components, prompts: Sequence[str], seeds: Sequenc
         diffusers_logging.set_verbosity_error()
         try:
             pipe.load_lora_weights(str(lora_dir), weight_name=DIFFUSERS_FILE)
+            if embedding is not None:  # pivotal tuning: the trigger's own vectors, as users load them
+                pipe.load_textual_inversion(str(embedding[0]), token=embedding[1])
         finally:
             diffusers_logging.set_verbosity(level)
     jobs = [(p, s) for p in range(len(prompts)) for s in range(len(seeds))]
@@ -50,6 +54,8 @@ def sample_images(components: Components, prompts: Sequence[str], seeds: Sequenc
     finally:
         if lora_dir is not None:
             pipe.unload_lora_weights()
+        if embedding is not None:
+            pipe.unload_textual_inversion()
     return out
 
 

@@ -43,6 +43,12 @@ class BuildConfig:
     unet_batch: int = 64
     eval_every: int = 250  # prompt-following grid during UNet training (0 = never)
     threads: int = 2
+    # Continue training the backbone already in OUT/backbone for this many more steps (a
+    # further warm-restart cycle on the same data, VAE and text tower) instead of building
+    # it; 0 = off. How v2 of the shipped backbone was made (docs/shapes.md).
+    continue_steps: int = 0
+    continue_lr: float = 3e-4
+    time_budget_min: float | None = None  # stop the continued cycle early (EMA is saved)
 
     def __post_init__(self):
         self.out, self.subjects_out, self.work = Path(self.out), Path(self.subjects_out), Path(self.work)
@@ -87,6 +93,11 @@ def stage_vae(cfg: BuildConfig, images: np.ndarray):
     from bat_app.shapes.backbone import encode_all, train_vae
 
     folder = cfg.work / "vae"
+    shipped = cfg.out / "backbone" / "vae"
+    if cfg.continue_steps and not (folder / "config.json").exists() and shipped.exists():
+        # Continuing a backbone: its UNet was trained on this VAE's latents, so reuse it.
+        _log(f"vae: using the backbone's own VAE ({shipped})")
+        AutoencoderKL.from_pretrained(shipped).float().save_pretrained(folder, safe_serialization=True)
     if not (folder / "config.json").exists():
         _log("vae: training")
         vae, mse = train_vae(images, steps=cfg.vae_steps, seed=cfg.seed)
@@ -168,6 +179,54 @@ def stage_unet(cfg: BuildConfig, vae, latents: torch.Tensor, captions: list[str]
                    "eval_history": history})
 
 
+def stage_unet_continue(cfg: BuildConfig, vae, latents: torch.Tensor, captions: list[str]) -> None:
+    """One more cosine cycle (warm restart) on the backbone in OUT/backbone; rewrites it.
+
+    The eval grid runs every ``eval_every`` steps and saves the EMA weights to WORK, so an
+    interrupted cycle loses at most that many steps of evidence (it restarts the cycle).
+    """
+    from diffusers import UNet2DConditionModel
+
+    from bat_app.models.tokenizer import offline_clip_tokenizer
+    from bat_app.shapes.backbone import save_pipeline, train_unet
+    from bat_app.shapes.classifier import load_classifier
+    from bat_app.shapes.clip import CONTEXT_LENGTH, load_clip, text_tower_to_transformers
+    from bat_app.shapes.evaluate import grid_prompt_following
+
+    folder = cfg.out / "backbone"
+    meta = json.loads((folder / "bat_shapes.json").read_text())
+    start = UNet2DConditionModel.from_pretrained(folder / "unet").float()
+    clip_model, _, _ = load_clip(cfg.out / "clip")
+    text_encoder = text_tower_to_transformers(clip_model).requires_grad_(False)
+    tokenizer = offline_clip_tokenizer(model_max_length=CONTEXT_LENGTH)
+    classifier = load_classifier(cfg.out / "classifier")
+    done = int(meta["unet_train"][-1]["steps_done"])
+    history = list(meta.get("eval_history", []))
+
+    def eval_fn(unet, step):
+        score = grid_prompt_following(unet, vae, text_encoder, tokenizer, classifier,
+                                      n_prompts=32, seeds=(0,),
+                                      grid_path=cfg.work / f"grid-{step:05d}.png")
+        history.append({"step": step, **score})
+        _log(f"unet step {step}: prompt following {score}")
+        unet.save_pretrained(cfg.work / "unet-ema", safe_serialization=True)
+        (cfg.work / "unet-history.json").write_text(json.dumps(history, indent=2))
+
+    _log(f"unet: continuing from step {done} for {cfg.continue_steps} steps (lr {cfg.continue_lr})")
+    unet, info = train_unet(latents, captions, text_encoder, tokenizer, steps=cfg.continue_steps,
+                            batch_size=cfg.unet_batch, lr=cfg.continue_lr,
+                            seed=cfg.seed + len(meta["unet_train"]), eval_fn=eval_fn,
+                            eval_every=cfg.eval_every, log=_log, init_unet=start,
+                            step_offset=done, warmup=50,
+                            time_budget_s=cfg.time_budget_min * 60 if cfg.time_budget_min else None)
+    _log(f"unet: {info}")
+    builds = meta.get("builds", [meta.get("build")])
+    builds.append({k: str(v) for k, v in asdict(cfg).items()})
+    save_pipeline(folder, vae, text_encoder, tokenizer, unet,
+                  {"build": meta.get("build"), "builds": builds,
+                   "unet_train": meta["unet_train"] + [info], "eval_history": history})
+
+
 def stage_subjects(cfg: BuildConfig) -> None:
     from bat_app.shapes.subjects import write_subjects
 
@@ -188,6 +247,12 @@ def build(cfg: BuildConfig) -> dict:
 
     images, captions = timed("data", stage_data, cfg)
     vae, latents = timed("vae", stage_vae, cfg, images)
+    if cfg.continue_steps:
+        timed("unet", stage_unet_continue, cfg, vae, latents, captions)
+        timings["total"] = round(time.time() - t0, 1)
+        (cfg.work / f"timings-continue-{cfg.continue_steps}.json").write_text(json.dumps(timings, indent=2))
+        _log(f"done in {timings['total'] / 60:.1f} min: {timings}")
+        return timings
     timed("classifier", stage_classifier, cfg, vae)
     timed("clip", stage_clip, cfg, images, captions)
     timed("unet", stage_unet, cfg, vae, latents, captions)

@@ -30,6 +30,12 @@ def register(subparsers) -> None:
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--unet-steps", type=int, default=None, help="default 1500")
     b.add_argument("--threads", type=int, default=2)
+    b.add_argument("--continue-steps", type=int, default=0,
+                   help="train the existing OUT/backbone this many more steps (warm restart)")
+    b.add_argument("--continue-lr", type=float, default=3e-4)
+    b.add_argument("--time-budget-min", type=float, default=None,
+                   help="stop the continued cycle after this many minutes")
+    b.add_argument("--eval-every", type=int, default=250)
     b.set_defaults(func=_run_build)
 
     q = sub.add_parser("pool", help="write N pretraining samples as image + .txt caption")
@@ -51,7 +57,9 @@ def _run_build(args: argparse.Namespace) -> int:
     from bat_app.shapes.build import BuildConfig, build
 
     cfg = BuildConfig(out=args.out, subjects_out=args.subjects_out, work=args.work,
-                      seed=args.seed, threads=args.threads)
+                      seed=args.seed, threads=args.threads, continue_steps=args.continue_steps,
+                      continue_lr=args.continue_lr, time_budget_min=args.time_budget_min,
+                      eval_every=args.eval_every)
     if args.unet_steps:
         cfg.unet_steps = args.unet_steps
     build(cfg)

@@ -122,7 +122,7 @@ def vocabulary_ids(captions: list[str]) -> list[int]:
 def save_clip(model, folder: Path, meta: dict, keep_token_ids: list[int] | None = None) -> None:
     """fp16 safetensors. With ``keep_token_ids`` only those rows of the 49,408-row token
     embedding are stored (the rest never received a gradient: the world has ~60 words);
-    ``load_clip`` puts them back in a zero matrix. This keeps CLIP under 1 MB."""
+    ``load_clip`` draws the others (``restore_token_table``). This keeps CLIP under 1 MB."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
@@ -142,6 +142,31 @@ def save_clip(model, folder: Path, meta: dict, keep_token_ids: list[int] | None 
         indent=2) + "\n")
 
 
+def restore_token_table(kept_ids: torch.Tensor, kept_rows: torch.Tensor, vocab_size: int,
+                        seed: int = 0) -> torch.Tensor:
+    """The full token table from the stored rows; every other row is drawn (seeded, so the
+    same folder always gives the same table) from the kept rows' per-dimension distribution.
+
+    Why not zeros: a zero row makes every word outside the world's ~60 (``sks``, ``<s0>``...)
+    the same dead input, so "a photo of sks star" encodes like "a photo of star" (cosine
+    0.991, measured) and DreamBooth can only learn a prompt-independent shift. A real CLIP's
+    rare tokens are trained rows of the same scale as common ones; drawing them from the
+    kept rows' mean and spread gives each id its own, ordinary-looking embedding. Rows the
+    world uses are unchanged, so the UNet trained on them is unaffected.
+
+        >>> t = restore_token_table(torch.tensor([1, 3]), torch.ones(2, 4), 6)
+        >>> bool((t[[1, 3]] == 1).all()), bool((t[[0, 2, 4, 5]] != 0).all())
+        (True, True)
+    """
+    kept_rows = kept_rows.float()
+    mean, std = kept_rows.mean(0), kept_rows.std(0) if len(kept_rows) > 1 else torch.ones(
+        kept_rows.shape[1])
+    gen = torch.Generator().manual_seed(seed)
+    table = mean + std.clamp_min(1e-3) * torch.randn((vocab_size, kept_rows.shape[1]), generator=gen)
+    table[kept_ids.long()] = kept_rows
+    return table
+
+
 def load_clip(folder: Path):
     """(model, preprocess, tokenizer) from a folder written by ``save_clip``."""
     from safetensors.torch import load_file
@@ -152,9 +177,9 @@ def load_clip(folder: Path):
     state = {k: v.float() if v.is_floating_point() else v
              for k, v in load_file(str(folder / "open_clip_model.safetensors")).items()}
     if "token_embedding.kept_ids" in state:
-        weight = torch.zeros_like(model.token_embedding.weight)
-        weight[state.pop("token_embedding.kept_ids")] = state.pop("token_embedding.kept_rows")
-        state["token_embedding.weight"] = weight
+        state["token_embedding.weight"] = restore_token_table(
+            state.pop("token_embedding.kept_ids"), state.pop("token_embedding.kept_rows"),
+            model.token_embedding.weight.shape[0])
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or [k for k in missing if k != "attn_mask"]:
         raise RuntimeError(f"Shapes CLIP weights do not match its config: missing {missing}, "

@@ -49,6 +49,11 @@ class TrainConfig:
     text_encoder_targets: list[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj"])
 
+    # --- pivotal tuning (bat_app/train/pivotal.py) -------------------------------------------
+    pivotal: bool = False              # train fresh embedding vectors for the trigger with the LoRA
+    pivotal_vectors: int = 2           # vectors the trigger gets: "sks" -> tokens "sks sks_1"
+    embedding_lr: float = 1e-3         # their learning rate (lora-ease and diffusers' advanced script: ~1e-3)
+
     # --- data ----------------------------------------------------------------------------
     resolution: int | None = None      # None: the model's native resolution
     aug_weight: float = 1.0            # lambda: loss weight of augmentation (backbone) examples
@@ -73,7 +78,8 @@ class TrainConfig:
         if not (self.class_noun or "").strip():
             raise InputError("class_noun is empty: name the subject's class, e.g. 'dog' or 'backpack'.")
         positive_ints = {"steps": self.steps, "batch_size": self.batch_size, "rank": self.rank,
-                         "num_class_images": self.num_class_images, "keep_checkpoints": self.keep_checkpoints}
+                         "num_class_images": self.num_class_images, "keep_checkpoints": self.keep_checkpoints,
+                         "pivotal_vectors": self.pivotal_vectors}
         for name, value in positive_ints.items():
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise InputError(f"`{name}` must be a positive integer, got {value!r}.")
@@ -81,7 +87,7 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise InputError(f"`{name}` must be an integer >= 0, got {value!r}.")
-        for name in ("lr", "text_encoder_lr"):
+        for name in ("lr", "text_encoder_lr", "embedding_lr"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not 0 < value < 1:
                 raise InputError(f"`{name}` must be a number in (0, 1), got {value!r}; 1e-4 is typical.")
@@ -120,6 +126,15 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def for_model(cls, model: str | None, n_images: int | None = None, **settings) -> "TrainConfig":
+        """The preset's recipe for ``n_images`` photos (``bat_app.models.recipe``), then ``settings``
+        on top (None values are ignored: "not given")."""
+        from ..models.recipe import recipe_for
+
+        given = {k: v for k, v in settings.items() if v is not None}
+        return cls.from_dict({**recipe_for(model).train_settings(n_images), **given})
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":

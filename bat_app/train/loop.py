@@ -31,12 +31,14 @@ from .config import TrainConfig
 from .data import Example, ExampleGroup, instance_examples
 from .encode import LatentCache, TextCache, sample_latents, tokenize
 from .objective import draw_noise, per_sample_loss
+from .pivotal import PivotalTokens
 from .prior import ensure_class_images, load_class_images
 from .progress import ProgressCallback, ProgressEvent, RateMeter
 
 log = logging.getLogger(__name__)
 
 ADAPTER = "bat"
+PIVOTAL_KEY = "pivotal.vectors"  # the trigger's trained vectors, inside a checkpoint's LoRA file
 LOSS_LOG = "loss_log.jsonl"  # one {"step", "loss"} line per step, for live loss curves
 _DTYPES = {"auto": None, "no": "fp32", "fp16": "fp16", "bf16": "bf16"}
 
@@ -52,15 +54,18 @@ class TrainResult:
     resumed_from: int = 0
     unet_lora: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
     text_encoder_lora: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    embeddings: torch.Tensor | None = field(default=None, repr=False)  # pivotal tuning's vectors
 
 
 @dataclass
 class _Encoded:
-    """A group ready for training: latent stats, and text embeddings or token ids."""
+    """A group ready for training: latent stats, and text embeddings or (``live``) token ids
+    that go through the text encoder every step (its LoRA or the pivotal vectors change)."""
 
     group: ExampleGroup
     latent_stats: list[tuple[torch.Tensor, torch.Tensor]]
     text: list[torch.Tensor]
+    live: bool = False
 
 
 def train_lora(
@@ -102,17 +107,19 @@ def train_lora(
     check_inputs(components, images, config, resolution)
     out_dir.mkdir(parents=True, exist_ok=True)
     groups = prepare_groups(components, images, config, augment, resolution, cache_root, emit)
-    encoded = encode_groups(components, groups, config, resolution, cache_root, emit)
-    torch.manual_seed(config.seed)  # LoRA A matrices are drawn from the global RNG
-    unet_params, te_params = add_adapters(components, config)
+    pivotal = add_pivotal_tokens(components, config)
     try:
-        optimizer, lr_scheduler = make_optimizer(unet_params, te_params, config)
+        encoded = encode_groups(components, groups, config, resolution, cache_root, emit, pivotal)
+        torch.manual_seed(config.seed)  # LoRA A matrices are drawn from the global RNG
+        unet_params, te_params = add_adapters(components, config)
+        optimizer, lr_scheduler = make_optimizer(unet_params, te_params, config, pivotal)
         generator = torch.Generator().manual_seed(config.seed)
         fingerprint = config.fingerprint()
         losses: list[float] = []
         start_step = 0
         if resume and (latest := ckpt.latest_checkpoint(out_dir)) is not None:
-            start_step, losses = restore(components, config, latest, fingerprint, optimizer, lr_scheduler, generator)
+            start_step, losses = restore(components, config, latest, fingerprint, optimizer, lr_scheduler, generator,
+                                         pivotal)
             emit(ProgressEvent("train", start_step, config.steps, message=f"resumed from {latest.name}"))
 
         loss_log = _LossLog(out_dir / LOSS_LOG, losses)
@@ -123,10 +130,11 @@ def train_lora(
         components.unet.train()
         if config.train_text_encoder:
             components.text_encoder.train()
-        params = unet_params + te_params
+        params = unet_params + te_params + ([pivotal.param] if pivotal else [])
         for step in range(start_step + 1, config.steps + 1):
             if cancel is not None and cancel():
-                _checkpoint(components, config, out_dir, step - 1, fingerprint, losses, optimizer, lr_scheduler, generator)
+                _checkpoint(components, config, out_dir, step - 1, fingerprint, losses, optimizer, lr_scheduler,
+                            generator, pivotal)
                 raise Cancelled(f"Training cancelled at step {step - 1}/{config.steps}; "
                                 f"a checkpoint is kept in {out_dir / 'checkpoints'} (resume with --resume).")
             with autocast:
@@ -142,7 +150,8 @@ def train_lora(
             losses.append(float(loss.detach()))
             loss_log.append(step, losses[-1])
             if config.checkpoint_every and (step % config.checkpoint_every == 0 or step == config.steps):
-                _checkpoint(components, config, out_dir, step, fingerprint, losses, optimizer, lr_scheduler, generator)
+                _checkpoint(components, config, out_dir, step, fingerprint, losses, optimizer, lr_scheduler,
+                            generator, pivotal)
             emit(ProgressEvent("train", step, config.steps, loss=losses[-1],
                                it_per_s=meter.rate(step), eta_s=meter.eta(step, config.steps)))
 
@@ -152,17 +161,21 @@ def train_lora(
         seconds = time.perf_counter() - started
         steps_run = config.steps - start_step
         result = TrainResult(out_dir, {}, config.steps, losses, seconds,
-                             (meter.rate(config.steps) or 0.0) if steps_run else 0.0, start_step, unet_lora, te_lora)
+                             (meter.rate(config.steps) or 0.0) if steps_run else 0.0, start_step, unet_lora, te_lora,
+                             pivotal.vectors_tensor() if pivotal else None)
         if export:
             from ..export import export_lora
 
             emit(ProgressEvent("export", 0, 1))
             result.files = export_lora(components, config, out_dir, unet_lora, te_lora, losses=losses,
-                                       extra={"augmentation_examples": len(augment)})
+                                       extra={"augmentation_examples": len(augment)},
+                                       embeddings=result.embeddings)
             emit(ProgressEvent("export", 1, 1))
         return result
     finally:
         remove_adapters(components)
+        if pivotal is not None:
+            pivotal.remove()
 
 
 # --- stages ------------------------------------------------------------------------------
@@ -193,7 +206,14 @@ def prepare_groups(components, images, config, augment, resolution, cache_root, 
     return groups
 
 
-def encode_groups(components, groups, config, resolution, cache_root, emit) -> list[_Encoded]:
+def add_pivotal_tokens(components: Components, config: TrainConfig) -> PivotalTokens | None:
+    """The trigger's fresh embedding vectors (pivotal tuning), or None when it is off."""
+    if not config.pivotal:
+        return None
+    return PivotalTokens(components, config.token, config.pivotal_vectors, seed=config.seed)
+
+
+def encode_groups(components, groups, config, resolution, cache_root, emit, pivotal=None) -> list[_Encoded]:
     latents = LatentCache(components, resolution, cache_root)
     texts = TextCache(components)
     encoded = []
@@ -201,9 +221,13 @@ def encode_groups(components, groups, config, resolution, cache_root, emit) -> l
         stats = latents.get(group.examples, progress=lambda d, t, g=group.role: emit(
             ProgressEvent("encode", d, t, message=f"{g} images")))
         captions = [e.caption for e in group.examples]
-        # A text-encoder LoRA changes the embeddings every step: keep token ids instead.
-        text = list(tokenize(components, captions)) if config.train_text_encoder else texts.get(captions)
-        encoded.append(_Encoded(group, stats, text))
+        if pivotal is not None:
+            captions = [pivotal.expand(c) for c in captions]
+        # A text-encoder LoRA (every group) or trained trigger vectors (the instance prompts)
+        # change the embeddings every step: keep token ids for those instead.
+        live = config.train_text_encoder or (pivotal is not None and group.role == "instance")
+        text = list(tokenize(components, captions)) if live else texts.get(captions)
+        encoded.append(_Encoded(group, stats, text, live))
     return encoded
 
 
@@ -230,10 +254,13 @@ def add_adapters(components: Components, config: TrainConfig) -> tuple[list, lis
     return unet_params, te_params
 
 
-def make_optimizer(unet_params, te_params, config: TrainConfig):
+def make_optimizer(unet_params, te_params, config: TrainConfig, pivotal: PivotalTokens | None = None):
     groups = [{"params": unet_params, "lr": config.lr}]
     if te_params:
         groups.append({"params": te_params, "lr": config.text_encoder_lr})
+    if pivotal is not None:
+        # No weight decay: it would pull the trigger towards the zero vector, a dead token.
+        groups.append({"params": [pivotal.param], "lr": config.embedding_lr, "weight_decay": 0.0})
     optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
     scheduler = get_scheduler(config.lr_schedule, optimizer=optimizer, num_warmup_steps=config.warmup_steps,
                               num_training_steps=config.steps)
@@ -247,12 +274,12 @@ def training_step(components: Components, config: TrainConfig, encoded: list[_En
     stats = [e.latent_stats[i] for e, idx in zip(encoded, picks) for i in idx.tolist()]
     latents = sample_latents(stats, generator, components.vae.config.scaling_factor)
     noise, timesteps = draw_noise(latents.shape, generator, components.noise_scheduler.config.num_train_timesteps)
-    text = torch.stack([e.text[i] for e, idx in zip(encoded, picks) for i in idx.tolist()])
     device = components.device
-    if config.train_text_encoder:
-        hidden = components.text_encoder(text.to(device))[0]
-    else:
-        hidden = text.to(device)
+    hidden = []
+    for e, idx in zip(encoded, picks):
+        text = torch.stack([e.text[i] for i in idx.tolist()]).to(device)
+        hidden.append((components.text_encoder(text)[0] if e.live else text).float())
+    hidden = torch.cat(hidden)
     losses = per_sample_loss(components.unet, components.noise_scheduler, latents.to(device), hidden,
                              noise.to(device), timesteps.to(device))
     per_group = losses.view(len(encoded), config.batch_size).mean(dim=1)
@@ -270,8 +297,11 @@ def lora_state_dicts(components: Components, config: TrainConfig):
     return unet_lora, te_lora
 
 
-def restore(components, config, path, fingerprint, optimizer, lr_scheduler, generator) -> tuple[int, list[float]]:
+def restore(components, config, path, fingerprint, optimizer, lr_scheduler, generator,
+            pivotal: PivotalTokens | None = None) -> tuple[int, list[float]]:
     lora, state = ckpt.load_checkpoint(path, fingerprint)
+    if pivotal is not None:
+        pivotal.load_vectors(lora.pop(PIVOTAL_KEY))
     set_peft_model_state_dict(components.unet, _strip(lora, "unet."), adapter_name=ADAPTER)
     if config.train_text_encoder:
         set_peft_model_state_dict(components.text_encoder, _strip(lora, "text_encoder."), adapter_name=ADAPTER)
@@ -298,11 +328,14 @@ def remove_adapters(components: Components) -> None:
 
 # --- helpers -----------------------------------------------------------------------------
 
-def _checkpoint(components, config, out_dir, step, fingerprint, losses, optimizer, lr_scheduler, generator):
+def _checkpoint(components, config, out_dir, step, fingerprint, losses, optimizer, lr_scheduler, generator,
+                pivotal=None):
     if not config.checkpoint_every:
         return
     unet_lora, te_lora = lora_state_dicts(components, config)
     lora = {f"unet.{k}": v for k, v in unet_lora.items()} | {f"text_encoder.{k}": v for k, v in te_lora.items()}
+    if pivotal is not None:
+        lora[PIVOTAL_KEY] = pivotal.vectors_tensor()
     state = ckpt.TrainState(step, fingerprint, list(losses), optimizer.state_dict(), lr_scheduler.state_dict(),
                             generator.get_state(), torch.get_rng_state(),
                             torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)

@@ -1,0 +1,122 @@
+"""Does a LoRA learn a shapes subject? The per-subject measurement behind the preset's recipe.
+
+For one held-out subject: train on its first ``n_images`` example uploads with a given
+``TrainConfig``, then sample through the product's own preview path (``sample_images``: the
+diffusers LoRA file and, with pivotal tuning, the trigger's embedding file) and judge every
+sample with the attribute classifier:
+
+    subject     "a photo of sks <class>": share of samples showing the trait (target >= 80%)
+    recontext   "a photo of sks <class> on a <bg> background" for backgrounds the photos never
+                had, and "... <position>": share with the asked background / position right
+                (prompt fidelity, target >= 70%) and with the trait
+    class       "a photo of <class>" (no trigger): how many distinct object colours the samples
+                show, with and without the LoRA (the class keeps its variety), and how many
+                carry the subject's trait (leakage)
+
+Each figure is also measured on the base model with the same prompts and seeds.
+
+    from bat_app.shapes.personalization import measure_subject
+    row = measure_subject("checkered_square", TrainConfig(...), n_images=3, samples=16, work=Path("/tmp/w"))
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bat_app.shapes.paths import shapes_paths
+from bat_app.shapes.subjects import get_subject
+from bat_app.shapes.world import COLOURS, POSITION_PHRASES
+
+RECONTEXT_POSITIONS = ("left", "right", "top")
+
+
+def recontext_prompts(subject, photo_backgrounds: list[str], token: str = "sks", n_backgrounds: int = 3):
+    """(prompt, wanted attributes) with backgrounds the training photos never showed."""
+    skip = set(photo_backgrounds) | {subject.attributes["colour"]}
+    backgrounds = [c for c in COLOURS if c not in skip][:n_backgrounds]
+    base = f"a photo of {token} {subject.class_noun}"
+    out = [(f"{base} on a {bg} background", {"background": bg}) for bg in backgrounds]
+    out += [(f"{base} {POSITION_PHRASES[p]}", {"position": p}) for p in RECONTEXT_POSITIONS]
+    return out
+
+
+def _arrays(images) -> np.ndarray:
+    return np.stack([np.asarray(im.convert("RGB")) for im in images])
+
+
+def _judge(classifier, images, subject, wanted: dict | None = None) -> dict:
+    pred = classifier.predict(_arrays(images))
+    trait = [all(p[k] == v for k, v in subject.trait.items()) for p in pred]
+    out = {"trait": float(np.mean(trait)), "class": float(np.mean([p["shape"] == subject.class_noun for p in pred]))}
+    if wanted is not None:
+        out["fidelity"] = float(np.mean([all(p[k] == v for k, v in wanted.items()) for p in pred]))
+    out["colours"] = len({p["colour"] for p in pred})
+    return out
+
+
+def sample_rows(components, prompts: list[str], samples: int, lora_dir=None) -> list[list]:
+    from bat_app.preview import sample_images
+
+    return sample_images(components, prompts, list(range(samples)), lora_dir, batch_size=32)
+
+
+def measure_subject(name: str, config, n_images: int = 3, samples: int = 16, work: Path | None = None,
+                    components=None, classifier=None) -> dict:
+    """Train one LoRA for subject ``name`` and measure it against the base model (see module doc)."""
+    import json
+    import tempfile
+
+    from bat_app.images import load_user_images
+    from bat_app.models import load_components
+    from bat_app.shapes import load_attribute_classifier
+    from bat_app.train import train_lora
+
+    subject = get_subject(name)
+    folder = shapes_paths().subjects / name
+    meta = json.loads((folder / "subject.json").read_text())
+    photos = meta["photos"][:n_images]
+    components = components or load_components("shapes")
+    classifier = classifier or load_attribute_classifier()
+    report = load_user_images([folder / p["file"] for p in photos], resolution=components.spec.resolution)
+    work = Path(work or tempfile.mkdtemp(prefix="bat-personalize-"))
+    t0 = time.perf_counter()
+    result = train_lora(components, report.images, config, work / name)
+    train_s = time.perf_counter() - t0
+    lora_dir = result.out_dir
+
+    token = config.token
+    subject_prompt = f"a photo of {token} {subject.class_noun}"
+    class_prompt = f"a photo of {subject.class_noun}"
+    recontext = recontext_prompts(subject, [p["background"] for p in photos], token)
+    prompts = [subject_prompt, class_prompt] + [p for p, _ in recontext]
+    row = {"subject": name, "trait_wanted": subject.trait, "photos": n_images, "samples": samples,
+           "train_seconds": round(train_s, 1), "steps": config.steps}
+    grids = {}
+    for label, lora in (("base", None), ("lora", lora_dir)):
+        images = sample_rows(components, prompts, samples, lora)
+        grids[label] = images
+        subj = _judge(classifier, images[0], subject)
+        cls = _judge(classifier, images[1], subject)
+        rc = [_judge(classifier, images[2 + i], subject, wanted) for i, (_, wanted) in enumerate(recontext)]
+        row[label] = {"trait": round(subj["trait"], 3), "class": round(subj["class"], 3),
+                      "recontext_fidelity": round(float(np.mean([r["fidelity"] for r in rc])), 3),
+                      "recontext_trait": round(float(np.mean([r["trait"] for r in rc])), 3),
+                      "class_prompt_colours": cls["colours"], "class_prompt_trait": round(cls["trait"], 3)}
+    row["prompts"] = prompts
+    row["_grids"] = grids
+    return row
+
+
+def grid_image(row: dict, cell: int = 40, per_row: int = 8):
+    """Base and LoRA rows for each prompt (first ``per_row`` seeds), labelled: a picture to look at."""
+    from bat_app.images.grid import image_grid
+
+    strips, titles = [], []
+    for i, prompt in enumerate(row["prompts"]):
+        for label in ("base", "lora"):
+            strips.extend(row["_grids"][label][i][:per_row])
+            titles.append(f"{label}: {prompt}")
+    return image_grid(strips, columns=per_row, cell=cell, row_titles=titles, title_width=330, pad=2)

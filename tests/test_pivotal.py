@@ -1,0 +1,106 @@
+"""A trigger that means something: live token rows, pivotal tuning saved, reloaded and used."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from bat_app.errors import Cancelled
+from bat_app.export.embeddings import find_embeddings
+from bat_app.models import load_components
+from bat_app.preview import sample_images
+from bat_app.train import TrainConfig, train_lora
+
+
+def quick(**kw) -> TrainConfig:
+    base = dict(token="sks", class_noun="disc", steps=8, checkpoint_every=0, lr=1e-3, seed=0,
+                pivotal=True, embedding_lr=5e-2)
+    return TrainConfig(**(base | kw))
+
+
+def _encode(comps, text: str) -> torch.Tensor:
+    ids = comps.tokenizer([text], padding="max_length", max_length=comps.tokenizer.model_max_length,
+                          return_tensors="pt").input_ids
+    with torch.no_grad():
+        return comps.text_encoder(ids)[0].flatten()
+
+
+# --- the shipped shapes text encoder --------------------------------------------------------
+
+def test_shapes_rare_tokens_are_alive_and_distinct():
+    comps = load_components("shapes")
+    table = comps.text_encoder.get_input_embeddings().weight.detach().float()
+    sks, other = comps.tokenizer.convert_tokens_to_ids(["sks</w>", "zwx</w>"])
+    kept_norm = table[comps.tokenizer("a red star on a blue background").input_ids].norm(dim=1).mean()
+    assert table[sks].norm() > 0.5 * kept_norm            # not a dead (zero) row
+    assert not torch.allclose(table[sks], table[other])   # each rare token its own row
+    with_token = _encode(comps, "a photo of sks star")
+    cos = torch.nn.functional.cosine_similarity(with_token, _encode(comps, "a photo of star"), dim=0)
+    assert cos < 0.98  # measured 0.991 with the dead rows of the first build, 0.964 now
+
+
+# --- pivotal tuning on the tiny model -------------------------------------------------------
+
+def test_pivotal_vectors_are_trained_exported_and_the_model_is_left_as_it_was(comps, images, tmp_path):
+    vocab = len(comps.tokenizer)
+    table = comps.text_encoder.get_input_embeddings().weight.detach().clone()
+    result = train_lora(comps, images, quick(), tmp_path / "out")
+    assert len(comps.tokenizer) == vocab                                  # tokens removed again
+    torch.testing.assert_close(comps.text_encoder.get_input_embeddings().weight, table)
+    path, token = find_embeddings(tmp_path / "out")
+    assert token == "sks" and path == result.files["embeddings"] and path.name == "sks.safetensors"
+    saved = load_file(path)["emb_params"]
+    assert saved.shape == (2, table.shape[1])
+    torch.testing.assert_close(saved, result.embeddings)
+    from bat_app.train.pivotal import initial_vectors
+
+    start = initial_vectors(comps, 2, seed=0)
+    assert (saved - start).norm() > 1e-3   # the vectors moved: they were trained
+    assert (saved[0] - saved[1]).norm() > 1e-3
+
+
+def test_pivotal_embeddings_load_with_diffusers_and_change_the_output(comps, images, tmp_path):
+    out = tmp_path / "out"
+    train_lora(comps, images, quick(steps=6, embedding_lr=0.5), out)
+    prompt = ["a photo of sks disc"]
+    with_embeddings = sample_images(comps, prompt, [0], out)[0][0]
+    # The same LoRA without its embeddings file: the trigger falls back to the plain token.
+    (out / "sks.safetensors").rename(tmp_path / "aside.safetensors")
+    without = sample_images(comps, prompt, [0], out)[0][0]
+    assert np.abs(np.asarray(with_embeddings, float) - np.asarray(without, float)).mean() > 0.5
+    assert len(comps.tokenizer) == 49408  # sampling unloads the embeddings again
+
+    # As a diffusers user loads them: load_textual_inversion expands "sks" to "sks sks_1".
+    from bat_app.models import build_pipeline
+
+    pipe = build_pipeline(comps)
+    pipe.load_textual_inversion(str(tmp_path / "aside.safetensors"), token="sks")
+    assert pipe.maybe_convert_prompt("a photo of sks disc", pipe.tokenizer) == "a photo of sks sks_1 disc"
+    pipe.unload_textual_inversion()
+
+
+def test_pivotal_resume_matches_an_uninterrupted_run(comps, images, tmp_path):
+    config = quick(steps=10, checkpoint_every=3)
+    straight = train_lora(comps, images, config, tmp_path / "straight", export=False)
+    calls = {"n": 0}
+
+    def cancel_at_step_5():
+        calls["n"] += 1
+        return calls["n"] == 5
+
+    with pytest.raises(Cancelled):
+        train_lora(comps, images, config, tmp_path / "resumed", cancel=cancel_at_step_5, export=False)
+    resumed = train_lora(comps, images, config, tmp_path / "resumed", resume=True, export=False)
+    assert resumed.resumed_from == 4
+    assert resumed.losses == pytest.approx(straight.losses, rel=1e-5, abs=1e-6)
+    torch.testing.assert_close(resumed.embeddings, straight.embeddings, rtol=1e-5, atol=1e-6)
+
+
+def test_pivotal_with_text_encoder_lora_and_augmentation(comps, images, tmp_path):
+    from bat_app.train import examples_from_pairs
+
+    augment = examples_from_pairs([(images[0].image, "a photo of a disc on grass")])
+    result = train_lora(comps, images, quick(steps=3, train_text_encoder=True), tmp_path / "o", augment=augment)
+    assert result.text_encoder_lora and result.embeddings is not None and len(comps.tokenizer) == 49408
