@@ -34,5 +34,9 @@ class ExportError(BatError):
     """LoRA weights could not be written or converted."""
 
 
+class HubError(ExportError):
+    """The LoRA could not be pushed to the Hub; the message says why and what to do."""
+
+
 class Cancelled(BatError):
     """The user cancelled the run; whatever was saved so far stays on disk."""

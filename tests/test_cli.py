@@ -59,3 +59,10 @@ def test_unknown_config_key_is_refused(tmp_path, subject_dir, tiny_model_dir):
     out = run_cli("train", "--images", subject_dir, "--class-noun", "dog", "--model", tiny_model_dir,
                   "--out", tmp_path / "o", "--config", cfg)
     assert out.returncode == 2 and "Unknown training setting 'lerning_rate'" in out.stderr
+
+
+def test_serve_command_and_app_entry_do_not_import_each_other():
+    from bat_app.testing import module_imports
+
+    assert "bat_app.ui.serve" in module_imports("bat_app.ui.cli")
+    assert not any(name.startswith("bat_app.ui.cli") for name in module_imports("bat_app.ui.serve"))

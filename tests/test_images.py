@@ -436,3 +436,21 @@ def test_real_photo_half_size_reencode_is_a_near_duplicate(tmp_path):
     sources = sorted(subject.glob("*.jpg")) + [tmp_path / "copy.jpg"]
     report = load_user_images(sources)
     assert report.duplicates == [DuplicateGroup("near", [first.name, "copy.jpg"])]
+
+
+def test_intake_and_duplicates_do_not_import_each_other():
+    from bat_app.testing import module_imports
+
+    intake, duplicates = "bat_app.images.intake", "bat_app.images.duplicates"
+    assert duplicates in module_imports(intake)  # intake runs duplicate detection...
+    assert not any(name.startswith(intake) for name in module_imports(duplicates))  # ...not the reverse
+
+
+def test_one_pixel_hash_and_one_list_of_decode_errors():
+    from bat_app import images
+    from bat_app.images import decode, duplicates, user_image
+
+    red = Image.new("RGB", (4, 4), "red")
+    assert images.pixel_digest(red) == images.pixel_digest(red.copy()) != images.pixel_digest(red.convert("L"))
+    assert duplicates.pixel_digest is user_image.pixel_digest
+    assert images.DECODE_ERRORS is decode.DECODE_ERRORS and Image.DecompressionBombError in images.BOMB_ERRORS

@@ -16,17 +16,15 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
-from ..errors import ExportError
+from ..errors import HubError
 from .formats import DIFFUSERS_FILE
+
+__all__ = ["HubError", "push_lora"]  # HubError lives in bat_app.errors with the others
 
 log = logging.getLogger(__name__)
 
 # What goes to the Hub from a LoRA folder (checkpoints and the live loss log stay home).
 UPLOADED = (DIFFUSERS_FILE, "*_kohya.safetensors", "training_log.json", "loss_curve.png")
-
-
-class HubError(ExportError):
-    """The LoRA could not be pushed to the Hub; the message says why and what to do."""
 
 
 def push_lora(lora_dir: str | Path, repo_id: str, token: str, *, samples: Sequence[str | Path] = (),

@@ -10,22 +10,22 @@ Modules:
     intake      reading files, limits, decoding, batch checks (``load_user_images``)
     convert     any Pillow mode -> 8-bit RGB, square crop to the training size
     duplicates  exact and perceptual-hash near-duplicate detection
+    user_image  the accepted image both of those share, and the one pixel hash
+    decode      safe decoding; ``DECODE_ERRORS``/``BOMB_ERRORS``, what Pillow raises on bad files
 
 Unusable files raise :class:`bat_app.errors.ImageError` naming each file and what to do;
 duplicates and conversions only produce warnings. The user's files are never modified.
 """
 
 from bat_app.images.convert import prepare_for_training, to_rgb
+from bat_app.images.decode import BOMB_ERRORS, DECODE_ERRORS
 from bat_app.images.duplicates import DuplicateGroup, find_duplicates, perceptual_hash
-from bat_app.images.intake import (
-    IntakeLimits,
-    IntakeReport,
-    UserImage,
-    load_user_images,
-    open_user_image,
-)
+from bat_app.images.intake import IntakeLimits, IntakeReport, load_user_images, open_user_image
+from bat_app.images.user_image import UserImage, pixel_digest
 
 __all__ = [
+    "BOMB_ERRORS",
+    "DECODE_ERRORS",
     "DuplicateGroup",
     "IntakeLimits",
     "IntakeReport",
@@ -34,6 +34,7 @@ __all__ = [
     "load_user_images",
     "open_user_image",
     "perceptual_hash",
+    "pixel_digest",
     "prepare_for_training",
     "to_rgb",
 ]

@@ -25,10 +25,12 @@ from bat_app.errors import ImageError
 
 _HEIF_SUFFIXES = {".heic", ".heif"}
 # Pillow raises these (besides UnidentifiedImageError) on damaged files; its own fuzzing
-# tests accept the same set. Anything else is a bug and is left to propagate.
+# tests accept the same set. Anything else is a bug and is left to propagate. The one list of
+# the package: whatever decodes untrusted images (intake, pool building) catches these.
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError,
                  TypeError, ZeroDivisionError)
-_BOMB_ERRORS = (Image.DecompressionBombError, Image.DecompressionBombWarning)
+# A decompression bomb (more pixels than allowed): refused before decoding.
+BOMB_ERRORS = (Image.DecompressionBombError, Image.DecompressionBombWarning)
 # Image.MAX_IMAGE_PIXELS and the warnings filters are process-wide; the lock keeps two
 # intakes from restoring each other's values halfway through. (Other code decoding at the
 # same moment sees our limit, which by default is stricter than Pillow's: fails safe.)
@@ -136,7 +138,7 @@ def decode(data: bytes, name: str, max_pixels: int, min_side: int
                              "Compatible).") from exc
         raise fail(name, "is not an image file Pillow can read (JPEG, PNG, WebP, GIF, BMP, "
                          "TIFF...). If it is a photo, re-save it as JPEG or PNG.") from exc
-    except _BOMB_ERRORS as exc:
+    except BOMB_ERRORS as exc:
         # Pillow says "Image size (N pixels) exceeds limit ..."; the image itself is gone.
         found = re.search(r"\((\d+) pixels\)", str(exc))
         size = f"{int(found.group(1)):,} pixels" if found else "over the limit"

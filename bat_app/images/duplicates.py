@@ -16,18 +16,14 @@ apart, so the default threshold of 6 sits well clear of both.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
 from bat_app.errors import InputError
-
-if TYPE_CHECKING:  # only for annotations: intake imports this module
-    from bat_app.images.intake import UserImage
+from bat_app.images.user_image import UserImage, pixel_digest
 
 HASH_BITS = 64
 _DCT_SIZE = 32
@@ -74,12 +70,6 @@ def _colour_thumbnail(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB").resize((4, 4), Image.Resampling.BOX), np.float64)
 
 
-def _pixel_digest(image: Image.Image) -> str:
-    digest = hashlib.sha256(f"{image.mode}{image.size}".encode())
-    digest.update(image.tobytes())
-    return digest.hexdigest()
-
-
 def _groups(count: int, pairs: list[tuple[int, int]]) -> list[list[int]]:
     """Connected components (in input order) of the graph on range(count) with ``pairs``."""
     parent = list(range(count))
@@ -116,7 +106,7 @@ def find_duplicates(images: Sequence[UserImage], near_threshold: int = 6) -> lis
         raise InputError(f"near_threshold must be a whole number from 0 to {HASH_BITS - 1} "
                          f"(got {near_threshold!r}); the default 6 suits photos.")
     count = len(images)
-    keys = [(item.sha256, _pixel_digest(item.image)) for item in images]
+    keys = [(item.sha256, pixel_digest(item.image)) for item in images]
     exact_pairs = [(a, b) for a in range(count) for b in range(a + 1, count)
                    if keys[a][0] == keys[b][0] or keys[a][1] == keys[b][1]]
     exact = _groups(count, exact_pairs)

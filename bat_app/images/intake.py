@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
-from PIL import Image, ImageOps
+from PIL import ImageOps
 
 from bat_app.errors import ImageError, InputError
 from bat_app.images.convert import check_resolution, to_rgb
 from bat_app.images.decode import DECODE_ERRORS, decode, fail, read_bytes, too_many_bytes
 from bat_app.images.duplicates import DuplicateGroup, describe, find_duplicates
+from bat_app.images.user_image import UserImage
 
 # Next to photos, folders often hold captions and metadata written by other tools, and
 # files the OS drops there; none of them are meant as training images.
@@ -57,19 +58,6 @@ class IntakeLimits:
             raise InputError(f"IntakeLimits.min_images ({self.min_images}) is larger than "
                              f"max_images ({self.max_images}); raise max_images or lower "
                              "min_images.")
-
-
-@dataclass
-class UserImage:
-    """One accepted user image, decoded and ready for cropping."""
-
-    name: str  # file name as the user knows it (basename)
-    image: Image.Image  # RGB, EXIF orientation applied
-    sha256: str  # of the file bytes, to spot byte-identical uploads
-    source: Path | None  # None when the image came as bytes (e.g. an upload)
-    original_mode: str  # Pillow mode before conversion, e.g. "RGBA", "CMYK"
-    original_size: tuple[int, int]  # as stored in the file, before EXIF rotation
-    warnings: list[str] = field(default_factory=list)  # "<name>: ..." remarks for the user
 
 
 @dataclass

@@ -10,6 +10,7 @@ Spaces set both). With BAT_EMBEDDED_WORKER=0 jobs wait for separate ``python -m 
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 
@@ -57,12 +58,37 @@ def _say(settings: AppSettings, worker, quiet: bool) -> None:
         log.warning(line) if quiet else print(line, flush=True)
 
 
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``python -m bat_app serve`` and ``python app.py``."""
+    p.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1, or "
+                   "GRADIO_SERVER_NAME; 0.0.0.0 serves the network)")
+    p.add_argument("--port", type=int, default=None, help="port (default 7860, or GRADIO_SERVER_PORT)")
+    p.add_argument("--share", action="store_true", help="also open a public gradio.live link (needs internet)")
+    p.add_argument("--model", default=None, help="default backbone: preset, diffusers folder or hub id "
+                   "(env BAT_MODEL; default sd15 with CUDA, else shapes)")
+    p.add_argument("--pool", default=None, help="default backbone pool folder, 'shapes' or 'none' (env BAT_POOL)")
+    p.add_argument("--no-worker", action="store_true", help="do not run jobs in this process "
+                   "(run `python -m bat_app worker` elsewhere; env BAT_EMBEDDED_WORKER=0)")
+
+
+def settings_from_args(args: argparse.Namespace) -> AppSettings:
+    """The environment's settings with the command line's on top."""
+    overrides = {}
+    if args.model:
+        overrides["model"] = args.model
+        if not args.pool:
+            overrides["pool"] = "shapes" if args.model == "shapes" else None
+    if args.pool:
+        overrides["pool"] = None if args.pool == "none" else args.pool
+    if args.no_worker:
+        overrides["embedded_worker"] = False
+    return AppSettings.from_env(**overrides)
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python app.py``: the same as ``python -m bat_app serve``."""
-    import argparse
-
-    from .cli import add_arguments, run
-
     parser = argparse.ArgumentParser(prog="app.py", description="BAT Studio web app")
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    serve(settings_from_args(args), host=args.host, port=args.port, share=args.share, block=True)
+    return 0
