@@ -334,3 +334,16 @@ def test_concurrent_submits_never_overshoot_the_cap(app):
     record = json.loads((app["jobs"] / next(r for r in results if r) / "job.json").read_text())
     assert record["client"] and "10.9.9.9" not in record["client"]  # a keyed hash, not the address
     cancel_all(app)
+
+
+def test_the_page_names_no_server_folder(app, tiny_model_dir, tiny_pool_dir):
+    """The page's config (every component's choices and values) and the API description."""
+    for path in ("/config", "/gradio_api/info"):
+        response = httpx.get(app["url"] + path, timeout=30)
+        assert response.status_code == 200, path
+        for folder in (app["home"], tiny_model_dir, tiny_pool_dir, app["subjects"]):
+            assert str(folder) not in response.text, (path, folder)
+    config = httpx.get(app["url"] + "/config", timeout=30).json()
+    dropdowns = {c["props"].get("label"): c["props"] for c in config["components"] if c.get("type") == "dropdown"}
+    assert [v for v, _ in dropdowns["Model preset"]["choices"]] == ["tiny-sd", "sd15", "shapes"]
+    assert dropdowns["Backbone pool"]["value"] == tiny_pool_dir.name
