@@ -93,7 +93,7 @@ def test_queue_positions_cancel_of_queued_jobs_and_queue_full(backend, images, m
     monkeypatch.setenv("BAT_MAX_QUEUE", "3")
     ids = [stages_job(images) for _ in range(3)]
     assert [jobs.queue_position(i) for i in ids] == [1, 2, 3]
-    with pytest.raises(jobs.QueueFull, match=r"3 jobs are waiting \(the limit is 3\)"):
+    with pytest.raises(jobs.QueueFull, match=r"^The queue is full \(3 jobs are waiting\): please try again later.$"):
         stages_job(images)
     cancelled = jobs.cancel(ids[0])
     assert (cancelled["status"], cancelled["queue_position"]) == ("cancelled", None)
@@ -102,6 +102,29 @@ def test_queue_positions_cancel_of_queued_jobs_and_queue_full(backend, images, m
     assert jobs.queue_position(fourth) == 3
     assert [v["id"] for v in jobs.list_jobs()] == [fourth, *reversed(ids)]
     assert [v["id"] for v in jobs.list_jobs(status="queued")] == [fourth, ids[2], ids[1]]
+
+
+def test_per_client_cap(backend, images, monkeypatch):
+    from bat_app.jobs.api import ClientQueueFull
+
+    monkeypatch.setenv("BAT_MAX_PER_CLIENT", "2")
+    submit = lambda client: jobs.submit(STAGES_JOB, images, pipeline="stages", client=client)
+    mine = [submit("ip:10.0.0.1"), submit("ip:10.0.0.1")]
+    with pytest.raises(ClientQueueFull, match=r"You already have 2 job\(s\) queued or running, the most one user "
+                                              r"may have at a time \(2\)"):
+        submit("ip:10.0.0.1")
+    submit("ip:10.0.0.2")          # another client is not held back by the first
+    submit(None), submit(None), submit(None)  # the CLI (an operator) has no cap
+    jobs.cancel(mine[0])           # a finished job frees its owner's slot
+    submit("ip:10.0.0.1")
+    record = json.loads((jobs.job_dir(mine[1]) / "job.json").read_text())
+    assert len(record["client"]) == 32 and "10.0.0.1" not in json.dumps(record)  # a keyed hash only
+
+
+def test_job_not_found_names_no_folder(job_env):
+    with pytest.raises(jobs.JobNotFound) as info:
+        jobs.status("e" * 32)
+    assert str(info.value).startswith("No job eeee") and "/" not in str(info.value)
 
 
 def _submit_one(args) -> str:
