@@ -116,6 +116,7 @@ def _embed(src: Source, writer: store.PoolWriter, embedder, batch_size: int,
     size = max(batch_size, EMBEDDED_BATCH) if src.has_embeddings else batch_size
     consumed = state["consumed"]
     batch: list[Record] = []
+    src.restore_hint(state.get("source_hint"))  # e.g. Hub shards already read: not fetched again
     records = src.records(start=consumed)
     while True:
         batch.clear()
@@ -129,6 +130,7 @@ def _embed(src: Source, writer: store.PoolWriter, embedder, batch_size: int,
         items, images, vectors, skipped, safety = _prepare(batch, src, embedder, writer.dim, copy_images)
         consumed += len(batch)
         state["seconds"] += time.perf_counter() - started
+        state["source_hint"] = src.resume_hint()
         writer.commit(items, images, vectors, skipped, consumed, safety)
         _emit(progress, BuildEvent("embed", consumed, total, state["items"], state["skipped"]))
 

@@ -31,9 +31,12 @@ def register(subparsers) -> None:
     b = sub.add_parser("build", help="embed a source into a pool folder (resumable)",
                        description="SOURCE: a folder of images with same-name .txt captions, "
                                    "webdataset .tar shards (img2dataset), parquet files with image "
-                                   "bytes or paths and a caption column, or clip-retrieval output "
-                                   "(img_emb/ + metadata/, taken without re-embedding).")
-    b.add_argument("source", type=Path, metavar="SOURCE")
+                                   "bytes or paths and a caption column, clip-retrieval output "
+                                   "(img_emb/ + metadata/, taken without re-embedding), or a Hub "
+                                   "dataset hf://datasets/OWNER/NAME[@REV][/SUBDIR] whose parquet or "
+                                   ".tar shards are streamed (no full download; resumable per shard).")
+    b.add_argument("source", metavar="SOURCE",
+                   help="a folder or file, or hf://datasets/OWNER/NAME[@REV][/SUBDIR] (streamed)")
     b.add_argument("--out", type=Path, required=True, metavar="POOL", help="pool folder")
     b.add_argument("--clip-model", default=None,
                    help=f"open_clip name, 'shapes', or an open_clip model folder (default {DEFAULT_MODEL})")
@@ -43,10 +46,12 @@ def register(subparsers) -> None:
     b.add_argument("--index", choices=("auto", "flat", "ivf", "hnsw"), default="auto",
                    help="default auto: exact (flat) up to --flat-max items, else ivf")
     b.add_argument("--flat-max", type=int, default=None, help="largest pool indexed exactly (default 50000)")
-    b.add_argument("--source-kind", choices=("folder", "webdataset", "parquet", "clip-retrieval"),
+    b.add_argument("--source-kind", choices=("folder", "webdataset", "parquet", "clip-retrieval", "hub"),
                    default=None, help="default: detected from the layout")
-    b.add_argument("--caption-column", default=None, help="parquet: caption column (default: detected)")
-    b.add_argument("--image-column", default=None, help="parquet: image bytes/path column (default: detected)")
+    b.add_argument("--caption-column", "--caption-col", dest="caption_column", default=None,
+                   help="parquet (local or Hub): caption column (default: detected)")
+    b.add_argument("--image-column", "--image-col", dest="image_column", default=None,
+                   help="parquet (local or Hub): image bytes/path column (default: detected)")
     b.add_argument("--no-copy-images", action="store_true",
                    help="reference local image files instead of copying their bytes into the pool")
     b.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")

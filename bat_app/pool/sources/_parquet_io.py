@@ -24,17 +24,19 @@ def pyarrow_available() -> bool:
 class ParquetTable:
     """One parquet file, read a row group at a time."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, stream=None):
+        """``stream``: an open binary file (e.g. a file on the Hub, read by ranges) that
+        ``path`` only names."""
         try:
             import pyarrow.parquet as pq
         except ImportError as exc:
             raise PoolError(f"Reading {path} needs pyarrow, which is not installed: "
                             "`pip install pyarrow`.") from exc
         try:
-            self._file = pq.ParquetFile(path)
+            self._file = pq.ParquetFile(path if stream is None else stream)
         except Exception as exc:  # pyarrow raises ArrowInvalid/OSError on damaged files
             raise PoolError(f"{path} is not a readable parquet file: {exc}") from exc
-        self.path = path
+        self.path = Path(path)
         self.num_rows = self._file.metadata.num_rows
         self.column_kinds = {f.name: _kind(f.type) for f in self._file.schema_arrow}
 
@@ -70,3 +72,9 @@ def _kind(t) -> str:
 
 def open_parquet(path: Path) -> ParquetTable:
     return ParquetTable(path)
+
+
+def open_parquet_stream(stream, name: str) -> ParquetTable:
+    """A parquet file read from an open binary stream (seekable: pyarrow reads the footer
+    first, then the column chunks it needs)."""
+    return ParquetTable(Path(name), stream)

@@ -63,6 +63,14 @@ class Source(ABC):
         """Embedding width for sources that carry embeddings."""
         return None
 
+    def resume_hint(self) -> dict | None:
+        """What the source learnt while reading that makes ``records(start)`` cheaper after
+        a restart (JSON; kept in the build state at each commit). None: nothing."""
+        return None
+
+    def restore_hint(self, hint: dict | None) -> None:
+        """Take back what :meth:`resume_hint` returned before the build stopped."""
+
     def fingerprint(self) -> str:
         """Changes when files are added, removed or rewritten: a resumed build checks it."""
         if getattr(self, "_fingerprint", None) is None:

@@ -97,6 +97,12 @@ def _record(shard: Path, members: list[tarfile.TarInfo], tar: tarfile.TarFile) -
         raw = {ext: _read(tar, by_ext[ext]) for ext in ("json", "txt", image_ext) if ext in by_ext}
     except (tarfile.TarError, OSError) as exc:
         return Record(key, problem="unreadable member", detail=f"{type(exc).__name__}: {exc}")
+    return record_from_members(key, raw, sorted(by_ext))
+
+
+def record_from_members(key: str, raw: dict[str, bytes], extensions: list[str]) -> Record:
+    """One webdataset sample -> Record: ``raw`` maps extensions (jpg, txt, json) to bytes."""
+    image_ext = next((e for e in IMAGE_EXTS if e in raw), None)
     try:
         meta = json.loads(raw["json"]) if "json" in raw else {}
     except ValueError:
@@ -105,7 +111,7 @@ def _record(shard: Path, members: list[tarfile.TarInfo], tar: tarfile.TarFile) -
     url = meta.get("url") if isinstance(meta.get("url"), str) else None
     if image_ext is None:
         return Record(key, url=url, problem="no image",
-                      detail=f"no {'/'.join(IMAGE_EXTS)} member (has: {', '.join(sorted(by_ext))})")
+                      detail=f"no {'/'.join(IMAGE_EXTS)} member (has: {', '.join(extensions)})")
     try:
         caption = raw["txt"].decode("utf-8").strip() if "txt" in raw else meta.get("caption")
     except UnicodeDecodeError as exc:
@@ -114,6 +120,35 @@ def _record(shard: Path, members: list[tarfile.TarInfo], tar: tarfile.TarFile) -
     if not isinstance(caption, str):
         return Record(key, url=url, problem="no caption", detail="no .txt member and no json caption")
     return Record(key, caption=caption, image_bytes=data, url=url, safety=from_metadata(meta))
+
+
+def stream_records(fileobj, shard_name: str) -> Iterator[Record]:
+    """Records of a shard read front to back from a non-seekable stream (a file on the Hub):
+    each member's bytes are read as its header passes, since a stream cannot seek back. A
+    read error ends the shard with one "unreadable shard" record, as for local shards."""
+    wanted = set(IMAGE_EXTS) | {"txt", "json"}
+    key, raw, exts, read = None, {}, [], 0
+    try:
+        with tarfile.open(fileobj=fileobj, mode="r|*") as tar:
+            for member in tar:
+                read += 1
+                if not member.isfile():
+                    continue
+                this, ext = _split(member.name)
+                if key is not None and this != key:
+                    yield record_from_members(f"{shard_name}:{key}", raw, sorted(exts))
+                    raw, exts = {}, []
+                key = this
+                exts.append(ext)
+                if ext in wanted:
+                    raw[ext] = _read(tar, member)
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        lost = f" (record {key} and the rest of the shard are lost)" if exts else ""
+        yield Record(f"{shard_name}:after member {read}", problem="unreadable shard",
+                     detail=f"{shard_name} is damaged after member {read}{lost}: {exc}")
+        return
+    if exts:
+        yield record_from_members(f"{shard_name}:{key}", raw, sorted(exts))
 
 
 def _split(name: str) -> tuple[str, str]:
