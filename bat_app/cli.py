@@ -72,11 +72,16 @@ def _add_train(sub) -> None:
     p.add_argument("--model", default=None, help="preset (shapes, sd15), diffusers folder or hub id "
                    "(default: sd15 with CUDA, else shapes)")
     p.add_argument("--out", required=True, help="output folder (LoRA files, model card, checkpoints)")
-    p.add_argument("--steps", type=int, default=None, help="training steps (default 400)")
-    p.add_argument("--rank", type=int, default=None, help="LoRA rank (default 4)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="training steps (default: the preset's recipe for the number of photos)")
+    p.add_argument("--rank", type=int, default=None, help="LoRA rank (default: the recipe's)")
     p.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default: = rank)")
-    p.add_argument("--lr", type=float, default=None, help="learning rate (default 1e-4)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default: the recipe's)")
     p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--pivotal", action=argparse.BooleanOptionalAction, default=None,
+                   help="pivotal tuning: train the trigger's own embedding vectors with the LoRA "
+                        "(default: the recipe's; `bat-app presets` shows it)")
+    p.add_argument("--embedding-lr", type=float, default=None, help="pivotal tuning's learning rate")
     p.add_argument("--resolution", type=int, default=None, help="default: the model's native size")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--prior", action="store_true", help="prior preservation with generated class images")
@@ -100,22 +105,24 @@ def _add_selection_args(p, required: bool) -> None:
     g.add_argument("--pool", default=None, required=required, help="backbone pool folder")
     g.add_argument("--method", default="albat" if required else "none", choices=METHODS,
                    help="how backbone items are chosen (default: %(default)s)")
-    g.add_argument("--m", type=int, default=100, help="items to select (default 100)")
-    g.add_argument("--k", type=int, default=1000, help="ALBAT retrieval prefilter size (default 1000)")
+    g.add_argument("--m", type=int, default=None, help="items to select (default: the preset's recipe)")
+    g.add_argument("--k", type=int, default=None, help="ALBAT retrieval prefilter size (default: the recipe's)")
     g.add_argument("--draws", type=int, default=8, help="ALBAT (t, noise) draws per candidate (default 8)")
     g.add_argument("--surrogate-steps", type=int, default=None,
                    help="ALBAT surrogate steps (default: 25%% of --steps)")
     g.add_argument("--aug-weight", type=float, default=None, help="lambda: loss weight of backbone items (default 1)")
 
 
-def _selection_params(args):
+def _selection_params(args, n_images: int | None = None):
     from .albat import SelectionParams
+    from .models.recipe import recipe_for
 
-    return SelectionParams(m=args.m, k=args.k, draws=args.draws, surrogate_steps=args.surrogate_steps,
-                           seed=args.seed or 0)
+    recipe = recipe_for(args.model).selection_settings(n_images)
+    return SelectionParams(m=args.m or recipe["m"], k=args.k or recipe["k"], draws=args.draws,
+                           surrogate_steps=args.surrogate_steps, seed=args.seed or 0)
 
 
-def train_config_from_args(args):
+def train_config_from_args(args, n_images: int | None = None):
     import json
 
     from .train import TrainConfig
@@ -129,12 +136,13 @@ def train_config_from_args(args):
     flags = {"aug_weight": getattr(args, "aug_weight", None), "token": args.token, "class_noun": args.class_noun, "steps": args.steps, "rank": args.rank,
              "alpha": args.alpha, "lr": args.lr, "batch_size": args.batch_size, "resolution": args.resolution,
              "seed": args.seed, "num_class_images": args.num_class_images,
-             "checkpoint_every": args.checkpoint_every}
+             "checkpoint_every": args.checkpoint_every, "pivotal": getattr(args, "pivotal", None),
+             "embedding_lr": getattr(args, "embedding_lr", None)}
     data.update({k: v for k, v in flags.items() if v is not None})
     for flag in ("prior", "captions", "train_text_encoder"):
         if getattr(args, flag):
             data[flag] = True
-    return TrainConfig.from_dict(data)
+    return TrainConfig.for_model(args.model, n_images, **data)
 
 
 def run_train(args) -> int:
@@ -149,7 +157,7 @@ def run_train(args) -> int:
             result = train_lora(components, images, config, args.out, resume=args.resume, progress=bars)
         else:
             selection = run_selection(args.method, components, images, config, pool_dir=args.pool,
-                                      params=_selection_params(args), out_dir=Path(args.out) / "selection",
+                                      params=_selection_params(args, len(images)), out_dir=Path(args.out) / "selection",
                                       progress=bars)
             bars.close()
             print(f"selected {len(selection)} backbone items with '{args.method}' "
@@ -170,11 +178,11 @@ def _prepare(args):
     from .images import IntakeLimits, load_user_images
     from .models import default_preset, load_components
 
-    config = train_config_from_args(args)
     if args.model is None:
         args.model = default_preset()
         print(f"--model not given: using the '{args.model}' preset "
               f"({'CUDA found' if args.model == 'sd15' else 'no CUDA device, CPU-sized backbone'}).")
+    config = train_config_from_args(args)  # checks the settings before anything loads
     limits = IntakeLimits(min_images=args.min_images, max_images=args.max_images)
     components = load_components(args.model, device=args.device)
     resolution = config.resolution or components.spec.resolution
@@ -182,6 +190,8 @@ def _prepare(args):
                               limits=limits, resolution=resolution)
     for warning in report.warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    # The recipe's steps depend on how many photos there are: now that is known.
+    config = train_config_from_args(args, len(report.images))
     return config, components, report.images
 
 
@@ -216,7 +226,7 @@ def run_select(args) -> int:
     bars = TqdmProgress()
     try:
         selection = run_selection(args.method, components, images, config, pool_dir=args.pool,
-                                  params=_selection_params(args), out_dir=args.out, progress=bars)
+                                  params=_selection_params(args, len(images)), out_dir=args.out, progress=bars)
     finally:
         bars.close()
     took = sum(selection.timings.values())
@@ -312,11 +322,17 @@ def _add_presets(sub) -> None:
 
 def run_presets(args) -> int:
     from .models import default_preset, presets
+    from .models.recipe import recipe_for
 
     default = default_preset()
     for name, preset in presets().items():
         mark = " (default here)" if name == default else ""
         print(f"{name}{mark}: {preset['source']} — {preset['description']}")
+        train = recipe_for(name).train_settings(None)
+        sel = recipe_for(name).selection_settings(None)
+        print(f"    recipe (5 photos): {train['steps']} steps, lr {train['lr']:g}, rank {train['rank']}, "
+              f"batch {train['batch_size']}, pivotal {'on' if train['pivotal'] else 'off'}, "
+              f"m {sel['m']}, k {sel['k']}")
     return 0
 
 

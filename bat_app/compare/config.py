@@ -13,6 +13,8 @@ from pathlib import Path
 
 from ..albat import METHODS, SelectionParams
 from ..errors import InputError
+from ..models import default_preset
+from ..models.recipe import recipe_for
 from ..train import TrainConfig
 
 BASE = "base"  # the column of the untouched backbone in every grid
@@ -53,18 +55,26 @@ class CompareConfig:
 
         check_config(self)
 
-    def train_config(self) -> TrainConfig:
+    def train_config(self, n_images: int | None = None) -> TrainConfig:
+        """The training settings: the model's recipe for ``n_images`` photos, ``train`` on top."""
         for key in ("token", "class_noun"):
             if key in self.train:
                 raise InputError(f"Set `{key}` at the top level of the config, not inside `train`.")
-        return TrainConfig.from_dict({**self.train, "token": self.token, "class_noun": self.class_noun})
+        return TrainConfig.for_model(self.preset, n_images,
+                                     **{**self.train, "token": self.token, "class_noun": self.class_noun})
 
-    def selection_params(self) -> SelectionParams:
+    def selection_params(self, n_images: int | None = None) -> SelectionParams:
         known = {f.name for f in dataclasses.fields(SelectionParams)}
         for key in self.selection:
             if key not in known:
                 raise InputError(f"Unknown selection setting {key!r}. Known: {', '.join(sorted(known))}.")
-        return SelectionParams(**{"seed": self.train_config().seed, **self.selection})
+        return SelectionParams(**{"seed": self.train_config().seed, **recipe_for(self.preset).selection_settings(n_images),
+                                  **self.selection})
+
+    @property
+    def preset(self) -> str:
+        """The model whose recipe applies (None means the default preset of this machine)."""
+        return self.model or default_preset()
 
     def needs_pool(self) -> bool:
         return any(m in ("random", "clip", "albat") for m in self.methods)

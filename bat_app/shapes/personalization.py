@@ -31,6 +31,7 @@ from bat_app.shapes.subjects import get_subject
 from bat_app.shapes.world import COLOURS, POSITION_PHRASES
 
 RECONTEXT_POSITIONS = ("left", "right", "top")
+_BASE_SAMPLES: dict = {}  # (components, prompts, samples) -> base-model samples, per process
 
 
 def recontext_prompts(subject, photo_backgrounds: list[str], token: str = "sks", n_backgrounds: int = 3):
@@ -96,7 +97,13 @@ def measure_subject(name: str, config, n_images: int = 3, samples: int = 16, wor
            "train_seconds": round(train_s, 1), "steps": config.steps}
     grids = {}
     for label, lora in (("base", None), ("lora", lora_dir)):
-        images = sample_rows(components, prompts, samples, lora)
+        key = (id(components), tuple(prompts), samples)
+        if lora is None and key in _BASE_SAMPLES:  # the base model's samples do not change
+            images = _BASE_SAMPLES[key]
+        else:
+            images = sample_rows(components, prompts, samples, lora)
+            if lora is None:
+                _BASE_SAMPLES[key] = images
         grids[label] = images
         subj = _judge(classifier, images[0], subject)
         cls = _judge(classifier, images[1], subject)
