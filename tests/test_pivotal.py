@@ -104,3 +104,13 @@ def test_pivotal_with_text_encoder_lora_and_augmentation(comps, images, tmp_path
     augment = examples_from_pairs([(images[0].image, "a photo of a disc on grass")])
     result = train_lora(comps, images, quick(steps=3, train_text_encoder=True), tmp_path / "o", augment=augment)
     assert result.text_encoder_lora and result.embeddings is not None and len(comps.tokenizer) == 49408
+
+
+def test_model_card_tells_how_to_load_the_embeddings():
+    from bat_app.export import model_card
+
+    card = model_card(quick(), "shapes", "sks_disc_kohya.safetensors")
+    assert "pipe.load_textual_inversion('sks.safetensors', token='sks')" in card
+    assert "embeddings/" in card and "embedding:sks" in card
+    plain = model_card(quick(pivotal=False), "shapes", "sks_disc_kohya.safetensors")
+    assert "load_textual_inversion" not in plain and "embedding:" not in plain

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import BatError
+from .embeddings import embeddings_file_name
 from ..train.config import TrainConfig
 
 # A model folder inside the Hugging Face cache: .../models--org--name/snapshots/<commit>
@@ -113,6 +114,12 @@ def model_card(config: TrainConfig, base_model, kohya_name: str, method: str = "
     ]
     if samples:
         lines += ["## Samples", ""] + [f"![sample]({s})" for s in samples] + [""]
+    # Pivotal tuning: the trigger has its own trained vectors in <trigger>.safetensors; every
+    # tool below needs them as well as the LoRA (without them the trigger is an untrained word).
+    emb = embeddings_file_name(config.token) if config.pivotal else None
+    if emb:
+        lines += [f"**Pivotal tuning:** `{config.token}` has {config.pivotal_vectors} trained embedding vectors in "
+                  f"`{emb}`; load them with the LoRA (below).", ""]
     lines += [
         "## Use it", "",
         "### diffusers", "", "```python",
@@ -120,14 +127,21 @@ def model_card(config: TrainConfig, base_model, kohya_name: str, method: str = "
         "from diffusers import StableDiffusionPipeline",
         f"pipe = StableDiffusionPipeline.from_pretrained({base.pretrained_args()})",
         "pipe.load_lora_weights('.', weight_name='pytorch_lora_weights.safetensors')",
+        *([f"pipe.load_textual_inversion({emb!r}, token={config.token!r})  # the trigger's own vectors"]
+          if emb else []),
         f"image = pipe({(trigger + ' on the beach')!r}).images[0]",
         "```", "",
         "### AUTOMATIC1111 / Forge",
         f"Copy `{kohya_name}` into `models/Lora/` and add "
-        f"`<lora:{Path(kohya_name).stem}:1>` to a prompt that contains `{config.token} {config.class_noun}`.", "",
+        f"`<lora:{Path(kohya_name).stem}:1>` to a prompt that contains `{config.token} {config.class_noun}`."
+        + (f" Copy `{emb}` into `embeddings/`: its file name is the trigger word `{config.token}`." if emb else ""),
+        "",
         "### ComfyUI",
         f"Copy `{kohya_name}` into `models/loras/`, add a *LoraLoader* node between the checkpoint "
-        "loader and the sampler, and use the trigger in the prompt.", "",
+        "loader and the sampler, and use the trigger in the prompt."
+        + (f" Copy `{emb}` into `models/embeddings/` and write `embedding:{Path(emb).stem}` where the "
+           "trigger goes." if emb else ""),
+        "",
         "## Training settings", "", "| setting | value |", "|---|---|",
     ]
     lines += [f"| {k} | {_cell(v)} |" for k, v in sorted(settings.items())]
