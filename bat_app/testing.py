@@ -159,3 +159,13 @@ def module_imports(module: str) -> set[str]:
             found.add(base)
             found.update(f"{base}.{alias.name}" for alias in node.names)
     return {name for name in found if name.startswith("bat_app")}
+
+
+def share_shapes_pool(pool_dir: Path, home: Path) -> Path:
+    """Make an already built shapes pool the one ``pool: "shapes"`` finds under the data dir
+    ``home`` (a symlink, so many tests share one rendering); returns the link."""
+    link = Path(home) / "pools" / Path(pool_dir).name
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if not link.exists():
+        link.symlink_to(Path(pool_dir).resolve(), target_is_directory=True)
+    return link

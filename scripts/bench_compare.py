@@ -2,6 +2,7 @@
 
     python scripts/bench_compare.py                          # 5 subjects x 2 seeds x 5 methods
     python scripts/bench_compare.py --subjects dot_star --seeds 0 --steps 200
+    python scripts/bench_compare.py --quick                  # a smoke run (~1 min): writes under --work only
 
 For each subject and seed it runs the compare pipeline (equal steps, seeds and sample counts;
 random/clip/prior get as many items as ALBAT kept), then reports the mean and spread over seeds
@@ -15,23 +16,22 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from bat_app.compare import CompareConfig, pools, run_compare
+from bat_app.compare.report import METRIC_LABELS
+from bat_app.images import IntakeLimits, load_user_images
+from bat_app.models import load_components
+from bat_app.paths import assets_dir
+from bat_app.shapes import SUBJECTS, subject_photos
+from bat_app.train import TrainConfig, train_lora
 
-from bat_app.compare import CompareConfig, run_compare  # noqa: E402
-from bat_app.compare.report import METRIC_LABELS  # noqa: E402
-from bat_app.images import IntakeLimits, load_user_images  # noqa: E402
-from bat_app.models import load_components  # noqa: E402
-from bat_app.paths import assets_dir  # noqa: E402
-from bat_app.shapes import SUBJECTS, subject_photos  # noqa: E402
-from bat_app.train import TrainConfig, train_lora  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 METHODS = ["none", "prior", "random", "clip", "albat"]
 
@@ -86,7 +86,15 @@ def main() -> None:
     parser.add_argument("--num-prompts", type=int, default=None)
     parser.add_argument("--work", type=Path, default=Path("/tmp/bat-bench-compare"))
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md")
+    parser.add_argument("--quick", action="store_true", help="smoke run: one subject, one seed, two methods, "
+                        "a few steps on a 200-item pool; writes into --work (a temporary folder), not docs/")
     args = parser.parse_args()
+    if args.quick:
+        work = Path(tempfile.mkdtemp(prefix="bat-bench-compare-quick-"))
+        args = argparse.Namespace(**{**vars(args), "subjects": SUBJECTS[0].name, "seeds": "0", "methods": "none,random",
+                                     "steps": 4, "m": 4, "k": 32, "draws": 1, "num_prompts": 1, "work": work,
+                                     "out": work / "benchmarks.md"})
+        pools.SHAPES_POOL_SIZE = 200
     methods = args.methods.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
     comps = load_components("shapes")
@@ -136,7 +144,7 @@ def write_report(args, methods, seeds, per_run, curves, costs, steps) -> None:
     for m in all_methods:
         cells = []
         for n in metric_names:
-            vals = [r["methods"][m][n] for r in per_run.values() if n in r["methods"].get(m, {})]
+            vals = [r["methods"][m][n] for r in per_run.values() if r["methods"].get(m, {}).get(n) is not None]
             cells.append(f"{statistics.mean(vals):.3f} ± {statistics.pstdev(vals):.3f}" if vals else "—")
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     lines += ["", "## Per subject (mean over seeds)", ""]
@@ -147,7 +155,7 @@ def write_report(args, methods, seeds, per_run, curves, costs, steps) -> None:
         for m in all_methods:
             cells = []
             for n in metric_names:
-                vals = [r["methods"][m][n] for r in runs if n in r["methods"].get(m, {})]
+                vals = [r["methods"][m][n] for r in runs if r["methods"].get(m, {}).get(n) is not None]
                 cells.append(f"{statistics.mean(vals):.3f}" if vals else "—")
             count = runs[0].get("counts", {}).get(m, "—")
             lines.append(f"| {m} | {count} | " + " | ".join(cells) + " |")

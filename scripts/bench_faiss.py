@@ -3,6 +3,7 @@
     nice -n 10 .venv/bin/python scripts/bench_faiss.py --hnsw               # 100k and 1M, clustered
     nice -n 10 .venv/bin/python scripts/bench_faiss.py --data uniform        # the worst case
     .venv/bin/python scripts/bench_faiss.py --sizes 20000 --queries 50      # a quick look
+    .venv/bin/python scripts/bench_faiss.py --quick                          # a smoke run (seconds)
 
 For each size it writes N x dim float32 unit vectors to a temporary .npy (memory-mapped, as
 in a pool), builds the index ``bat_app.pool`` would choose above FLAT_MAX (ivf, nprobe tuned
@@ -33,9 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bat_app.pool.index import build_index, load_index, recall  # noqa: E402
+from bat_app.pool.index import build_index, load_index, recall
 
 CHUNK = 100_000
 
@@ -169,7 +168,11 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=None, help="faiss OpenMP threads (default: all)")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     ap.add_argument("--tmp", type=Path, default=None, help="where the vectors go (needs N*dim*8 bytes)")
+    ap.add_argument("--quick", action="store_true", help="smoke run: 5,000 vectors of dim 64, k=50, few queries")
     args = ap.parse_args()
+    if args.quick:
+        args = argparse.Namespace(**{**vars(args), "sizes": [5000], "dim": 64, "k": 50, "queries": 10,
+                                     "exact_queries": 5})
 
     import faiss
 

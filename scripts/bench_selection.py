@@ -2,6 +2,7 @@
 
     python scripts/bench_selection.py                    # 5 subjects, 3 shots, pool of 10,000
     python scripts/bench_selection.py --subjects dot_star --m 50 --out docs/selection_benchmark.md
+    python scripts/bench_selection.py --quick           # a smoke run (~1 min): writes under --work only
 
 For each held-out subject (3 of its photos) and each of random / clip / albat, with the same m:
 the fraction of selected items that share >= 1 and >= 2 of the subject's attributes (shape,
@@ -13,23 +14,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
+import tempfile
 import time
 from pathlib import Path
 
+from bat_app.albat import SelectionParams
+from bat_app.albat.run import embedder_for_pool, run_selection
+from bat_app.compare.pools import ensure_shapes_pool
+from bat_app.images import load_user_images
+from bat_app.models import load_components
+from bat_app.paths import assets_dir
+from bat_app.pool import Pool
+from bat_app.shapes import SUBJECTS, parse_caption
+from bat_app.train import TrainConfig, train_lora
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from bat_app.albat import SelectionParams  # noqa: E402
-from bat_app.albat.run import embedder_for_pool, run_selection  # noqa: E402
-from bat_app.compare.pools import ensure_shapes_pool  # noqa: E402
-from bat_app.images import load_user_images  # noqa: E402
-from bat_app.models import load_components  # noqa: E402
-from bat_app.paths import assets_dir  # noqa: E402
-from bat_app.pool import Pool  # noqa: E402
-from bat_app.shapes import SUBJECTS, parse_caption  # noqa: E402
-from bat_app.train import TrainConfig, train_lora  # noqa: E402
-
 COMPARED = ("shape", "colour", "pattern", "size")
 
 
@@ -50,7 +49,13 @@ def main() -> None:
     parser.add_argument("--pool-size", type=int, default=10_000)
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "selection_benchmark.md")
     parser.add_argument("--work", type=Path, default=Path("/tmp/bat-bench-selection"))
+    parser.add_argument("--quick", action="store_true", help="smoke run: one subject, a 200-item pool, small "
+                        "m/K/R and a few steps; writes into a temporary --work, not docs/")
     args = parser.parse_args()
+    if args.quick:
+        work = Path(tempfile.mkdtemp(prefix="bat-bench-selection-quick-"))
+        args = argparse.Namespace(**{**vars(args), "subjects": SUBJECTS[0].name, "steps": 4, "m": 8, "k": 32,
+                                     "draws": 1, "pool_size": 200, "work": work, "out": work / "selection.md"})
 
     pool_dir = ensure_shapes_pool(args.pool_size)
     pool = Pool.open(pool_dir)
@@ -97,7 +102,10 @@ def main() -> None:
               "|---|---:|---:|---:|"]
     for method in ("random", "clip", "albat"):
         rs = [r for r in rows if r["method"] == method]
-        mean = lambda key: sum(r[key] for r in rs) / len(rs)
+
+        def mean(key, rs=rs):
+            return sum(r[key] for r in rs) / len(rs)
+
         lines.append(f"| {method} | {mean('share>=1'):.2f} | {mean('share>=2'):.2f} | {mean('fraction_of_training'):.2f} |")
     lines += ["", "## ALBAT's Delta distribution (over the K candidates)", "",
               "| subject | candidates | Delta > 0 | mean | q10 | q50 | q90 | max | near-duplicates dropped | surrogate steps |",

@@ -3,6 +3,7 @@
     python scripts/bench_trainer.py                         # tiny model, CPU, 200 steps
     python scripts/bench_trainer.py --arch shapes           # the shipped shapes backbone
     python scripts/bench_trainer.py --arch sd15 --device cuda --resolution 512 --batch-size 4
+    python scripts/bench_trainer.py --quick                 # a smoke run (seconds)
 
 The re-encoding loop is what diffusers' SD 1.x DreamBooth-LoRA reference script does each step
 (crop/resize the PIL image, VAE-encode, tokenize and text-encode the prompt, then the UNet
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -24,8 +24,6 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 
 def sd15_architecture(folder: Path) -> Path:
@@ -55,7 +53,7 @@ def sd15_architecture(folder: Path) -> Path:
 
 def model_folder(arch: str, work: Path) -> str:
     if arch == "tiny":
-        from tiny_model import build_tiny_model
+        from bat_app.testing import build_tiny_model
 
         return str(build_tiny_model(work / "tiny"))
     if arch == "sd15":
@@ -70,7 +68,7 @@ def run_variant(variant: str, model: str, args) -> dict:
     from bat_app.images import load_user_images
     from bat_app.models import load_components
     from bat_app.train import TrainConfig, train_lora
-    from conftest import make_subject_images
+    from bat_app.testing import make_subject_images
 
     torch.manual_seed(0)
     comps = load_components(model, device=args.device)
@@ -150,7 +148,10 @@ def main() -> None:
     parser.add_argument("--device", default=None)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--child", nargs=2, metavar=("VARIANT", "MODEL"), help=argparse.SUPPRESS)
+    parser.add_argument("--quick", action="store_true", help="smoke run: the tiny model, 5 steps")
     args = parser.parse_args()
+    if args.quick:
+        args.arch, args.steps = "tiny", 5
     if args.threads:
         import torch
 
@@ -168,8 +169,8 @@ def main() -> None:
         for flag in ("resolution", "device", "threads"):
             if getattr(args, flag) is not None:
                 cmd += [f"--{flag}", str(getattr(args, flag))]
-        out = subprocess.run(cmd, capture_output=True, text=True, env=os.environ | {"PYTHONPATH": str(REPO)})
-        line = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        line = [text for text in out.stdout.splitlines() if text.startswith("RESULT ")]
         if not line:
             sys.exit(f"{variant} failed:\n{out.stderr[-3000:]}")
         rows.append(json.loads(line[0][7:]))

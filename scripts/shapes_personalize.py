@@ -8,13 +8,13 @@ show the subject's trait (and its class). Writes assets/shapes/personalization.j
 
     python scripts/shapes_personalize.py                      # all subjects, defaults
     python scripts/shapes_personalize.py --subjects dot_star --steps 300 --samples 32
+    python scripts/shapes_personalize.py --quick            # a smoke run: writes nothing
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,10 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bat_app.shapes import SUBJECTS, get_subject, load_attribute_classifier, shapes_paths  # noqa: E402
-from bat_app.shapes.targets import generate, load_backbone_pipeline, sampling_defaults  # noqa: E402
+from bat_app.shapes import SUBJECTS, get_subject, load_attribute_classifier, shapes_paths
+from bat_app.shapes.targets import generate, load_backbone_pipeline, sampling_defaults
 
 DEFAULTS = {"steps": 400, "lr": 1e-3, "rank": 8, "batch_size": 2}
 
@@ -89,7 +87,11 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=None, help="default: assets/shapes/personalization.json")
     p.add_argument("--grids", type=Path, default=None, help="folder for sample grids (png)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (1 on a busy machine)")
+    p.add_argument("--quick", action="store_true", help="smoke run: one subject, 5 steps, 2 samples; "
+                   "prints the result and leaves assets/ alone (unless --out is given)")
     args = p.parse_args(argv)
+    if args.quick:
+        args.subjects, args.steps, args.samples, args.batch_size = args.subjects[:1], 5, 2, 1
     torch.set_num_threads(args.threads)
     paths = shapes_paths()
     classifier = load_attribute_classifier(paths.classifier)
@@ -106,8 +108,9 @@ def main(argv=None) -> int:
             results[name] = r
             print(f"{name}: LoRA {r['lora']}  base {r['base']}  ({r['train_seconds']}s)", flush=True)
     summary = summarize(results, train_kwargs, args.images)
-    out = args.out or paths.root / "personalization.json"
-    out.write_text(json.dumps({"summary": summary, "subjects": results}, indent=2) + "\n")
+    out = args.out or (None if args.quick else paths.root / "personalization.json")
+    if out is not None:
+        out.write_text(json.dumps({"summary": summary, "subjects": results}, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
     return 0
 

@@ -14,14 +14,20 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("BAT_TORCH_THREADS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", os.environ["BAT_TORCH_THREADS"])
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from tiny_model import build_tiny_model
+from bat_app.testing import (  # noqa: F401  (make_subject_images: tests import it from here)
+    build_tiny_model,
+    build_tiny_pool,
+    make_subject_images,
+    make_tiny_clip_dir,
+    share_shapes_pool,
+)
 
 DREAMBENCH = Path(__file__).resolve().parents[2] / "shared" / "dreambench"
+# The shapes pool every end-to-end test on the shapes backbone shares (rendered once a session).
+SHAPES_TEST_POOL_SIZE = 1000
 
 
 def pytest_collection_modifyitems(config, items):
@@ -53,21 +59,6 @@ def tiny_vpred_model_dir(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-sd-v", prediction_type="v_prediction")
 
 
-def make_subject_images(folder: Path, n: int = 3, size: int = 64, seed: int = 0) -> Path:
-    """n distinct synthetic photos of one 'subject': a red disc on varied backgrounds."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size]
-    for i in range(n):
-        bg = rng.integers(0, 255, 3)
-        img = np.ones((size, size, 3), np.uint8) * bg.astype(np.uint8)
-        cx, cy = rng.integers(size // 3, 2 * size // 3, 2)
-        disc = (xx - cx) ** 2 + (yy - cy) ** 2 < (size // 4) ** 2
-        img[disc] = (220, 30, 30)
-        Image.fromarray(img).save(folder / f"img{i}.png")
-    return folder
-
-
 @pytest.fixture
 def subject_dir(tmp_path) -> Path:
     return make_subject_images(tmp_path / "subject")
@@ -91,47 +82,6 @@ def images(subject_dir):
 
 # --- a tiny CLIP and a small pool (for selection and compare tests) -------------------------
 
-TINY_CLIP_CONFIG = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 32, "layers": 2, "head_width": 16},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
-}
-
-
-def make_tiny_clip_dir(folder: Path) -> Path:
-    """A random open_clip CLIP (embed 32, 32 px) saved in open_clip's local folder format, so it
-    loads through ``load_embedder(folder)`` like any user-supplied model."""
-    import json
-
-    import open_clip
-    from safetensors.torch import save_file
-
-    torch.manual_seed(0)
-    model = open_clip.CLIP(**TINY_CLIP_CONFIG)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_CLIP_CONFIG, "preprocess_cfg": {}}))
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / "open_clip_model.safetensors")
-    return folder
-
-
-def make_pool_source(folder: Path, n: int = 40, seed: int = 0) -> Path:
-    """n captioned 48 px images: discs and squares in a few colours (folder-pool layout)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    colours = {"red": (220, 30, 30), "blue": (30, 60, 220), "green": (30, 170, 60), "yellow": (240, 220, 40)}
-    yy, xx = np.mgrid[:48, :48]
-    for i in range(n):
-        name = list(colours)[i % 4]
-        shape = "disc" if (i // 4) % 2 == 0 else "square"
-        img = np.full((48, 48, 3), rng.integers(0, 255, 3), np.uint8)
-        cx, cy = rng.integers(16, 32, 2)
-        mask = ((xx - cx) ** 2 + (yy - cy) ** 2 < 144) if shape == "disc" else ((abs(xx - cx) < 11) & (abs(yy - cy) < 11))
-        img[mask] = colours[name]
-        Image.fromarray(img).save(folder / f"{i:03d}.png")
-        (folder / f"{i:03d}.txt").write_text(f"a {name} {shape}")
-    return folder
-
-
 @pytest.fixture(scope="session")
 def tiny_clip_dir(tmp_path_factory) -> Path:
     return make_tiny_clip_dir(tmp_path_factory.mktemp("clip") / "tiny-clip")
@@ -146,8 +96,31 @@ def tiny_embedder(tiny_clip_dir):
 
 @pytest.fixture(scope="session")
 def tiny_pool_dir(tmp_path_factory, tiny_embedder) -> Path:
-    from bat_app.pool import build_pool
+    return build_tiny_pool(tmp_path_factory.mktemp("pool"), tiny_embedder)
 
-    root = tmp_path_factory.mktemp("pool")
-    build_pool(make_pool_source(root / "source"), root / "pool", tiny_embedder, batch_size=16)
-    return root / "pool"
+
+# --- the shapes backbone's own pool (end-to-end tests on the shipped backbone) ----------------
+
+@pytest.fixture(scope="session")
+def shapes_pool_dir(tmp_path_factory) -> Path:
+    """A SHAPES_TEST_POOL_SIZE-item slice of the shapes pretraining data, indexed once per
+    session (~20 s on one CPU thread) and shared by every test that asks for it."""
+    from bat_app.compare import pools
+    from bat_app.paths import assets_dir
+
+    if not (assets_dir() / "shapes" / "backbone" / "model_index.json").is_file():
+        pytest.skip("shapes backbone not built (python -m bat_app shapes build)")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BAT_HOME", str(tmp_path_factory.mktemp("shapes-pool-home")))
+        return pools.ensure_shapes_pool(SHAPES_TEST_POOL_SIZE)
+
+
+@pytest.fixture
+def shapes_pool(shapes_pool_dir, monkeypatch) -> Path:
+    """``pool: "shapes"`` in this test resolves to the session's shared shapes pool."""
+    from bat_app.compare import pools
+    from bat_app.paths import data_dir
+
+    monkeypatch.setattr(pools, "SHAPES_POOL_SIZE", SHAPES_TEST_POOL_SIZE)
+    monkeypatch.setenv("BAT_SHAPES_POOL_SIZE", str(SHAPES_TEST_POOL_SIZE))  # job processes read the env
+    return share_shapes_pool(shapes_pool_dir, data_dir())

@@ -1,7 +1,8 @@
 """The whole user flow on the real shapes backbone: upload -> select -> train -> preview -> download.
 
-Runs in the default suite (the backbone ships in assets/); it uses a 1,000-item slice of the
-backbone's own pretraining data as the pool and short trainings so that it stays quick on CPU.
+Runs in the default suite (the backbone ships in assets/); it uses the session's shared slice of
+the backbone's own pretraining data as the pool (conftest: ``shapes_pool``) and short trainings
+so that it stays quick on CPU.
 """
 
 from __future__ import annotations
@@ -19,11 +20,10 @@ pytestmark = pytest.mark.skipif(not (assets_dir() / "shapes" / "backbone" / "mod
                                 reason="shapes backbone not built (python -m bat_app shapes build)")
 
 
-def test_upload_select_train_preview_download(tmp_path, monkeypatch):
-    from bat_app.compare import CompareConfig, pools, run_compare
+def test_upload_select_train_preview_download(tmp_path, shapes_pool):
+    from bat_app.compare import CompareConfig, run_compare
     from bat_app.models import build_pipeline, load_components
 
-    monkeypatch.setattr(pools, "SHAPES_POOL_SIZE", 1000)
     subject = json.loads((assets_dir() / "subjects" / SUBJECT / "subject.json").read_text())
     photos = sorted((assets_dir() / "subjects" / SUBJECT).glob("*.png"))[:3]
     config = CompareConfig(token="sks", class_noun=subject["class_noun"], model="shapes", pool="shapes",

@@ -6,10 +6,11 @@ request), with a caption that states its attributes and the ground truth alongsi
 
     >>> item = ShapesWorld(seed=0).sample(1)[0]
     >>> item.caption
-    'a red striped star on a teal background'        # (for example)
+    'a photo of a large purple solid cross at the top on a teal background'
     >>> item.attributes["shape"], item.image.size
-    ('star', (32, 32))
-    >>> render({"shape": "heart", "colour": "pink", ...}, resolution=64)
+    ('cross', (32, 32))
+    >>> render({**item.attributes, "shape": "heart", "colour": "pink"}, resolution=64).size
+    (64, 64)
 
 The backbone's pretraining stream (``pretraining=True``, the default) never produces the
 traits of the held-out subjects (``subjects.EXCLUDED_*``): those colour+pattern combinations
