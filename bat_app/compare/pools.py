@@ -22,9 +22,14 @@ def shapes_pool_dir(n: int | None = None) -> Path:
 
 
 def ensure_shapes_pool(n: int | None = None, progress=None) -> Path:
-    """Render the first n pretraining items and index them with the shapes CLIP (once)."""
+    """Render the first n pretraining items and index them with the shapes CLIP (once).
+
+    ``progress`` gets ProgressEvents of stage "pool" ("building the shapes pool: rendering
+    2,500/10,000"), so a first job shows what it waits for instead of sitting at "validate".
+    """
     from ..pool import build_pool, load_embedder
     from ..shapes.pool import write_pool
+    from ..train.progress import ProgressEvent
 
     n = n or SHAPES_POOL_SIZE
     out = shapes_pool_dir(n)
@@ -33,19 +38,27 @@ def ensure_shapes_pool(n: int | None = None, progress=None) -> Path:
     source = out.parent / f".shapes-{n}-images"
     if not (source / "shapes_attributes.jsonl").is_file() or len(list(source.glob("*.png"))) < n:
         shutil.rmtree(source, ignore_errors=True)
-        write_pool(source, n, seed=0, progress=False)
-    build_pool(source, out, load_embedder("shapes"), batch_size=256, progress=progress)
+        write_pool(source, n, seed=0, progress=(lambda done, total: progress(ProgressEvent(
+            "pool", done, 2 * total, message=f"building the shapes pool: rendering {done:,}/{total:,}")))
+            if progress else False)
+
+    def indexed(event) -> None:  # pool.build's BuildEvent -> the second half of the same bar
+        if progress and event.stage == "embed":
+            progress(ProgressEvent("pool", n + event.step, 2 * n,
+                                   message=f"building the shapes pool: indexing {event.step:,}/{n:,}"))
+
+    build_pool(source, out, load_embedder("shapes"), batch_size=256, progress=indexed)
     shutil.rmtree(source, ignore_errors=True)  # the pool keeps its own copy of every image
     return out
 
 
-def resolve_pool(pool: str | None, components) -> Path | None:
+def resolve_pool(pool: str | None, components, progress=None) -> Path | None:
     if pool is None:
         return None
     if pool == "shapes":
         if components.spec.preset != "shapes":
             raise InputError("pool 'shapes' is the shapes backbone's data: use it with model 'shapes'.")
-        return ensure_shapes_pool()
+        return ensure_shapes_pool(progress=progress)
     path = Path(pool).expanduser()
     if not path.is_dir():
         raise InputError(f"Pool folder {path} does not exist. Build one with "

@@ -110,8 +110,10 @@ def validate(run: CompareRun, images, limits: IntakeLimits | None) -> None:
     report = load_user_images(images if isinstance(images, (str, Path)) else [Path(p) for p in images],
                               limits=limits or IntakeLimits(), resolution=run.resolution)
     run.images = report.images
+    # The preset's recipe sets the steps (and k, m) from the number of photos: known now.
+    run.train_config = config.train_config(len(run.images))
     # The embedder is needed even without a pool: it scores every column (CLIP-I/T).
-    run.pool, run.embedder = _pool_and_embedder(config, run.components)
+    run.pool, run.embedder = _pool_and_embedder(config, run.components, run.emit)
     spec = run.components.spec
     run.inputs = {"model": [spec.name, str(spec.source)], "images": [u.sha256 for u in run.images]}
     (run.out / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
@@ -121,7 +123,7 @@ def validate(run: CompareRun, images, limits: IntakeLimits | None) -> None:
 def select(run: CompareRun) -> dict[str, tuple[Selection, str]]:
     """Each method's backbone items: method -> (selection, the key it was made with)."""
     selections: dict[str, tuple[Selection, str]] = {}
-    params = run.config.selection_params()
+    params = run.config.selection_params(len(run.images))
     for method in [m for m in ORDER if m in run.config.methods]:
         t = run.stage("select")
         m_params = params
@@ -229,11 +231,11 @@ def _pool_identity(pool) -> dict | None:
     return {"folder": str(pool.folder), "manifest": stage_key(**pool.manifest)}
 
 
-def _pool_and_embedder(config: CompareConfig, components):
+def _pool_and_embedder(config: CompareConfig, components, emit=None):
     from ..albat.run import open_pool
     from .pools import default_embedder, resolve_pool
 
-    pool_dir = resolve_pool(config.pool, components)
+    pool_dir = resolve_pool(config.pool, components, emit)
     if pool_dir is None:
         if config.needs_pool():
             raise InputError(f"Methods {[m for m in config.methods if m in ('random', 'clip', 'albat')]} "

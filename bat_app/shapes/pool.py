@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable
 
 from bat_app.errors import InputError
 from bat_app.shapes.world import RESOLUTION, ShapesWorld
 
 
 def write_pool(out: Path | str, n: int, seed: int = 0, resolution: int = RESOLUTION,
-               progress: bool = True) -> Path:
+               progress: bool | Callable[[int, int], None] = True) -> Path:
+    """``progress``: a tqdm bar (True), none (False), or ``progress(done, n)`` every 250 items."""
     from tqdm.auto import tqdm
 
     if n < 1:
@@ -28,7 +30,9 @@ def write_pool(out: Path | str, n: int, seed: int = 0, resolution: int = RESOLUT
     world = ShapesWorld(seed, resolution=resolution)
     width = max(6, len(str(n - 1)))
     with open(out / "shapes_attributes.jsonl", "w") as meta:
-        for i in tqdm(range(n), desc="pool", disable=not progress, mininterval=5):
+        for i in tqdm(range(n), desc="pool", disable=progress is not True, mininterval=5):
+            if callable(progress) and i % 250 == 0:
+                progress(i, n)
             item = world.sample(1)[0]
             name = f"{i:0{width}d}"
             item.image.save(out / f"{name}.png")
