@@ -8,15 +8,15 @@ same thing to the training step: a group of examples and a loss weight. Every st
 
 from __future__ import annotations
 
-import hashlib
 import io
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 from PIL import Image
 
 from ..errors import InputError
+from ..images import pixel_digest
 
 
 @dataclass
@@ -38,14 +38,11 @@ class ExampleGroup:
     role: str                     # "instance", "augment" or "prior"
     examples: list[Example]
     weight: float = 1.0
-    extras: dict = field(default_factory=dict)
 
 
 def image_key(image: Image.Image) -> str:
     """Content hash of an image's pixels (mode and size included)."""
-    digest = hashlib.sha256(f"{image.mode}{image.size}".encode())
-    digest.update(image.tobytes())
-    return digest.hexdigest()[:32]
+    return pixel_digest(image)[:32]  # the package's one pixel hash; 32 hex digits keep cache keys as they were
 
 
 def read_caption(image_path: Path) -> str | None:
