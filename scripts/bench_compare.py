@@ -100,7 +100,7 @@ def main() -> None:
     comps = load_components("shapes")
     steps = args.steps or TrainConfig().steps
     train = {"steps": steps, "lr": args.lr, "rank": args.rank, "checkpoint_every": max(1, steps // 8),
-             "keep_checkpoints": 100}
+             "keep_checkpoints": 10}  # every checkpoint (<= 9) feeds the convergence curve
 
     per_run, curves, costs = {}, {}, {}
     for name in args.subjects.split(","):

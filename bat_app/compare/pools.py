@@ -14,11 +14,18 @@ from pathlib import Path
 from ..errors import InputError
 from ..paths import data_dir
 
-SHAPES_POOL_SIZE = int(os.environ.get("BAT_SHAPES_POOL_SIZE", 10_000))
+# Set to override BAT_SHAPES_POOL_SIZE in this process (tests, benchmarks' --quick).
+SHAPES_POOL_SIZE: int | None = None
+
+
+def shapes_pool_size() -> int:
+    """Items in the shapes pool: SHAPES_POOL_SIZE, else BAT_SHAPES_POOL_SIZE (read at call
+    time, so the app and its job processes agree), else 10,000."""
+    return SHAPES_POOL_SIZE or int(os.environ.get("BAT_SHAPES_POOL_SIZE", 10_000))
 
 
 def shapes_pool_dir(n: int | None = None) -> Path:
-    return data_dir() / "pools" / f"shapes-{n or SHAPES_POOL_SIZE}"
+    return data_dir() / "pools" / f"shapes-{n or shapes_pool_size()}"
 
 
 def ensure_shapes_pool(n: int | None = None, progress=None) -> Path:
@@ -31,7 +38,7 @@ def ensure_shapes_pool(n: int | None = None, progress=None) -> Path:
     from ..shapes.pool import write_pool
     from ..train.progress import ProgressEvent
 
-    n = n or SHAPES_POOL_SIZE
+    n = n or shapes_pool_size()
     out = shapes_pool_dir(n)
     if (out / "manifest.json").is_file():
         return out
