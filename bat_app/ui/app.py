@@ -15,6 +15,7 @@ needs the job id; what is public and what is not: docs/security.md.
 from __future__ import annotations
 
 import functools
+import logging
 
 import gradio as gr
 
@@ -30,6 +31,7 @@ TICK_S = 1.0
 ADVANCED = ("steps", "rank", "lr", "resolution", "seed", "k", "m", "aug_weight")
 # System fonts only: the app must render offline (no Google Fonts request).
 THEME = gr.themes.Soft(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
+log = logging.getLogger(__name__)
 CSS = "#uploads {min-height: 220px} .bat-note {font-size: 0.9em; opacity: 0.85}"
 
 
@@ -272,14 +274,22 @@ def build_app(settings: AppSettings | None = None) -> gr.Blocks:
         finished.change(on_results, finished, results_out, api_visibility="private").success(
             on_methods, finished, [hub_method, try_method, prompt], api_visibility="private")
 
-        @guarded
         def on_push(job, method, repo, token_value, private):
-            url = tryit.push_job_to_hub(settings, job, method, repo, token_value, private)
-            return f"Pushed: [{url}]({url})"
+            # Not `guarded`: a raised error would leave the token in its box. Every outcome
+            # returns, and empties it (Gradio runs no .then after a failed event).
+            try:
+                url = tryit.push_job_to_hub(settings, job, method, repo, token_value, private)
+            except BatError as exc:
+                gr.Warning(public_message(exc))
+                return f"**Push failed:** {public_message(exc)}", ""
+            except Exception:  # a bug or the network: the log has it; the page must not keep the token
+                log.exception("push to the Hub failed")
+                gr.Warning("The push failed unexpectedly; the server log has the details.")
+                return "**Push failed** unexpectedly; the server log has the details.", ""
+            return f"Pushed: [{url}]({url})", ""
 
-        # .then runs after a failed push too: the token never stays in the page
-        push.click(on_push, [job_id, hub_method, hub_repo, hub_token, hub_private], pushed,
-                   api_visibility="private").then(lambda: "", None, hub_token, api_visibility="private")
+        push.click(on_push, [job_id, hub_method, hub_repo, hub_token, hub_private], [pushed, hub_token],
+                   api_visibility="private")
 
         # --- Try it -----------------------------------------------------------------------
         @guarded
