@@ -42,7 +42,8 @@ def test_upload_select_train_preview_download(tmp_path, shapes_pool):
     # download: the zip holds both LoRA files and the card; the diffusers file loads and changes samples
     with zipfile.ZipFile(out / result.outputs["albat:zip"]) as z:
         names = set(z.namelist())
-    assert {"pytorch_lora_weights.safetensors", "README.md"} <= names
+    # the shapes recipe trains with pivotal tuning: the trigger's vectors ship beside the LoRA
+    assert {"pytorch_lora_weights.safetensors", "README.md", "sks.safetensors"} <= names
     assert any(n.endswith("_kohya.safetensors") for n in names)
     comps = load_components("shapes")
     pipe = build_pipeline(comps)
@@ -50,4 +51,9 @@ def test_upload_select_train_preview_download(tmp_path, shapes_pool):
                        generator=__import__("torch").Generator().manual_seed(0)).images[0]
     base = run()
     pipe.load_lora_weights(str(out / "methods/albat/lora"), weight_name="pytorch_lora_weights.safetensors")
-    assert np.abs(run() - base).mean() > 1e-3
+    lora_only = run()
+    assert np.abs(lora_only - base).mean() > 1e-3
+    pipe.load_textual_inversion(str(out / "methods/albat/lora/sks.safetensors"), token="sks")
+    assert np.abs(run() - lora_only).mean() > 1e-3  # the trained trigger vectors change the samples
+    pipe.unload_textual_inversion()
+    pipe.unload_lora_weights()

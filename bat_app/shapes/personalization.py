@@ -64,37 +64,50 @@ def sample_rows(components, prompts: list[str], samples: int, lora_dir=None) -> 
     return sample_images(components, prompts, list(range(samples)), lora_dir, batch_size=32)
 
 
+def subject_photos_used(name: str, n_images: int) -> list[dict]:
+    """The first ``n_images`` example uploads of subject ``name``: file, position, background."""
+    import json
+
+    meta = json.loads((shapes_paths().subjects / name / "subject.json").read_text())
+    return meta["photos"][:n_images]
+
+
 def measure_subject(name: str, config, n_images: int = 3, samples: int = 16, work: Path | None = None,
                     components=None, classifier=None) -> dict:
     """Train one LoRA for subject ``name`` and measure it against the base model (see module doc)."""
-    import json
     import tempfile
 
     from bat_app.images import load_user_images
     from bat_app.models import load_components
-    from bat_app.shapes import load_attribute_classifier
     from bat_app.train import train_lora
 
-    subject = get_subject(name)
-    folder = shapes_paths().subjects / name
-    meta = json.loads((folder / "subject.json").read_text())
-    photos = meta["photos"][:n_images]
     components = components or load_components("shapes")
-    classifier = classifier or load_attribute_classifier()
+    photos = subject_photos_used(name, n_images)
+    folder = shapes_paths().subjects / name
     report = load_user_images([folder / p["file"] for p in photos], resolution=components.spec.resolution)
     work = Path(work or tempfile.mkdtemp(prefix="bat-personalize-"))
     t0 = time.perf_counter()
     result = train_lora(components, report.images, config, work / name)
-    train_s = time.perf_counter() - t0
-    lora_dir = result.out_dir
+    row = measure_lora(name, result.out_dir, n_images, samples, config.token, components, classifier)
+    row.update(train_seconds=round(time.perf_counter() - t0, 1), steps=config.steps)
+    return row
 
-    token = config.token
+
+def measure_lora(name: str, lora_dir: Path, n_images: int = 3, samples: int = 16, token: str = "sks",
+                 components=None, classifier=None) -> dict:
+    """Sample a trained LoRA folder (and the base model) and judge the samples (see module doc)."""
+    from bat_app.models import load_components
+    from bat_app.shapes import load_attribute_classifier
+
+    subject = get_subject(name)
+    photos = subject_photos_used(name, n_images)
+    components = components or load_components("shapes")
+    classifier = classifier or load_attribute_classifier()
     subject_prompt = f"a photo of {token} {subject.class_noun}"
     class_prompt = f"a photo of {subject.class_noun}"
     recontext = recontext_prompts(subject, [p["background"] for p in photos], token)
     prompts = [subject_prompt, class_prompt] + [p for p, _ in recontext]
-    row = {"subject": name, "trait_wanted": subject.trait, "photos": n_images, "samples": samples,
-           "train_seconds": round(train_s, 1), "steps": config.steps}
+    row = {"subject": name, "trait_wanted": subject.trait, "photos": n_images, "samples": samples}
     grids = {}
     for label, lora in (("base", None), ("lora", lora_dir)):
         key = (id(components), tuple(prompts), samples)
