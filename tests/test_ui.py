@@ -168,6 +168,53 @@ def test_start_job_queues_and_refuses_bad_input(settings, tmp_path):
     assert row[:4] == [job["job_id"], "cancelled", "cancelled", "none"]
 
 
+def test_photo_limits_tell_web_users_no_operator_setting(settings, tmp_path, monkeypatch):
+    import numpy as np
+
+    from bat_app.ui.public import public_message
+
+    monkeypatch.setenv("BAT_LIMIT_PHOTO_MB", "1")
+    big = tmp_path / "big.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (800, 800, 3), dtype=np.uint8)).save(big)
+    assert big.stat().st_size > 1024 * 1024
+    lines = handlers.check_uploads(example_paths(settings, 3) + [str(big)])
+    assert any(line.startswith("big.png: file is") and "the limit is 1.0 MB" in line for line in lines), lines
+    with pytest.raises(ImageError) as info:
+        handlers.start_job(settings, example_paths(settings, 3) + [str(big)], class_noun="disc", methods=["none"])
+    shown = public_message(info.value)
+    assert "big.png" in shown and "the limit is 1.0 MB" in shown
+    for hint in ("max_file_bytes", "max_pixels", "--max-images", "BAT_", str(tmp_path)):
+        assert hint not in shown and not any(hint in line for line in lines), hint
+
+
+def test_public_messages():
+    from bat_app.limits import LimitError
+    from bat_app.ui.public import client_id, public_job_text, scrub
+
+    assert scrub("No job in /data/bat/jobs; see /tmp/x/log.txt, step 3/40, https://hf.co/a/b") == \
+        "No job in jobs; see log.txt, step 3/40, https://hf.co/a/b"
+    assert scrub("Got 12 images; at most 10 are used. Remove 2 images or raise the limit (--max-images).") == \
+        "Got 12 images; at most 10 are used. Remove 2 images."
+    assert scrub("token hf_abcdefghijklmnop rejected") == "token hf_*** rejected"
+    assert public_job_text("The job process was killed in stage 'train'. Inputs and checkpoints are kept. "
+                           "Last lines of log.txt:\nTraceback ...\n  File \"/srv/x.py\"") == \
+        "The job process was killed in stage 'train'. Inputs and checkpoints are kept."
+    error = LimitError("steps must be between 1 and 5,000, got 9,000: lower it to 5,000 or less.", "BAT_LIMIT_STEPS")
+    assert str(error).endswith("or less (operator setting BAT_LIMIT_STEPS).") and "BAT_" not in scrub(str(error))
+
+    class Request:  # what gr.Request offers
+        def __init__(self, username=None, host=None, forwarded=None, session_hash="s1"):
+            self.username, self.session_hash = username, session_hash
+            self.client = type("C", (), {"host": host})() if host else None
+            self.headers = {"x-forwarded-for": forwarded} if forwarded else {}
+
+    assert client_id(Request(username="ann", host="1.2.3.4")) == "user:ann"
+    assert client_id(Request(host="1.2.3.4", forwarded="6.6.6.6")) == "ip:1.2.3.4"  # no proxy: the socket
+    # behind one proxy: the entry that proxy appended, never what the client wrote before it
+    assert client_id(Request(host="10.0.0.1", forwarded="6.6.6.6, 5.5.5.5"), proxy_hops=1) == "ip:5.5.5.5"
+    assert client_id(Request()) == "session:s1" and client_id(None) is None
+
+
 def test_examples(settings):
     (ex,) = handlers.list_examples(settings.subjects_dir)
     assert ex.name == "red_disc" and ex.class_noun == "disc" and len(ex.images) == 4

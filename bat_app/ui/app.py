@@ -353,10 +353,13 @@ def launch_options(settings: AppSettings) -> dict:
     and log, pools) is blocked outright, so no path trick (``..``, encoding, symlinks) reaches
     it; where the Gradio cache was put inside the data dir, its jobs and pools folders are.
     Gradio's run history is off: it would keep every call's inputs, the Hub token among them.
+    Uploads larger than a photo may be (BAT_LIMIT_PHOTO_MB) are refused by Gradio itself.
     """
     from .served import cache_root
 
     data = settings.jobs.data_dir.resolve()
     blocked = [data] if data not in cache_root().resolve().parents else [settings.jobs.jobs_dir, data / "pools"]
+    # Gradio refuses bigger uploads before they reach the disk; the intake checks again per photo.
+    max_upload = Limits.from_env().photo_mb * 1024 * 1024
     return {"theme": THEME, "css": CSS, "blocked_paths": [str(p) for p in blocked], "footer_links": ["api"],
-            "run_history": False}
+            "run_history": False, "max_file_size": max_upload}
