@@ -195,6 +195,8 @@ FIELDS = {
     "alpha": ("LoRA alpha", 0, "alpha", False, True),
     "lr": ("learning rate", 0, "lr", False, True),
     "text_encoder_lr": ("text encoder learning rate", 0, "lr", False, True),
+    "embedding_lr": ("trigger embedding learning rate", 0, 1.0, False, True),  # pivotal tuning (~1e-3)
+    "pivotal_vectors": ("pivotal_vectors", 1, 16, True, False),  # each takes one of CLIP's 77 token slots
     "batch_size": ("batch size", 1, "batch_size", True, False),
     "seed": ("seed", 0, SEED_MAX, True, False),
     "aug_weight": ("lambda (backbone loss weight)", 0, "weight", False, False),

@@ -277,6 +277,17 @@ def test_bounds_hold_for_the_cli_and_the_job_json(app, tmp_path):
     config.write_text(json.dumps({"class_noun": "star", "model": "shapes", "train": {"rank": 100_000}}))
     with pytest.raises(LimitError, match="LoRA rank must be between 1 and 128"):
         CompareConfig.from_file(config)
+    for train, message in (({"pivotal_vectors": 100}, "pivotal_vectors must be between 1 and 16"),
+                           ({"batch_size": 64}, "batch size must be between 1 and 8"),
+                           ({"alpha": 1e9}, "LoRA alpha must be more than 0 and at most 1,024"),
+                           ({"instance_prompt": "a sks star " * 100}, "instance_prompt is 1,100 characters long"),
+                           ({"target_modules": ["to_q/../x"]}, "target_modules entry 'to_q/../x' is not allowed")):
+        config.write_text(json.dumps({"class_noun": "star", "model": "shapes", "train": train}))
+        with pytest.raises(LimitError, match=message):
+            CompareConfig.from_file(config)
+    config.write_text(json.dumps({"class_noun": "star", "model": "shapes", "seeds": list(range(20))}))
+    with pytest.raises(LimitError, match="seeds lists 20 preview seeds; the limit is 4"):
+        CompareConfig.from_file(config)
 
 
 # --- fairness --------------------------------------------------------------------------------
