@@ -1,4 +1,6 @@
-"""One test suite run against every vector index type (flat, ivf, hnsw) on synthetic vectors."""
+"""One test suite run against every vector index type (flat, ivf, hnsw, and faiss: an index
+built elsewhere, here an IVF + 8-bit scalar quantizer as autofaiss might, then adopted) on
+synthetic vectors."""
 
 from __future__ import annotations
 
@@ -39,6 +41,18 @@ def exact(vectors, queries, k):
 def index(request, vectors, tmp_path_factory):
     """Each index type, built into a folder and reopened from it as a pool does (mmap)."""
     folder = tmp_path_factory.mktemp(request.param)
+    if request.param == "faiss":
+        import faiss
+
+        from bat_app.pool.index import AdoptedIndex
+
+        made = faiss.index_factory(DIM, "IVF32,SQ8", faiss.METRIC_INNER_PRODUCT)
+        made.train(vectors)
+        made.add(vectors)
+        faiss.write_index(made, str(folder / "made-elsewhere.index"))
+        built = AdoptedIndex.adopt(folder / "made-elsewhere.index", folder, vectors,
+                                   {"identity": None}, tune_k=K)
+        return load_index("faiss", folder, vectors, built.params)
     params = {} if request.param == "flat" else {"tune_k": K}
     built = build_index(request.param, vectors, folder, **params)
     return load_index(request.param, folder, vectors, built.params)
@@ -92,7 +106,18 @@ def test_parameters_are_recorded(index):
     else:
         assert index.params["tuned_recall"] >= index.params["target_recall"] == 0.95
         assert index.params["tune_k"] == K
-        assert {"ivf": "nprobe", "hnsw": "ef_search"}[index.kind] in index.params
+        assert {"ivf": "nprobe", "hnsw": "ef_search", "faiss": "nprobe"}[index.kind] in index.params
+
+
+def test_blocked_ids_are_never_returned(index, vectors, queries):
+    blocked = np.zeros(N, bool)
+    blocked[np.random.default_rng(3).choice(N, 300, replace=False)] = True
+    _, ids = index.search(queries, K, blocked=blocked)
+    # an approximate index may fill fewer than K from the lists it probes (ids -1 there)
+    assert not blocked[ids[ids >= 0]].any() and (ids >= 0).mean() > 0.9
+    allowed = np.flatnonzero(~blocked)
+    truth = allowed[np.argsort(-(queries @ vectors[allowed].T), axis=1)[:, :K]]
+    assert recall(ids, truth) == 1.0 if index.exact else recall(ids, truth) >= 0.9
 
 
 def test_choice_by_size_and_unknown_types():

@@ -55,7 +55,8 @@ ProgressCallback = Callable[[BuildEvent], None]
 def build_pool(source: Source | Path | str, out: Path | str, embedder: Embedder | str,
                batch_size: int = 64, progress: ProgressCallback | None = None, *,
                index: str = "auto", flat_max: int = FLAT_MAX, index_params: dict | None = None,
-               copy_images: bool = True, safety: SafetyConfig | None = None) -> Pool:
+               copy_images: bool = True, safety: SafetyConfig | None = None,
+               index_file: Path | str | None = None) -> Pool:
     """Build (or resume, or just open) the pool in ``out`` from ``source``.
 
     Args:
@@ -70,6 +71,10 @@ def build_pool(source: Source | Path | str, out: Path | str, embedder: Embedder 
         index_params: passed to the index build (e.g. ``{"nlist": 1024, "nprobe": 32}``).
         copy_images: store image bytes in the pool (default), so it works after the source
             is gone; False keeps paths to images that are local files.
+        index_file: a faiss index built by autofaiss over the source's embeddings
+            (clip-retrieval output), adopted as the pool's index instead of building one.
+            With ``index="auto"`` one found in the clip-retrieval folder (image.index,
+            knn.index) is adopted without being named.
         safety: which content checks score the items (default: unsafe and watermark, from
             the source's columns, else zero-shot CLIP for web-trained models); see
             :mod:`bat_app.pool.safety`.
@@ -77,6 +82,7 @@ def build_pool(source: Source | Path | str, out: Path | str, embedder: Embedder 
     src = source if isinstance(source, Source) else open_source(source)
     model_id, dim = _model_of(embedder, src)
     safety = safety or SafetyConfig()
+    adopt = _index_to_adopt(src, index, index_file)  # checked before any embedding is done
     if not isinstance(batch_size, int) or batch_size < 1:
         raise PoolError(f"batch_size must be a positive integer, got {batch_size!r}.")
     if index != "auto" and index not in INDEX_TYPES:
@@ -99,7 +105,8 @@ def build_pool(source: Source | Path | str, out: Path | str, embedder: Embedder 
     finally:
         writer.close()
     checks = finalize_safety(out, safety, embedder, model_id, state.get("safety_from_column", {}))
-    built = _index(out, state, index, flat_max, index_params, progress)
+    built = (_adopt(out, src, Path(adopt), progress, state) if adopt is not None
+             else _index(out, state, index, flat_max, index_params, progress))
     state["seconds"] += time.perf_counter() - started
     store.write_json(out / store.MANIFEST, _manifest(state, src, built) | {"safety": checks})
     (out / store.STATE).unlink()
@@ -152,6 +159,34 @@ def _index(out: Path, state: dict, index: str, flat_max: int, index_params: dict
     if built.kind == "flat":
         (out / INDEX_FILE).unlink(missing_ok=True)  # from this or an earlier attempt
     return built
+
+
+def _index_to_adopt(src: Source, index: str, index_file) -> Path | None:
+    if index_file is not None:
+        if not src.has_embeddings:
+            raise PoolError(f"--index-file adopts an index built over a source's own embeddings "
+                            f"(clip-retrieval output); {src.path} is a {src.kind} source, which is "
+                            "embedded here, so its index is built here too.")
+        if not Path(index_file).is_file():
+            raise PoolError(f"Index file {index_file} does not exist.")
+        return Path(index_file)
+    finder = getattr(src, "index_file", None)
+    return finder() if index == "auto" and finder is not None else None
+
+
+def _adopt(out: Path, src: Source, path: Path, progress, state: dict):
+    from bat_app.pool.index import AdoptedIndex
+    from bat_app.pool.sources.clip_retrieval import index_param_near
+
+    _emit(progress, BuildEvent("index", 0, 1, state["items"], state["skipped"], f"adopting {path}"))
+    table = store.ItemTable(out)
+    try:  # the items' source keys place them among the index's labels
+        keys = [table.get(i)["source"] for i in range(state["items"])]
+    finally:
+        table.close()
+    vectors = np.load(out / store.EMBEDDINGS, mmap_mode="r")
+    return AdoptedIndex.adopt(path, out, vectors, src.label_orders(keys), index_param_near(path),
+                              {"adopted_index_bytes": path.stat().st_size})
 
 
 def _prepare(batch: list[Record], src: Source, embedder, dim: int, copy_images: bool):

@@ -45,6 +45,9 @@ def register(subparsers) -> None:
     b.add_argument("--batch-size", type=int, default=64, help="images per model call (default 64)")
     b.add_argument("--index", choices=("auto", "flat", "ivf", "hnsw"), default="auto",
                    help="default auto: exact (flat) up to --flat-max items, else ivf")
+    b.add_argument("--index-file", default=None, metavar="FAISS_INDEX",
+                   help="clip-retrieval output: adopt this autofaiss index as is (default: "
+                        "image.index / knn.index found in SOURCE, with --index auto)")
     b.add_argument("--flat-max", type=int, default=None, help="largest pool indexed exactly (default 50000)")
     b.add_argument("--source-kind", choices=("folder", "webdataset", "parquet", "clip-retrieval", "hub"),
                    default=None, help="default: detected from the layout")
@@ -121,7 +124,8 @@ def run_build(args: argparse.Namespace) -> int:
     try:
         pool = build_pool(source, args.out, embedder, batch_size=args.batch_size, progress=bar,
                           index=args.index, flat_max=args.flat_max or FLAT_MAX,
-                          copy_images=not args.no_copy_images, safety=safety)
+                          copy_images=not args.no_copy_images, safety=safety,
+                          index_file=args.index_file)
     finally:
         bar.close()
     print(pool.describe())

@@ -87,18 +87,16 @@ def clip_check_runs(config: SafetyConfig, model_id: str, embedder) -> tuple[bool
     """Whether the zero-shot check runs for this model, and why (recorded in the manifest)."""
     if config.clip == "off":
         return False, "off (--clip-safety off)"
-    if embedder is None or isinstance(embedder, str):
-        return False, ("not run: the embeddings were adopted without loading the model's text "
-                       "tower (install its weights and rebuild, or rely on source columns)")
-    if config.clip == "on":
-        return True, "on (forced)"
     web = model_id.startswith("open_clip:hf-hub:") or (
         model_id.startswith("open_clip:") and not model_id.startswith("open_clip:local-dir:")
         and "/file:" not in model_id and not model_id.endswith("/random"))
-    if web:
-        return True, "on (web-trained CLIP)"
-    return False, (f"not run: {model_id} is not a known web-trained CLIP, so a zero-shot check "
-                   "would flag at random (force it with --clip-safety on)")
+    if config.clip == "auto" and not web:
+        return False, (f"not run: {model_id} is not a known web-trained CLIP, so a zero-shot "
+                       "check would flag at random (force it with --clip-safety on)")
+    if embedder is None or isinstance(embedder, str):
+        return False, ("not run: the embeddings were adopted without loading the model's text "
+                       "tower (install its weights and rebuild, or rely on source columns)")
+    return True, "on (forced)" if config.clip == "on" else "on (web-trained CLIP)"
 
 
 def zero_shot_scores(embedder, vectors: np.ndarray, flag: str) -> np.ndarray:

@@ -23,6 +23,9 @@ from bat_app.pool.sources import _parquet_io
 from bat_app.pool.sources.base import Record, Source
 
 CAPTION_COLUMNS = ("caption", "text", "TEXT")
+# Where clip-retrieval's `index` step (autofaiss) leaves its index, relative to the output.
+INDEX_FILES = ("image.index", "knn.index", "index/image.index", "index/knn.index",
+               "indices/image.index", "indices/knn.index")
 
 
 def is_clip_retrieval_output(path: Path) -> bool:
@@ -89,6 +92,49 @@ class ClipRetrievalSource(Source):
                 yield _record(f"{meta.name}#{i}", row, self.caption_column,
                               np.asarray(vectors[i], dtype=np.float32))
             first += n
+
+
+    # --- an index built by autofaiss over these embeddings ---------------------------------
+
+    def index_file(self) -> Path | None:
+        """autofaiss' index next to the output (clip-retrieval's `index` step), if any."""
+        return next((self.path / f for f in INDEX_FILES if (self.path / f).is_file()), None)
+
+    def label_orders(self, keys: list[str]) -> dict[str, np.ndarray | None]:
+        """Candidate index label -> pool id maps, for pool items with these source keys
+        ("metadata_N.parquet#i"): files in numeric order (this source's) and in name order
+        (a plain sorted file listing: img_emb_10 before img_emb_2). None: identity."""
+        sizes = {meta.name: a.shape[0] for (_, meta), a in zip(self._pairs, self._arrays)}
+        orders = {"numeric": [m.name for _, m in self._pairs],
+                  "lexicographic": sorted(m.name for _, m in self._pairs)}
+        out = {}
+        for name, files in orders.items():
+            offsets, total = {}, 0
+            for f in files:
+                offsets[f], total = total, total + sizes[f]
+            labels = np.full(total, -1, np.int64)
+            for pool_id, key in enumerate(keys):
+                meta, row = key.rsplit("#", 1)
+                labels[offsets[meta] + int(row)] = pool_id
+            identity = total == len(keys) and bool((labels == np.arange(total)).all())
+            if not any(identity and v is None for v in out.values()):
+                out[name] = None if identity else labels
+        return out
+
+
+def index_param_near(index: Path) -> str | None:
+    """autofaiss' tuned search parameters ("nprobe=16,efSearch=32,ht=2048"), from the
+    ``*infos*.json`` it writes beside the index; None when there is none."""
+    import json
+
+    for infos in sorted(index.parent.glob("*infos*.json")):
+        try:
+            value = json.loads(infos.read_text()).get("index_param")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(value, str) and value:
+            return value
+    return None
 
 
 def _record(key: str, row: dict, caption_column: str, vector: np.ndarray) -> Record:
