@@ -358,3 +358,16 @@ def test_the_page_names_no_server_folder(app, tiny_model_dir, tiny_pool_dir):
     dropdowns = {c["props"].get("label"): c["props"] for c in config["components"] if c.get("type") == "dropdown"}
     assert [v for v, _ in dropdowns["Model preset"]["choices"]] == ["tiny-sd", "sd15", "shapes"]
     assert dropdowns["Backbone pool"]["value"] == tiny_pool_dir.name
+
+
+def test_try_it_is_bounded_and_needs_a_finished_job(app):
+    from gradio_client.exceptions import AppError
+
+    job_id = library_job(app, status="done")
+    c = client(app, "10.3.0.1")
+    with pytest.raises(AppError, match="The prompt is 1,000 characters long; the limit is 300: shorten it."):
+        c.predict(job_id, "none", "p" * 1000, 0, api_name="/try")
+    with pytest.raises(AppError, match="seed must be between 0 and 4,294,967,295, got -5: raise it to 0."):
+        c.predict(job_id, "none", "a sks disc", -5, api_name="/try")
+    with pytest.raises(AppError, match="No job 0000"):
+        c.predict("0" * 32, "none", "a sks disc", 0, api_name="/try")

@@ -295,7 +295,7 @@ def build_app(settings: AppSettings | None = None) -> gr.Blocks:
         @guarded
         def on_generate(job, method, text, seed_value):
             check_text("The prompt", text or "", limits.prompt_chars, env_name("prompt_chars"))
-            check_range("seed", int(seed_value or 0), 0, SEED_MAX)
+            check_range("seed", 0 if seed_value is None else seed_value, 0, SEED_MAX)
             return tryit.try_prompt(settings, job, method, text, seed_value)
 
         generate.click(on_generate, [job_id, try_method, prompt, try_seed], [base_image, lora_image],
