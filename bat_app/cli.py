@@ -107,7 +107,9 @@ def _add_selection_args(p, required: bool) -> None:
                    help="how backbone items are chosen (default: %(default)s)")
     g.add_argument("--m", type=int, default=None, help="items to select (default: the preset's recipe)")
     g.add_argument("--k", type=int, default=None, help="ALBAT retrieval prefilter size (default: the recipe's)")
-    g.add_argument("--draws", type=int, default=8, help="ALBAT (t, noise) draws per candidate (default 8)")
+    g.add_argument("--draws", type=int, default=None, help="ALBAT (t, noise) draws shared by all candidates (default 16)")
+    g.add_argument("--score-seed", type=int, default=None,
+                   help="ALBAT seed of the scoring draws, apart from the training seed (default 0)")
     g.add_argument("--surrogate-steps", type=int, default=None,
                    help="ALBAT surrogate steps (default: 25%% of --steps)")
     g.add_argument("--aug-weight", type=float, default=None, help="lambda: loss weight of backbone items (default 1)")
@@ -118,8 +120,9 @@ def _selection_params(args, n_images: int | None = None):
     from .models.recipe import recipe_for
 
     recipe = recipe_for(args.model).selection_settings(n_images)
-    return SelectionParams(m=args.m or recipe["m"], k=args.k or recipe["k"], draws=args.draws,
-                           surrogate_steps=args.surrogate_steps, seed=args.seed or 0)
+    optional = {k: v for k, v in (("draws", args.draws), ("score_seed", args.score_seed)) if v is not None}
+    return SelectionParams(m=args.m or recipe["m"], k=args.k or recipe["k"], surrogate_steps=args.surrogate_steps,
+                           seed=args.seed or 0, **optional)
 
 
 def train_config_from_args(args, n_images: int | None = None):

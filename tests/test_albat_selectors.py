@@ -219,3 +219,22 @@ def test_select_then_train_end_to_end(comps, images, tiny_pool_dir, tiny_embedde
     log = json.loads(result.files["log"].read_text())
     assert log["augmentation_examples"] == len(sel) > 0
     assert result.files["diffusers"].is_file()
+
+
+def test_score_seed_from_the_cli_and_the_compare_config():
+    from bat_app.cli import _selection_params, build_parser
+    from bat_app.compare import CompareConfig
+
+    args = build_parser().parse_args(["select", "--images", "photos", "--pool", "p", "--out", "o", "--model", "shapes",
+                                      "--score-seed", "5", "--seed", "2"])
+    params = _selection_params(args)
+    assert params.score_seed == 5 and params.seed == 2 and params.draws == SelectionParams().draws
+    plain = build_parser().parse_args(["select", "--images", "photos", "--pool", "p", "--out", "o", "--model", "shapes"])
+    assert _selection_params(plain).score_seed == 0
+    config = CompareConfig(class_noun="star", model="shapes", score_seed=3, train={"seed": 1})
+    assert config.selection_params().score_seed == 3 and config.selection_params().seed == 1
+    assert CompareConfig.from_dict({**config.to_dict()}).selection_params().score_seed == 3
+    with pytest.raises(InputError, match="score_seed"):
+        CompareConfig(class_noun="star", model="shapes", score_seed=3, selection={"score_seed": 4})
+    with pytest.raises(InputError, match="score_seed"):
+        CompareConfig(class_noun="star", model="shapes", score_seed=-1)

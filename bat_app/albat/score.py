@@ -15,10 +15,12 @@ off) unless another adapter is given; identical adapters give d = 0 exactly.
 
 Scores (SelectionParams.score):
 
-- ``loss_reduction`` (default): Delta(x) = mean_r d_r(x) / s_r with ``standardise`` on, where
-  s_r is the spread of d_r across the candidates. Without it, the high-loss strata (whose
-  differences are largest in absolute terms) would decide the ranking alone; dividing keeps the
-  sign of each d_r, so "Delta > 0" still means "the surrogate lowers x's loss".
+- ``loss_reduction`` (default): Delta(x) = mean_r d_r(x). With ``standardise`` each stratum's
+  d_r is divided by its spread s_r across the candidates first, so that the strata whose
+  differences are largest in absolute terms do not decide the ranking alone (the sign of each
+  d_r is kept, so "Delta > 0" still means "the surrogate lowers x's loss"). Measured on the
+  shapes pool it made the ranking no more stable across score seeds (less on one subject),
+  so it is off by default (docs/albat.md).
 - ``prompt_specific``: the same on d_r(x, c) - d_r(x, ""), i.e. with the part of the loss
   reduction that the empty caption gets too (a prompt-independent shift the surrogate learned,
   e.g. towards the subject photos' colours) removed. Twice the forward passes.

@@ -31,6 +31,7 @@ class CompareConfig:
     methods: list[str] = field(default_factory=lambda: ["none", "albat"])
     train: dict = field(default_factory=dict)       # TrainConfig settings (token/class_noun come from above)
     selection: dict = field(default_factory=dict)   # SelectionParams settings
+    score_seed: int | None = None      # ALBAT's scoring draws, apart from the training seed (None: 0)
     prompt_set: str | None = None      # preview prompt set (default: chosen from the model/class)
     seeds: list[int] = field(default_factory=lambda: [0, 1])  # preview seeds, same for every column
     num_prompts: int | None = None     # use only the first N prompts of the set (quick runs)
@@ -68,8 +69,11 @@ class CompareConfig:
         for key in self.selection:
             if key not in known:
                 raise InputError(f"Unknown selection setting {key!r}. Known: {', '.join(sorted(known))}.")
+        if self.score_seed is not None and self.selection.get("score_seed", self.score_seed) != self.score_seed:
+            raise InputError(f"`score_seed` is {self.score_seed} but `selection.score_seed` is {self.selection['score_seed']}.")
+        own = {"score_seed": self.score_seed} if self.score_seed is not None else {}
         return SelectionParams(**{"seed": self.train_config().seed, **recipe_for(self.preset).selection_settings(n_images),
-                                  **self.selection})
+                                  **own, **self.selection})
 
     @property
     def preset(self) -> str:

@@ -1,0 +1,88 @@
+"""The pre-registered ALBAT experiment harness (scripts/bench_albat.py) in its --quick mode, and
+the statistics it reports with (fixed-draw loss, paired bootstrap, area over checkpoints)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bat_app.albat.evaluation import FixedDrawLoss, area_over_steps, paired_bootstrap
+from bat_app.paths import assets_dir
+
+REPO = Path(__file__).resolve().parents[1]
+HAVE_SHAPES = (assets_dir() / "shapes" / "backbone" / "model_index.json").is_file()
+
+
+def test_paired_bootstrap_covers_the_mean_and_excludes_zero_only_for_a_clear_shift():
+    rng = np.random.default_rng(0)
+    shifted = rng.normal(-1.0, 0.5, 15)
+    mean, lo, hi = paired_bootstrap(shifted)
+    assert lo < mean < hi < 0 and mean == pytest.approx(shifted.mean())
+    _, lo, hi = paired_bootstrap(rng.normal(0.0, 0.5, 15))
+    assert lo < 0 < hi
+    assert all(np.isnan(v) for v in paired_bootstrap([]))
+
+
+def test_area_over_steps_is_the_mean_level_of_the_curve():
+    assert area_over_steps([25, 50, 100, 200], [1.0, 1.0, 1.0, 1.0]) == pytest.approx(1.0)
+    # uneven checkpoints: the long last interval weighs more
+    assert area_over_steps([0, 10, 100], [0.0, 1.0, 1.0]) == pytest.approx((5 + 90) / 100)
+    assert area_over_steps([7], [0.3]) == 0.3
+
+
+def test_fixed_draw_loss_repeats_exactly_and_sees_the_adapter(comps, images, tmp_path):
+    from bat_app.albat.surrogate import train_surrogate
+    from bat_app.train import TrainConfig
+    from bat_app.train.data import Example
+
+    config = TrainConfig(token="sks", class_noun="disc", steps=20, lr=5e-3, rank=4, checkpoint_every=0)
+    probe = FixedDrawLoss(comps, [Example(u.image, config.prompt) for u in images], 32, draws=3, seed=1,
+                          cache_root=tmp_path)
+    base = probe()
+    assert np.array_equal(base, probe()) and base.shape == (len(images),)
+    lora = train_surrogate(comps, images, config, 20, tmp_path)
+    from peft import LoraConfig, set_peft_model_state_dict
+
+    comps.unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=list(config.target_modules)), "probe")
+    set_peft_model_state_dict(comps.unet, lora, adapter_name="probe")
+    assert probe().mean() < base.mean()  # the LoRA trained on these photos fits them better
+
+
+@pytest.mark.skipif(not HAVE_SHAPES, reason="shapes backbone not built (python -m bat_app shapes build)")
+def test_quick_run_writes_results_a_plot_and_only_its_own_section(tmp_path, shapes_pool):
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text("# Benchmarks\n\nHand-written intro.\n\n## ALBAT: the pre-registered experiment\n\n"
+                   "<!-- bench_albat:experiment:start -->\nold numbers\n<!-- bench_albat:experiment:end -->\n\n"
+                   "## Later section\n\nHand-written outro.\n")
+    env = {**os.environ, "BAT_TORCH_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    work = tmp_path / "work"
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_albat.py"), "run", "--quick", "--work",
+                           str(work), "--doc", str(doc), "--plot", str(tmp_path / "frontier.png")],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = doc.read_text()
+    assert "Hand-written intro." in text and "Hand-written outro." in text and "old numbers" not in text
+    assert text.count("<!-- bench_albat:experiment:start -->") == 1 and "Smoke test" in text
+    assert "| albat − shortlist | subject_loss_min |" in text and "Pre-registration" in text
+    assert (tmp_path / "frontier.png").stat().st_size > 1000
+
+    record = json.loads((work / "runs" / "dot_star-s0.json").read_text())
+    arms = record["arms"]
+    assert set(arms) == {"albat", "albat_neg", "shortlist", "clip", "random", "prior", "none", "none_eq"}
+    albat_items = arms["albat"]["items"]
+    assert albat_items > 0 and all(arms[a]["items"] == albat_items for a in ("shortlist", "clip", "random", "prior"))
+    assert record["config"]["pivotal"] is False and record["config"]["steps"] == 4
+    assert arms["none"]["items"] == 0 and arms["albat_neg"]["selection_stats"]["anchors"] == arms["albat_neg"]["items"]
+    for arm in arms.values():
+        assert [p["nominal_step"] for p in arm["curve"]] == [2, 4]
+        assert all(np.isfinite(p["subject_loss"]) and np.isfinite(p["drift"]) for p in arm["curve"])
+        assert "subject_fidelity" in arm["curve"][-1]["samples"]
+    shift = arms["none_eq"]["extra_steps"]
+    assert shift >= 1 and [p["step"] for p in arms["none_eq"]["curve"]] == [2 + shift, 4 + shift]
+    assert arms["none"]["curve"][0]["drift"] != arms["albat"]["curve"][0]["drift"]
