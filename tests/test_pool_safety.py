@@ -139,6 +139,20 @@ def test_parquet_columns_are_used_before_clip(tmp_path):
     assert np.isnan(scores[2, 0]) and scores[0, 0] == pytest.approx(0.9)
 
 
+def test_coyo_column_names_are_read_too(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "src").mkdir()
+    pq.write_table(pa.table({"jpg": [png_bytes(i) for i in range(3)], "caption": ["a", "b", "c"],
+                             "nsfw_score_opennsfw2": [0.1, 0.8, 0.2], "watermark_score": [0.9, 0.0, 0.1]}),
+                   tmp_path / "src" / "coyo.parquet")
+    pool = build_pool(tmp_path / "src", tmp_path / "pool", tiny_embedder(0))
+    checks = pool.manifest["safety"]["checks"]
+    assert checks["unsafe"]["column"] == "nsfw_score_opennsfw2" and checks["watermark"]["column"] == "watermark_score"
+    assert pool.flags_of(1) == ["unsafe"] and pool.flags_of(0) == ["watermark"] and pool.allowed_ids().tolist() == [2]
+
+
 def test_webdataset_json_scores(tmp_path):
     """img2dataset --save_additional_columns '["punsafe","pwatermark"]' puts them in KEY.json."""
     (tmp_path / "shards").mkdir()

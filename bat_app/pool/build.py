@@ -29,7 +29,7 @@ from bat_app.pool.embedder import Embedder
 from bat_app.pool.errors import PoolError
 from bat_app.pool.index import FLAT_MAX, INDEX_FILE, INDEX_TYPES, build_index, choose_index
 from bat_app.pool.pool import FORMAT, VERSION, Pool
-from bat_app.pool.safety import SafetyConfig, finalize as finalize_safety, scores_row
+from bat_app.pool.safety import SOURCE_COLUMNS, SafetyConfig, finalize as finalize_safety, scores_row
 from bat_app.pool.sources import Record, Source, open_source
 
 # What Pillow raises on damaged or hostile files (as bat_app.images does), plus bombs.
@@ -104,7 +104,9 @@ def build_pool(source: Source | Path | str, out: Path | str, embedder: Embedder 
         writer.finish()
     finally:
         writer.close()
-    checks = finalize_safety(out, safety, embedder, model_id, state.get("safety_from_column", {}))
+    present = set(getattr(src, "safety_columns", None) or [])  # e.g. COYO's names, not LAION's
+    names = {flag: next((c for c in cols if c in present), cols[0]) for flag, cols in SOURCE_COLUMNS.items()}
+    checks = finalize_safety(out, safety, embedder, model_id, state.get("safety_from_column", {}), names)
     built = (_adopt(out, src, Path(adopt), progress, state) if adopt is not None
              else _index(out, state, index, flat_max, index_params, progress))
     state["seconds"] += time.perf_counter() - started

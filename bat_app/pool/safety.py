@@ -31,7 +31,9 @@ import numpy as np
 from bat_app.pool.errors import PoolError
 
 FLAGS = ("unsafe", "watermark")
-SOURCE_COLUMNS = {"unsafe": ("punsafe",), "watermark": ("pwatermark",)}
+# LAION's (punsafe, pwatermark) first, then COYO-700M's names for the same probabilities.
+SOURCE_COLUMNS = {"unsafe": ("punsafe", "nsfw_score_opennsfw2"),
+                  "watermark": ("pwatermark", "watermark_score")}
 SAFETY_FILE = "safety.npy"
 FILTERS_ENV = "BAT_POOL_FILTERS"
 CLIP_MODES = ("auto", "on", "off")
@@ -69,7 +71,7 @@ class SafetyConfig:
 def from_metadata(meta: dict) -> dict[str, float] | None:
     """Flag scores found in a source row / json (``{"unsafe": 0.02}``); None when none are."""
     found = {}
-    for flag, columns in SOURCE_COLUMNS.items():
+    for flag, columns in SOURCE_COLUMNS.items():  # the first column present wins
         for column in columns:
             value = meta.get(column)
             if isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value <= 1.0:
@@ -114,12 +116,15 @@ def zero_shot_scores(embedder, vectors: np.ndarray, flag: str) -> np.ndarray:
     return out
 
 
-def finalize(folder: Path, config: SafetyConfig, embedder, model_id: str, from_column: dict) -> dict:
+def finalize(folder: Path, config: SafetyConfig, embedder, model_id: str, from_column: dict,
+             column_names: dict | None = None) -> dict:
     """Fill unscored rows with the zero-shot check where it runs; the manifest's ``safety``.
 
     Idempotent: a build killed here and run again fills the rows still NaN, and the counts
-    come from the build state (``from_column``), not from the file.
+    come from the build state (``from_column``), not from the file. ``column_names``: the
+    source column each flag was read from, for the manifest (default LAION's names).
     """
+    column_names = column_names or {f: cols[0] for f, cols in SOURCE_COLUMNS.items()}
     scores = np.load(folder / SAFETY_FILE, mmap_mode="r+")
     n = len(scores)
     runs, clip_note = clip_check_runs(config, model_id, embedder)
@@ -140,7 +145,7 @@ def finalize(folder: Path, config: SafetyConfig, embedder, model_id: str, from_c
                     scores[rows, j] = zero_shot_scores(embedder, vectors[rows], flag)
         flagged = int(np.count_nonzero(np.nan_to_num(scores[:, j], nan=-1.0) > config.threshold(flag)))
         checks[flag] = {"checked": True, "threshold": config.threshold(flag),
-                        "column": SOURCE_COLUMNS[flag][0] if columns else None,
+                        "column": column_names.get(flag) if columns else None,
                         "from_column": columns, "from_clip": (n - columns) if runs else 0,
                         "unscored": 0 if runs else n - columns, "flagged": flagged}
     scores.flush()

@@ -65,7 +65,8 @@ class ClipRetrievalSource(Source):
         if self.caption_column is None:
             raise PoolError(f"{self._pairs[0][1]} has no caption column (columns: {', '.join(kinds)}).")
         self.extra_columns = [c for c in ("url", "image_path") if c in kinds]
-        self.extra_columns += [c for cols in SOURCE_COLUMNS.values() for c in cols if kinds.get(c) == "number"]
+        self.safety_columns = [c for cols in SOURCE_COLUMNS.values() for c in cols if kinds.get(c) == "number"]
+        self.extra_columns += self.safety_columns
         if self.count() == 0:
             raise PoolError(f"The clip-retrieval output in {self.path} has no rows.")
 

@@ -81,10 +81,12 @@ class HubSource(Source):
         self._sizes = shards
         self._counts: dict[str, int] = {}  # shard -> records, for shards read to the end
         self.columns = None
+        self.safety_columns: list[str] = []
         if self.format == "parquet":
             first = self._parquet(self._shards[0])
             self.columns = detect_columns(first.column_kinds, self._name(self._shards[0]),
                                           caption_column, image_column)
+            self.safety_columns = self.columns.safety
         elif caption_column or image_column:
             raise PoolError(f"--caption-col/--image-col apply to parquet shards; {url} holds "
                             "webdataset .tar shards (caption from KEY.txt, image from KEY.jpg/png/webp).")
