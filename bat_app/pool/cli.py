@@ -1,10 +1,12 @@
-"""``python -m bat_app pool {build,info,search}``: build a backbone pool, describe one, look in one.
+"""``python -m bat_app pool {build,info,search,generate}``: build a backbone pool, describe one,
+look in one, or make one from the backbone's own samples.
 
     python -m bat_app pool build laion-shards/ --out pools/laion --clip-model ViT-L-14 --clip-pretrained openai
     python -m bat_app pool build photos/ --out pools/shapes --clip-model shapes
     python -m bat_app pool build cr-out/ --out pools/cr --clip-model ViT-B-32 --clip-pretrained openai
     python -m bat_app pool info pools/laion
     python -m bat_app pool search pools/laion "a corgi on a beach" --k 20 --out sheet.png
+    python -m bat_app pool generate --model sd15 --class-noun dog --n 1000 --out pools/dog-gen
 
 A killed ``build`` continues where it stopped when run again with the same arguments.
 """
@@ -23,7 +25,8 @@ DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("pool", help="backbone pools: build from images or embeddings, info",
+    p = subparsers.add_parser("pool", help="backbone pools: build (from images, embeddings or the "
+                                           "Hub), info, search, generate",
                               description="Build a backbone pool (items + CLIP embeddings + faiss "
                                           "index) or describe one.")
     sub = p.add_subparsers(title="pool commands", metavar="POOL_COMMAND")
@@ -90,6 +93,25 @@ def register(subparsers) -> None:
     q.add_argument("--json", action="store_true", help="print the hits as JSON lines")
     q.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     q.set_defaults(func=run_search)
+    g = sub.add_parser("generate", help="a pool of the backbone's own samples (no dataset needed)",
+                       description="Sample --n images of --class-noun from the backbone for varied "
+                                   "captions (a prompt set kept as data) and build a pool of them. "
+                                   "Samples are cached per model, prompt set, noun and seed: a "
+                                   "killed run resumes, a bigger --n tops up.")
+    g.add_argument("--model", required=True, help="preset (shapes, sd15), local folder or hub id")
+    g.add_argument("--class-noun", required=True, help="what the pool shows, e.g. dog")
+    g.add_argument("--n", type=int, default=1000, help="images (default 1000)")
+    g.add_argument("--out", type=Path, required=True, metavar="POOL", help="pool folder")
+    g.add_argument("--prompts", type=Path, default=None,
+                   help="prompt set JSON (templates, contexts, styles, viewpoints; default the shipped one)")
+    g.add_argument("--seed", type=int, default=0, help="image i uses seed + i (default 0)")
+    g.add_argument("--steps", type=int, default=None, help="sampling steps (default: the preset's)")
+    g.add_argument("--batch-size", type=int, default=4, help="images per pipeline call (default 4)")
+    g.add_argument("--clip-model", default=None,
+                   help="the pool's CLIP (default: shapes for the shapes backbone, else ViT-B-32)")
+    g.add_argument("--clip-pretrained", default=None, help="with --clip-model: pretrained tag or weights file")
+    g.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    g.set_defaults(func=run_generate)
     p.set_defaults(func=lambda args: p.print_help() or 1)
 
 
@@ -171,6 +193,55 @@ def run_search(args: argparse.Namespace) -> int:
             args.out.parent.mkdir(parents=True, exist_ok=True)
             contact_sheet(pool, hits, columns=args.columns).save(args.out)
             print(f"contact sheet: {args.out}", file=sys.stderr)
+    return 0
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from bat_app.models import build_pipeline, load_components
+    from bat_app.paths import cache_dir
+    from bat_app.pool import load_embedder
+    from bat_app.pool.generate import generate_pool, load_prompt_set
+
+    prompts = load_prompt_set(args.prompts)  # checked before the model is loaded
+    components = load_components(args.model, device=args.device)
+    spec = components.spec
+    if args.clip_model is None and spec.preset == "shapes":
+        embedder = load_embedder("shapes", device=args.device)
+    else:
+        embedder = load_embedder(args.clip_model or DEFAULT_MODEL,
+                                 args.clip_pretrained or (None if args.clip_model else DEFAULT_PRETRAINED),
+                                 device=args.device)
+    pipe = build_pipeline(components)
+    steps = args.steps or spec.sampling.get("steps", 30)
+
+    def sampler(captions, seeds):
+        generators = [torch.Generator().manual_seed(s) for s in seeds]
+        with torch.no_grad():
+            return pipe(captions, height=spec.resolution, width=spec.resolution, num_inference_steps=steps,
+                        guidance_scale=spec.sampling.get("guidance_scale", 7.5), generator=generators).images
+
+    model_key = json.dumps({"model": str(spec.source), "resolution": spec.resolution, "steps": steps,
+                            "guidance": spec.sampling.get("guidance_scale", 7.5)}, sort_keys=True)
+    bar = tqdm(total=args.n, desc="sample", unit="image", dynamic_ncols=True)
+
+    def progress(done, total):
+        bar.n = done
+        bar.refresh()
+
+    print(f"generating {args.n} images of {args.class_noun!r} with {spec.source} ({steps} steps at "
+          f"{spec.resolution} px), CLIP {embedder.model_id} -> {args.out}", file=sys.stderr)
+    build_bar = TqdmBuildProgress()
+    try:
+        pool = generate_pool(sampler, model_key, args.class_noun, args.n, args.out, embedder,
+                             prompts=prompts, seed=args.seed, batch_size=args.batch_size,
+                             cache_root=cache_dir(), progress=progress, build_progress=build_bar)
+    finally:
+        bar.close()
+        build_bar.close()
+    print(pool.describe())
     return 0
 
 

@@ -24,12 +24,14 @@ class FolderSource(Source):
     kind = "folder"
     fingerprint_sizes = False
 
-    def __init__(self, path: Path | str):
+    def __init__(self, path: Path | str, limit: int | None = None):
+        """``limit``: only the first ``limit`` images in path order (a generated pool's
+        cache folder can hold more than one pool asks for)."""
         super().__init__(path)
         if not self.path.is_dir():
             raise PoolError(f"{self.path} is not a folder: a folder source is a folder of "
                             "images with same-name .txt captions.")
-        self._images = sorted_files(self.path, IMAGE_SUFFIXES)
+        self._images = sorted_files(self.path, IMAGE_SUFFIXES)[:limit]
         if not self._images:
             raise PoolError(f"No images found in {self.path} (looked for "
                             f"{', '.join(IMAGE_SUFFIXES)} in it and its subfolders). Point the "
