@@ -196,14 +196,16 @@ def test_sigkilled_worker_job_resumes_from_its_checkpoint(job_env, images, procs
     assert any("resumed from step-0000" in m["text"] for m in done["messages"])
     assert any("re-queued: its worker" in m["text"] and "died" in m["text"] for m in done["messages"])
 
+    from bat_app.compare import CompareConfig
     from bat_app.images import load_user_images
-    from bat_app.train import TrainConfig, train_lora
+    from bat_app.train import train_lora
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in the job processes (and 60x faster than 2 threads on 2 busy cores)
     try:
-        straight = train_lora(str(tiny_model_dir), load_user_images(images).images,
-                              TrainConfig.from_dict({**config["train"], "token": "sks", "class_noun": "disc"}),
+        photos = load_user_images(images).images
+        # The job's settings: the model's recipe for this many photos, the config's on top.
+        straight = train_lora(str(tiny_model_dir), photos, CompareConfig.from_dict(config).train_config(len(photos)),
                               tmp_path / "straight")
     finally:
         torch.set_num_threads(threads)

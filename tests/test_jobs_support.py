@@ -48,7 +48,7 @@ def tiny_train(config, images, out_dir, *, progress=None, cancel=None, resume=Tr
         if event.stage == "train" and delay:
             time.sleep(delay)
 
-    train_lora(config.model, user_images, config.train_config(), Path(out_dir) / "none", resume=resume,
+    train_lora(config.model, user_images, config.train_config(len(user_images)), Path(out_dir) / "none", resume=resume,
                progress=slowed, cancel=cancel)
     emit(ProgressEvent("package", 1, 1))
     return SimpleNamespace(outputs={"lora": "none/pytorch_lora_weights.safetensors"})
