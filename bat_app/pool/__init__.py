@@ -15,13 +15,15 @@ Command line: ``python -m bat_app pool build SOURCE --out POOL``, ``pool info PO
 
 Modules:
     embedder   Embedder protocol, open_clip / shapes / local-folder loading
-    sources    one Source per input layout (folder, webdataset, parquet, clip-retrieval)
+    sources    one Source per input layout (folder, webdataset, parquet, clip-retrieval, hub)
     store      the files of a pool folder, appended while building
     index      flat / ivf / hnsw behind one VectorIndex interface
+    adopted    an autofaiss / clip-retrieval index taken as is (the fourth VectorIndex)
     build      build_pool: embed in committed batches (resumable), then index
     pool       Pool, PoolItem: open, search, items, images, content filters
     safety     content scores (source columns or zero-shot CLIP) and flags
     search     text/image search with the pool's CLIP, contact sheets
+    generate   self-generated pools: backbone samples for a prompt set, cached
 """
 
 from bat_app.pool.build import BuildEvent, build_pool
