@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bat_app.albat.experiment import fmt_ci, frontier, summarise, write_section
+
 # --- fixed before any run: the metrics and the decision rule --------------------------------
 PREREGISTRATION = """\
 Pre-registration (written into scripts/bench_albat.py before any run; not changed after):
@@ -58,7 +60,6 @@ Pre-registration (written into scripts/bench_albat.py before any run; not change
 """
 
 EVAL_SEED, DRIFT_SEED = 4242, 4243
-MARK = "bench_albat:{}"
 
 # name -> (selector, SelectionParams overrides). Order matters: albat first (its count and
 # selection cost set the others'), none_eq last (needs the albat arm's seconds per step).
@@ -102,6 +103,7 @@ class Plan:
     checkpoint_samples: int = 0       # per prompt at the other checkpoints (0: none)
     num_prompts: int | None = None
     train: dict = field(default_factory=dict)  # TrainConfig settings over the preset's recipe
+    sample_steps: int | None = None   # sampler steps (None: the preset's)
     sample_batch: int = 16
     workers: int = 1
 
@@ -116,7 +118,7 @@ PLANS = {
     # and teardown would be most of the time)
     "quick": Plan(subjects=["dot_star"], seeds=[0], checkpoints=[2, 4], m=2, k=16, draws=2, pool_size=1000,
                   eval_photos=6, eval_draws=2, drift_items=6, samples=1, num_prompts=1, sample_batch=8,
-                  train={"pivotal": False}),
+                  sample_steps=3, train={"pivotal": False}),
     "gpu": Plan(seeds=[0, 1, 2, 3, 4], checkpoints=[25, 50, 100, 200, 400], m=100, k=1000, eval_draws=8,
                 checkpoint_samples=4, sample_batch=256, workers=12),
 }
@@ -175,7 +177,7 @@ class Probes:
         return {"subject_loss": float(self.subject(self.expand).mean()), "drift": float(drift.mean())}
 
 
-def sample_now(comps, prompts: list[str], seeds: list[int], expand, batch: int):
+def sample_now(comps, prompts: list[str], seeds: list[int], expand, batch: int, steps: int | None = None):
     """images[p][s] from the UNet/text encoder as they are now (the training adapter active)."""
     import torch
 
@@ -192,7 +194,7 @@ def sample_now(comps, prompts: list[str], seeds: list[int], expand, batch: int):
             chunk = jobs[lo:lo + batch]
             with torch.no_grad(), _autocast(comps):
                 images = pipe([expand(prompts[p]) for p, _ in chunk], height=spec.resolution, width=spec.resolution,
-                              num_inference_steps=spec.sampling.get("steps", 30),
+                              num_inference_steps=steps or spec.sampling.get("steps", 30),
                               guidance_scale=spec.sampling.get("guidance_scale", 7.5),
                               generator=[torch.Generator().manual_seed(seeds[s]) for _, s in chunk]).images
             for (p, s), image in zip(chunk, images):
@@ -243,7 +245,9 @@ def run_pair(plan: Plan, name: str, seed: int, work: Path) -> dict:
     out_file = work / "runs" / f"{name}-s{seed}.json"
     if out_file.is_file() and json.loads(out_file.read_text()).get("plan") == plan.key():
         return json.loads(out_file.read_text())
-    torch.set_num_threads(int(os.environ.get("BAT_TORCH_THREADS", torch.get_num_threads())))
+    # parallel workers share the machine's cores instead of each taking all of them
+    default_threads = max(1, (os.cpu_count() or 1) // plan.workers) if plan.workers > 1 else torch.get_num_threads()
+    torch.set_num_threads(int(os.environ.get("BAT_TORCH_THREADS", default_threads)))
     cache = work / "cache"
     comps = load_components("shapes")
     pool = Pool.open(shapes_pool_dir(plan.pool_size))
@@ -265,7 +269,7 @@ def run_pair(plan: Plan, name: str, seed: int, work: Path) -> dict:
     albat_cost = albat_step_s = None
     for arm in [a for a in ARMS if a in plan.arms]:
         method, overrides = ARMS[arm]
-        params = SelectionParams(**{"m": plan.m if arm.startswith("albat") else count, "k": plan.k, "seed": seed,
+        params = SelectionParams(**{"m": plan.m if arm == "albat" else count, "k": plan.k, "seed": seed,
                                     **({"draws": plan.draws} if plan.draws else {}), **overrides})
         ctx = SelectionContext(comps, images, config, pool, embedder, params, cache_root=cache)
         t = time.perf_counter()
@@ -292,7 +296,7 @@ def run_pair(plan: Plan, name: str, seed: int, work: Path) -> dict:
             n_samples = plan.samples if last else plan.checkpoint_samples
             if n_samples:
                 columns = sample_now(comps, [p for _, p in prompts], list(range(n_samples)), probes.expand,
-                                     plan.sample_batch)
+                                     plan.sample_batch, plan.sample_steps)
                 point["samples"] = compute_metrics({arm: columns}, prompts, [u.image for u in images], embedder,
                                                    config.token, config.class_noun, subject=subject,
                                                    classifier=classifier)["methods"][arm]
@@ -321,72 +325,9 @@ def _pair_worker(args):
 
 # --- statistics and the report ------------------------------------------------------------
 
-def per_run_metrics(arm_record: dict) -> dict:
-    from bat_app.albat.evaluation import area_over_steps
-
-    curve = arm_record["curve"]
-    steps = [p["nominal_step"] for p in curve]
-    losses = [p["subject_loss"] for p in curve]
-    out = {"subject_loss_min": min(losses), "subject_loss_area": area_over_steps(steps, losses),
-           "drift_last": curve[-1]["drift"]}
-    for key, value in curve[-1].get("samples", {}).items():
-        out[key] = value
-    return out
-
-
-def summarise(records: list[dict], arms: list[str]) -> dict:
-    from bat_app.albat.evaluation import paired_bootstrap
-
-    metrics = {(r["subject"], r["seed"]): {a: per_run_metrics(r["arms"][a]) for a in r["arms"]} for r in records}
-    per_arm = {}
-    for arm in arms:
-        rows = [m[arm] for m in metrics.values() if arm in m]
-        per_arm[arm] = {key: paired_bootstrap([r[key] for r in rows if key in r])
-                        for key in (rows[0] if rows else {})}
-        per_arm[arm]["n"] = len(rows)
-    pairs = [c for c in COMPARISONS if c[0] in arms and c[1] in arms]
-    pairs += [(v, ref) for v in VARIANTS if v in arms for ref in ("albat", "shortlist") if ref in arms]
-    diffs = []
-    for a, b in pairs:
-        for key in ("subject_loss_min", "subject_loss_area", "drift_last", "subject_fidelity", "prompt_fidelity"):
-            d = [m[a][key] - m[b][key] for m in metrics.values() if a in m and b in m and key in m[a] and key in m[b]]
-            if d:
-                diffs.append({"a": a, "b": b, "metric": key, "n": len(d), "ci": paired_bootstrap(d)})
-    return {"per_arm": per_arm, "diffs": diffs, "pairs": len(metrics)}
-
-
-def frontier(records: list[dict], arms: list[str], path: Path) -> None:
-    from bat_app.albat.frontier import Panel, line_panels
-
-    def mean_curve(arm, key_x, key_y, sampled=False):
-        by_step: dict[int, list] = {}
-        for r in records:
-            for p in r["arms"].get(arm, {}).get("curve", []):
-                if sampled and "samples" not in p:
-                    continue
-                src = p["samples"] if sampled else p
-                if key_x in src and key_y in src:
-                    by_step.setdefault(p["nominal_step"], []).append((src[key_x], src[key_y]))
-        return [(float(np.mean([v[0] for v in vs])), float(np.mean([v[1] for v in vs])))
-                for _, vs in sorted(by_step.items())]
-
-    losses = Panel("loss frontier over checkpoints (mean over pairs)", "subject loss on fresh photos (lower better)",
-                   "drift on pool items", {a: mean_curve(a, "subject_loss", "drift") for a in arms})
-    samples = Panel("sample frontier over sampled checkpoints", "prompt fidelity", "subject fidelity",
-                    {a: mean_curve(a, "prompt_fidelity", "subject_fidelity", sampled=True) for a in arms},
-                    note="(shapes classifier on generated samples)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    line_panels([losses, samples]).save(path)
-
-
-def fmt_ci(ci, digits=4) -> str:
-    mean, lo, hi = ci
-    return "—" if math.isnan(mean) else f"{mean:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
-
-
 def report(records: list[dict], plan: Plan, mode: str, plot: Path, doc: Path, seconds: float) -> str:
     arms = [a for a in ARMS if a in plan.arms]
-    s = summarise(records, arms)
+    s = summarise(records, arms, comparisons(arms))
     cost = {a: (np.mean([r["arms"][a]["select_s"] for r in records]), np.mean([r["arms"][a]["train_s"] for r in records]))
             for a in arms}
     items = {a: np.mean([r["arms"][a]["items"] for r in records]) for a in arms}
@@ -423,6 +364,11 @@ def report(records: list[dict], plan: Plan, mode: str, plot: Path, doc: Path, se
     return "\n".join(lines)
 
 
+def comparisons(arms: list[str]) -> list[tuple[str, str]]:
+    """The registered comparisons, then each variant against plain albat and the shortlist arm."""
+    return COMPARISONS + [(v, ref) for v in VARIANTS if v in arms for ref in ("albat", "shortlist")]
+
+
 def _device() -> str:
     import torch
 
@@ -436,20 +382,6 @@ def _backbone_id() -> str:
     if not weights:
         return "missing"
     return "unet sha256 " + hashlib.sha256(weights[0].read_bytes()).hexdigest()[:12]
-
-
-def write_section(doc: Path, part: str, title: str, body: str) -> None:
-    """Replace the text between this part's markers in ``doc``; append the section when absent.
-    Everything outside the markers (hand-written text) is kept."""
-    start, end = f"<!-- {MARK.format(part)}:start -->", f"<!-- {MARK.format(part)}:end -->"
-    block = f"{start}\n{body.rstrip()}\n{end}"
-    text = doc.read_text() if doc.is_file() else ""
-    if start in text and end in text:
-        text = text[:text.index(start)] + block + text[text.index(end) + len(end):]
-    else:
-        text = text.rstrip() + ("\n\n" if text.strip() else "") + f"## {title}\n\n{block}\n"
-    doc.parent.mkdir(parents=True, exist_ok=True)
-    doc.write_text(text if text.endswith("\n") else text + "\n")
 
 
 # --- commands -----------------------------------------------------------------------------
@@ -489,8 +421,8 @@ def cmd_run(args) -> None:
     frontier(records, [a for a in ARMS if a in plan.arms], plot)
     body = report(records, plan, mode, plot, doc, time.perf_counter() - started)
     write_section(doc, "experiment", "ALBAT: the pre-registered experiment", body)
-    (work / "summary.json").write_text(json.dumps(summarise(records, [a for a in ARMS if a in plan.arms]),
-                                                  indent=1, default=float))
+    arms = [a for a in ARMS if a in plan.arms]
+    (work / "summary.json").write_text(json.dumps(summarise(records, arms, comparisons(arms)), indent=1, default=float))
     print(body)
 
 

@@ -54,6 +54,36 @@ def test_fixed_draw_loss_repeats_exactly_and_sees_the_adapter(comps, images, tmp
     assert probe().mean() < base.mean()  # the LoRA trained on these photos fits them better
 
 
+def test_write_section_replaces_only_between_its_markers(tmp_path):
+    from bat_app.albat.experiment import write_section
+
+    doc = tmp_path / "b.md"
+    write_section(doc, "stability", "Stability", "first")
+    assert doc.read_text() == "## Stability\n\n<!-- bench_albat:stability:start -->\nfirst\n<!-- bench_albat:stability:end -->\n"
+    doc.write_text("intro\n" + doc.read_text() + "\nhand-written tail\n")
+    write_section(doc, "stability", "Stability", "second")
+    write_section(doc, "experiment", "Experiment", "table")
+    text = doc.read_text()
+    assert text.startswith("intro\n") and "hand-written tail" in text and "first" not in text
+    assert text.count("second") == 1 and text.index("hand-written tail") < text.index("## Experiment")
+
+
+def test_summarise_pairs_runs_by_subject_and_seed():
+    from bat_app.albat.experiment import summarise
+
+    def arm(losses, drift):
+        return {"curve": [{"nominal_step": s, "subject_loss": v, "drift": drift} for s, v in zip([10, 20], losses)]}
+
+    records = [{"subject": f"s{i}", "seed": 0, "arms": {"albat": arm([1.0 + i, 0.5 + i], 0.1),
+                                                       "none": arm([1.0 + i, 0.7 + i], 0.3)}} for i in range(4)]
+    stats = summarise(records, ["albat", "none"], [("albat", "none")])
+    diff = next(d for d in stats["diffs"] if d["metric"] == "subject_loss_min")
+    assert diff["n"] == 4 and diff["ci"][0] == pytest.approx(-0.2) and diff["ci"][2] < 0  # paired: no subject spread
+    area = next(d for d in stats["diffs"] if d["metric"] == "subject_loss_area")
+    assert area["ci"][0] == pytest.approx(-0.1)
+    assert stats["per_arm"]["albat"]["n"] == 4 and stats["pairs"] == 4
+
+
 @pytest.mark.skipif(not HAVE_SHAPES, reason="shapes backbone not built (python -m bat_app shapes build)")
 def test_quick_run_writes_results_a_plot_and_only_its_own_section(tmp_path, shapes_pool):
     doc = tmp_path / "benchmarks.md"

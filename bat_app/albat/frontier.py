@@ -45,7 +45,7 @@ def line_panels(panels: list[Panel], size: tuple[int, int] = (560, 440)) -> Imag
 def _panel(draw: ImageDraw.ImageDraw, panel: Panel, colour: dict, left: int, size: tuple[int, int]) -> None:
     w, h = size
     box = (left + 60, 30, left + w - 15, h - 45)  # plot area
-    draw.text((left + 60, 8), panel.title, fill="black")
+    draw.text((left + 60, 8), f"{panel.title}; y: {panel.y_label}", fill="black")
     draw.rectangle(box, outline="black")
     points = [pt for pts in panel.series.values() for pt in pts]
     if not points:
@@ -64,7 +64,6 @@ def _panel(draw: ImageDraw.ImageDraw, panel: Panel, colour: dict, left: int, siz
         draw.line([box[0] - 4, py, box[0], py], fill="black")
         draw.text((left + 4, py - 6), f"{fy:.3g}", fill="black")
     draw.text(((box[0] + box[2]) // 2 - 40, h - 22), panel.x_label, fill="black")
-    draw.text((left + 4, 18), panel.y_label, fill="black")
     for name, pts in panel.series.items():
         px = [to_px(x, y) for x, y in pts]
         if len(px) > 1:
