@@ -34,9 +34,12 @@ pytestmark = [pytest.mark.browser,
 def server(tmp_path_factory, request):
     root = tmp_path_factory.mktemp("ui-browser")
     if (SHAPES_BACKBONE / "model_index.json").is_file():
-        # the shapes backbone with a small shapes pool (rendered once per run)
+        # the shapes backbone with the session's shared shapes pool (conftest: shapes_pool_dir)
+        from bat_app.testing import share_shapes_pool
+
+        pool = share_shapes_pool(request.getfixturevalue("shapes_pool_dir"), root / "home")
         overrides = {"model": "shapes", "pool": "shapes", "subjects_dir": assets_dir() / "subjects"}
-        plan = {"class_noun": None, "steps": 30, "m": 8, "k": 64, "pool_size": "400"}
+        plan = {"class_noun": None, "steps": 30, "m": 8, "k": 64, "pool_size": pool.name.removeprefix("shapes-")}
     else:
         tiny = [request.getfixturevalue(n) for n in ("tiny_model_dir", "tiny_pool_dir", "tiny_clip_dir")]
         overrides = tiny_assets(root, *tiny, n_images=4)
