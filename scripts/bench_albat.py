@@ -354,7 +354,7 @@ def report(records: list[dict], plan: Plan, mode: str, plot: Path, doc: Path, se
               "| a − b | metric | n | mean [95% CI] | CI excludes 0 |", "|---|---|---:|---:|---|"]
     for d in s["diffs"]:
         mean, lo, hi = d["ci"]
-        excludes = "yes" if (lo > 0 or hi < 0) else "no"
+        excludes = "— (one pair)" if d["n"] < 2 else "yes" if (lo > 0 or hi < 0) else "no"
         lines.append(f"| {d['a']} − {d['b']} | {d['metric']} | {d['n']} | {fmt_ci(d['ci'], 4)} | {excludes} |")
     try:
         rel = plot.resolve().relative_to(doc.resolve().parent)
