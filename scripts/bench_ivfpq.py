@@ -30,11 +30,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+from bench_faiss import Clustered, make_vectors  # the same synthetic data; run as a script, scripts/ is on the path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_faiss import Clustered, make_vectors  # noqa: E402  the same synthetic data
-
-from bat_app.pool.index import recall  # noqa: E402
+from bat_app.pool.index import recall
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -18,6 +18,7 @@ SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 QUICK = [
     pytest.param("bench_faiss.py", "recall@k", id="bench_faiss"),
+    pytest.param("bench_ivfpq.py", "recall", id="bench_ivfpq"),
     pytest.param("bench_trainer.py", "speed-up of caching", id="bench_trainer"),
     pytest.param("shapes_personalize.py", "lora_trait_mean", id="shapes_personalize"),
     pytest.param("bench_selection.py", "Mean over subjects", id="bench_selection"),
