@@ -34,6 +34,7 @@ class FakeHub:
     def __init__(self, repos: dict):
         self.repos = {k: Path(v) for k, v in repos.items()}
         self.log = []
+        self.cut = set()  # file names whose download drops half way (a lost connection)
         hub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -112,6 +113,10 @@ class FakeHub:
                     req.send_header("Content-Range", f"bytes {start}-{end - 1}/{len(data)}")
                 req.end_headers()
                 if not head:
+                    if path.name in self.cut:
+                        req.wfile.write(data[start:start + (end - start) // 2])
+                        req.close_connection = True
+                        return
                     req.wfile.write(data[start:end])
                 return
             return self.error(req, 404, "RepoNotFound")
@@ -317,3 +322,31 @@ def test_source_changed_on_the_hub_is_not_resumed(hub, emb, tmp_path):
         add(tar, "x.txt", b"new")
     with pytest.raises(PoolError, match="is not that source as it was"):
         build_pool(url, tmp_path / "pool", emb, batch_size=2)
+
+
+def test_a_dropped_connection_stops_the_build_and_a_rerun_resumes(hub, emb, tmp_path):
+    url = "hf://datasets/me/shards"
+    hub.cut.add("00001.tar")
+    with pytest.raises(PoolError, match="Reading shards/00001.tar from hf://datasets/me/shards failed.*Run the same command again"):
+        build_pool(url, tmp_path / "pool", emb, batch_size=3)  # commits at 3: shard 0 complete
+    hub.cut.clear()
+    pool = build_pool(url, tmp_path / "pool", emb, batch_size=3)
+    assert len(pool) == 5 and pool.manifest["skipped"]["by_reason"] == {"cannot decode image": 1}
+    assert fetched(hub, "00000.tar") == 1  # read once, before the drop: the rerun skips it
+
+
+def test_resume_without_shard_counts_reads_past_finished_shards(hub, emb, tmp_path):
+    """A build state without the hint (older build.json): shards are read past, not skipped,
+    and the result is still the uninterrupted build."""
+    url = "hf://datasets/me/shards"
+    with pytest.raises(Killed):
+        build_pool(url, tmp_path / "pool", emb, batch_size=4, progress=kill_after(4))
+    state = json.loads((tmp_path / "pool" / "build.json").read_text())
+    assert state["source_hint"] == {"shard_records": {"shards/00000.tar": 3}}
+    del state["source_hint"]
+    (tmp_path / "pool" / "build.json").write_text(json.dumps(state))
+    hub.log.clear()
+    build_pool(url, tmp_path / "pool", emb, batch_size=4)
+    assert fetched(hub, "00000.tar") == 1
+    build_pool(url, tmp_path / "whole", emb, batch_size=4)
+    assert pool_files(tmp_path / "pool") == pool_files(tmp_path / "whole")

@@ -16,6 +16,7 @@ re-reads only the shard it was in. Columns are found by name as for local parque
 from __future__ import annotations
 
 import hashlib
+import tarfile
 import urllib.parse
 from collections.abc import Iterator
 
@@ -126,32 +127,49 @@ class HubSource(Source):
             if n is not None and first + n <= start:
                 first += n  # finished before the resume point: not fetched again
                 continue
-            seen = 0
-            for rec in self._shard_records(shard, skip=max(0, start - first)):
-                seen += 1
-                yield rec
-            self._counts[shard] = max(0, start - first) + seen
+            skip = max(0, start - first)
+            try:
+                yield from self._counted(shard, self._shard_records(shard, skip), skip)
+            except PoolError:
+                raise
+            except Exception as exc:  # HTTP errors (huggingface_hub's are OSErrors), dropped
+                # connections (httpx), ...: nothing committed is lost; a rerun resumes.
+                raise PoolError(f"Reading {self._name(shard)} from {self.url} failed ({_why(exc)}). "
+                                "Run the same command again: the build resumes where it stopped.") from exc
             first += self._counts[shard]
+
+    def _counted(self, shard: str, records: Iterator[tuple[int, Record]], skip: int) -> Iterator[Record]:
+        """Yield the shard's records from number ``skip`` on, recording the shard's count
+        *before* its last record goes out (one record of lookahead): a commit that ends
+        exactly on a shard boundary then marks the shard finished, and a resume does not
+        fetch it again. ``records`` yields (number in the shard, record)."""
+        current = next(records, None)
+        if current is None:
+            self._counts.setdefault(shard, 0)  # an empty shard (parquet's count is set already)
+            return
+        while current is not None:
+            following = next(records, None)
+            if following is None:
+                self._counts[shard] = current[0] + 1
+            if current[0] >= skip:
+                yield current[1]
+            current = following
 
     # --- reading ---------------------------------------------------------------------------
 
-    def _shard_records(self, shard: str, skip: int) -> Iterator[Record]:
+    def _shard_records(self, shard: str, skip: int) -> Iterator[tuple[int, Record]]:
         name = self._name(shard)
         if self.format == "parquet":
-            table = self._parquet(shard)
+            table = self._parquet(shard)  # skips whole row groups before ``skip`` unread
+            self._counts[shard] = table.num_rows  # a fact from the footer: safe to record early
             for i, row in enumerate(table.rows(self.columns.read, start=skip), start=skip):
-                yield make_record(f"{name}#{i}", row, self.columns, None)
+                yield i, make_record(f"{name}#{i}", row, self.columns, None)
             return
-        # block_size=0: one streamed GET, read front to back (tar headers sit between members)
-        try:
-            stream = self._fs.open(shard, "rb", block_size=0)
-        except Exception as exc:  # huggingface_hub raises its HTTP errors, OSError, ...
-            yield Record(f"{name}:<whole shard>", problem="unreadable shard", detail=_why(exc))
-            return
-        with stream:
-            for i, rec in enumerate(stream_records(stream, name)):
-                if i >= skip:
-                    yield rec
+        # block_size=0: one streamed GET, read front to back (tar headers sit between members).
+        # Only a malformed tar counts as a damaged shard; transport errors propagate (resume).
+        with self._fs.open(shard, "rb", block_size=0) as stream:
+            # records before ``skip`` are read past (a stream cannot seek) but counted
+            yield from enumerate(stream_records(stream, name, damage=(tarfile.TarError, EOFError)))
 
     def _parquet(self, shard: str):
         from bat_app.pool.sources._parquet_io import open_parquet_stream

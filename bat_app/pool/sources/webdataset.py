@@ -122,10 +122,13 @@ def record_from_members(key: str, raw: dict[str, bytes], extensions: list[str]) 
     return Record(key, caption=caption, image_bytes=data, url=url, safety=from_metadata(meta))
 
 
-def stream_records(fileobj, shard_name: str) -> Iterator[Record]:
+def stream_records(fileobj, shard_name: str,
+                   damage: tuple[type[BaseException], ...] = (tarfile.TarError, OSError, EOFError)
+                   ) -> Iterator[Record]:
     """Records of a shard read front to back from a non-seekable stream (a file on the Hub):
-    each member's bytes are read as its header passes, since a stream cannot seek back. A
-    read error ends the shard with one "unreadable shard" record, as for local shards."""
+    each member's bytes are read as its header passes, since a stream cannot seek back. An
+    error in ``damage`` ends the shard with one "unreadable shard" record, as for local
+    shards; others (a remote stream's transport errors) propagate."""
     wanted = set(IMAGE_EXTS) | {"txt", "json"}
     key, raw, exts, read = None, {}, [], 0
     try:
@@ -142,7 +145,7 @@ def stream_records(fileobj, shard_name: str) -> Iterator[Record]:
                 exts.append(ext)
                 if ext in wanted:
                     raw[ext] = _read(tar, member)
-    except (tarfile.TarError, OSError, EOFError) as exc:
+    except damage as exc:
         lost = f" (record {key} and the rest of the shard are lost)" if exts else ""
         yield Record(f"{shard_name}:after member {read}", problem="unreadable shard",
                      detail=f"{shard_name} is damaged after member {read}{lost}: {exc}")
