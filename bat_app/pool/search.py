@@ -133,5 +133,7 @@ def _thumbnail(pool, hit: SearchHit, cell: int) -> Image.Image:
         ImageDraw.Draw(image).multiline_text((4, cell // 2 - 12), "\n".join(
             textwrap.wrap(text, cell // 6)), fill="black", font=ImageFont.load_default())
         return image
-    image.thumbnail((cell, cell))
-    return image
+    scale = cell / max(image.size)
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    # small images (the shapes world's 32 px) are blown up with crisp pixels, big ones shrunk smoothly
+    return image.resize(size, Image.NEAREST if scale > 1 else Image.LANCZOS)
