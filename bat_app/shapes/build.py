@@ -125,11 +125,29 @@ def stage_clip(cfg: BuildConfig, images: np.ndarray, captions: list[str]) -> Non
     _log(f"clip: {meta}")
 
 
+def _grid_eval(cfg: BuildConfig, vae, text_encoder, tokenizer, classifier, history: list):
+    """The prompt-following grid run during UNet training; appends to ``history``."""
+    from bat_app.shapes.evaluate import grid_prompt_following
+
+    def eval_fn(unet, step):
+        if classifier is None:
+            return
+        score = grid_prompt_following(unet, vae, text_encoder, tokenizer, classifier,
+                                      n_prompts=32, seeds=(0,),
+                                      grid_path=cfg.work / f"grid-{step:05d}.png")
+        history.append({"step": step, **score})
+        _log(f"unet step {step}: prompt following {score}")
+        # A session can end at any time: keep the latest EMA weights and the history.
+        unet.save_pretrained(cfg.work / "unet-ema", safe_serialization=True)
+        (cfg.work / "unet-history.json").write_text(json.dumps(history, indent=2))
+
+    return eval_fn
+
+
 def stage_unet(cfg: BuildConfig, vae, latents: torch.Tensor, captions: list[str]) -> None:
     from bat_app.models.tokenizer import offline_clip_tokenizer
     from bat_app.shapes.backbone import save_pipeline, train_unet
     from bat_app.shapes.clip import CONTEXT_LENGTH, load_clip, text_tower_to_transformers
-    from bat_app.shapes.evaluate import grid_prompt_following
 
     folder = cfg.out / "backbone"
     if (folder / "model_index.json").exists():
@@ -143,18 +161,7 @@ def stage_unet(cfg: BuildConfig, vae, latents: torch.Tensor, captions: list[str]
 
         classifier = load_classifier(cfg.out / "classifier")
     history = []
-
-    def eval_fn(unet, step):
-        if classifier is None:
-            return
-        score = grid_prompt_following(unet, vae, text_encoder, tokenizer, classifier,
-                                      n_prompts=32, seeds=(0,),
-                                      grid_path=cfg.work / f"grid-{step:05d}.png")
-        history.append({"step": step, **score})
-        _log(f"unet step {step}: prompt following {score}")
-        # A session can end at any time: keep the latest EMA weights and the history.
-        unet.save_pretrained(cfg.work / "unet-ema", safe_serialization=True)
-        (cfg.work / "unet-history.json").write_text(json.dumps(history, indent=2))
+    eval_fn = _grid_eval(cfg, vae, text_encoder, tokenizer, classifier, history)
 
     _log(f"unet: training {cfg.unet_steps} steps")
     unet, info = train_unet(latents, captions, text_encoder, tokenizer, steps=cfg.unet_steps,
@@ -191,7 +198,6 @@ def stage_unet_continue(cfg: BuildConfig, vae, latents: torch.Tensor, captions: 
     from bat_app.shapes.backbone import save_pipeline, train_unet
     from bat_app.shapes.classifier import load_classifier
     from bat_app.shapes.clip import CONTEXT_LENGTH, load_clip, text_tower_to_transformers
-    from bat_app.shapes.evaluate import grid_prompt_following
 
     folder = cfg.out / "backbone"
     meta = json.loads((folder / "bat_shapes.json").read_text())
@@ -202,15 +208,7 @@ def stage_unet_continue(cfg: BuildConfig, vae, latents: torch.Tensor, captions: 
     classifier = load_classifier(cfg.out / "classifier")
     done = int(meta["unet_train"][-1]["steps_done"])
     history = list(meta.get("eval_history", []))
-
-    def eval_fn(unet, step):
-        score = grid_prompt_following(unet, vae, text_encoder, tokenizer, classifier,
-                                      n_prompts=32, seeds=(0,),
-                                      grid_path=cfg.work / f"grid-{step:05d}.png")
-        history.append({"step": step, **score})
-        _log(f"unet step {step}: prompt following {score}")
-        unet.save_pretrained(cfg.work / "unet-ema", safe_serialization=True)
-        (cfg.work / "unet-history.json").write_text(json.dumps(history, indent=2))
+    eval_fn = _grid_eval(cfg, vae, text_encoder, tokenizer, classifier, history)
 
     _log(f"unet: continuing from step {done} for {cfg.continue_steps} steps (lr {cfg.continue_lr})")
     unet, info = train_unet(latents, captions, text_encoder, tokenizer, steps=cfg.continue_steps,
