@@ -78,8 +78,8 @@ def main() -> None:
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--shots", type=int, default=3)
     parser.add_argument("--steps", type=int, default=None)
-    parser.add_argument("--lr", type=float, default=1e-3, help="shapes recipe (docs/shapes.md)")
-    parser.add_argument("--rank", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=None, help="default: the shapes recipe (presets.json)")
+    parser.add_argument("--rank", type=int, default=None, help="default: the shapes recipe")
     parser.add_argument("--m", type=int, default=100)
     parser.add_argument("--k", type=int, default=1000)
     parser.add_argument("--draws", type=int, default=8)
@@ -98,7 +98,9 @@ def main() -> None:
     methods = args.methods.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
     comps = load_components("shapes")
-    steps = args.steps or TrainConfig().steps
+    recipe = TrainConfig.for_model("shapes", args.shots)  # the preset's recipe; flags override it
+    args.lr, args.rank = args.lr or recipe.lr, args.rank or recipe.rank
+    steps = args.steps or recipe.steps
     train = {"steps": steps, "lr": args.lr, "rank": args.rank, "checkpoint_every": max(1, steps // 8),
              "keep_checkpoints": 10}  # every checkpoint (<= 9) feeds the convergence curve
 

@@ -66,9 +66,9 @@ def main() -> None:
         subject = next(s for s in SUBJECTS if s.name == name)
         photos = sorted((assets_dir() / "subjects" / name).glob("*.png"))[:args.shots]
         images = load_user_images(photos).images
-        overrides = {"steps": args.steps} if args.steps else {}
-        config = TrainConfig(token="sks", class_noun=subject.class_noun, checkpoint_every=0, lr=1e-3, rank=8,
-                             **overrides)
+        # The preset's recipe for this many photos (presets.json); --steps overrides its steps.
+        config = TrainConfig.for_model("shapes", len(images), token="sks", class_noun=subject.class_noun,
+                                       checkpoint_every=0, steps=args.steps or None)
         t = time.perf_counter()
         train_lora(comps, images, config, args.work / name / "train-none", export=False,
                    cache_root=args.work / "cache")
