@@ -8,6 +8,7 @@ minute of CPU time are marked slow (wall time on a shared machine can be several
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +25,9 @@ QUICK = [
     pytest.param("bench_selection.py", "Mean over subjects", id="bench_selection"),
     pytest.param("bench_compare.py", "Convergence", id="bench_compare", marks=pytest.mark.slow),
     pytest.param("bench_jobs.py", "kill_heartbeat_only", id="bench_jobs", marks=pytest.mark.slow),
+    pytest.param("take_screenshots.py", "quick: page loaded and example applied", id="take_screenshots",
+                 marks=[pytest.mark.browser, pytest.mark.skipif(shutil.which("chromium") is None,
+                                                                 reason="Debian's chromium is not installed")]),
 ]
 
 

@@ -1,0 +1,130 @@
+"""Retake docs/screenshots/ as a new user sees the app, and time the default example job.
+
+Starts the real app (``python app.py``, its embedded worker, a fresh data dir) and drives
+Debian's Chromium through Playwright: Use example (checkered_square) -> Start with every default
+(the preset's recipe, the default methods, the shapes pool built on first use) -> Progress ->
+Results -> Try it -> Jobs. Prints the wall time from Start to Finished: the issue's target is
+<= 3 minutes on an idle 2-core machine for the default example job.
+
+    python scripts/take_screenshots.py                       # writes docs/screenshots/*.png
+    python scripts/take_screenshots.py --out /tmp/shots      # anywhere else
+    python scripts/take_screenshots.py --quick               # the page only: load + Use example
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_app(home: Path, port: int) -> subprocess.Popen:
+    env = {**os.environ, "BAT_HOME": str(home), "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    proc = subprocess.Popen([sys.executable, str(REPO / "app.py"), "--port", str(port)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc
+        except OSError:
+            if proc.poll() is not None:
+                raise SystemExit(f"the app exited: {proc.stdout.read()[-2000:]}") from None
+            time.sleep(1)
+    proc.kill()
+    raise SystemExit("the app did not start within 180 s")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=REPO / "docs" / "screenshots")
+    p.add_argument("--example", default="checkered_square")
+    p.add_argument("--quick", action="store_true", help="load the page and apply the example only")
+    args = p.parse_args(argv)
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        raise SystemExit("Debian's chromium is needed: apt-get install chromium")
+    from playwright.sync_api import expect, sync_playwright
+
+    out = args.out if not args.quick else Path(tempfile.mkdtemp(prefix="bat-shots-"))
+    out.mkdir(parents=True, exist_ok=True)
+    home, port = Path(tempfile.mkdtemp(prefix="bat-shots-home-")), free_port()
+    app = start_app(home, port)
+    timings = {}
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=chromium, args=ARGS)
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(f"http://127.0.0.1:{port}")
+            page.get_by_role("button", name="Start").wait_for(timeout=120_000)
+            page.get_by_label("Or start from an example subject").fill(args.example)
+            page.keyboard.press("Enter")
+            page.get_by_role("button", name="Use example").click()
+            expect(page.locator("#uploads img").first).to_be_visible(timeout=60_000)
+            page.wait_for_timeout(1500)
+            if args.quick:
+                print("quick: page loaded and example applied")
+                return 0
+            page.get_by_text("Advanced settings").click()
+            page.screenshot(path=str(out / "train.png"), full_page=True)
+
+            started = time.perf_counter()
+            page.get_by_role("button", name="Start").click()
+            progress = page.locator("#progress-text")
+            expect(progress).to_contain_text("Stage:", timeout=60_000)
+            expect(progress).to_contain_text("step", timeout=600_000)
+            page.wait_for_timeout(3000)
+            page.screenshot(path=str(out / "progress.png"), full_page=True)
+            expect(progress).to_contain_text("Finished", timeout=1_800_000)
+            timings["start_to_finished_s"] = round(time.perf_counter() - started, 1)
+            job_id = re.search(r"[0-9a-f]{32}", progress.inner_text()).group(0)
+
+            page.get_by_role("tab", name="Results").click()
+            page.get_by_role("button", name="Show results of the current job").click()
+            expect(page.locator("#grids img").first).to_be_visible(timeout=60_000)
+            page.wait_for_timeout(2000)
+            page.screenshot(path=str(out / "results.png"), full_page=True)
+
+            page.get_by_role("tab", name="Try it").click()
+            page.get_by_label("Prompt").fill("a sks square on a green background")
+            page.get_by_role("button", name="Generate").click()
+            expect(page.locator("#try-lora img")).to_be_visible(timeout=120_000)
+            page.wait_for_timeout(1000)
+            page.screenshot(path=str(out / "try_it.png"), full_page=True)
+
+            page.get_by_role("tab", name="Jobs").click()
+            page.get_by_label("Job id").fill(job_id)
+            page.keyboard.press("Enter")
+            page.wait_for_timeout(3000)
+            page.screenshot(path=str(out / "jobs.png"), full_page=True)
+            browser.close()
+    finally:
+        app.terminate()
+        app.wait(timeout=30)
+        shutil.rmtree(home, ignore_errors=True)
+    (out / "example_job_timing.json").write_text(json.dumps(timings, indent=2) + "\n")
+    print(f"example job ({args.example}, defaults): Start -> Finished {timings['start_to_finished_s']} s; "
+          f"screenshots in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
