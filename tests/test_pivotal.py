@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -114,3 +116,15 @@ def test_model_card_tells_how_to_load_the_embeddings():
     assert "embeddings/" in card and "embedding:sks" in card
     plain = model_card(quick(pivotal=False), "shapes", "sks_disc_kohya.safetensors")
     assert "load_textual_inversion" not in plain and "embedding:" not in plain
+
+
+def test_the_results_tab_offers_the_trigger_vectors_for_download(tmp_path):
+    from bat_app.export.embeddings import save_embeddings
+    from bat_app.ui.views import download_files
+
+    lora = tmp_path / "methods" / "albat" / "lora"
+    lora.mkdir(parents=True)
+    (lora / "pytorch_lora_weights.safetensors").write_bytes(b"x")
+    save_embeddings(lora, "sks", torch.zeros(2, 4))
+    names = [Path(f).name for f in download_files(tmp_path, ["albat"])]
+    assert names == ["albat_pytorch_lora_weights.safetensors", "albat_sks.safetensors"]

@@ -21,6 +21,7 @@ from PIL import Image
 
 from .. import jobs
 from ..errors import InputError
+from ..export.embeddings import find_embeddings
 from ..export.plots import loss_curve
 from .handlers import METHOD_LABELS, normalize_job_id
 from .public import public_job_text
@@ -220,7 +221,9 @@ def _round(value):
 
 
 def download_files(out: Path, methods: list[str]) -> list[str]:
-    """Per method: diffusers and kohya .safetensors and the zip (card, samples, selection).
+    """Per method: diffusers and kohya .safetensors, the trigger's pivotal-tuning vectors (saved
+    as ``<method>_<trigger>.safetensors``: drop the prefix for AUTOMATIC1111, where the file name
+    is the trigger; the zip has them under the plain name), and the zip (card, samples, selection).
 
     The LoRA files are hard-linked as ``downloads/<method>_<name>`` so that downloads of
     several methods do not all arrive as ``pytorch_lora_weights.safetensors``.
@@ -228,7 +231,9 @@ def download_files(out: Path, methods: list[str]) -> list[str]:
     files = []
     for method in methods:
         lora = out / "methods" / method / "lora"
-        for src in [lora / "pytorch_lora_weights.safetensors", *sorted(lora.glob("*_kohya.safetensors"))]:
+        embeddings = find_embeddings(lora) if lora.is_dir() else None  # pivotal tuning's trigger vectors
+        for src in [lora / "pytorch_lora_weights.safetensors", *sorted(lora.glob("*_kohya.safetensors")),
+                    *([embeddings[0]] if embeddings else [])]:
             if src.is_file() and not src.is_symlink():  # a copy would follow a link anywhere
                 files.append(str(_named_copy(src, out / "downloads" / f"{method}_{src.name}")))
         zip_path = out / "downloads" / f"{method}_lora.zip"
