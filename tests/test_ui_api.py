@@ -117,9 +117,10 @@ def test_submit_status_results(client, app):
     assert [row[:2] for row in metrics["data"]] == [["base", "base model"], ["none", "DreamBooth-LoRA"],
                                                     ["random", "random backbone images"]]
     names = sorted(Path(p).name for p in downloads)
-    assert names == ["none_lora.zip", "none_pytorch_lora_weights.safetensors", "none_sks_disc_kohya.safetensors",
-                     "random_lora.zip", "random_pytorch_lora_weights.safetensors",
-                     "random_sks_disc_kohya.safetensors"]
+    # per method: the zip, the diffusers and kohya LoRA files, and the trigger's pivotal vectors
+    assert names == ["none_lora.zip", "none_pytorch_lora_weights.safetensors", "none_sks.safetensors",
+                     "none_sks_disc_kohya.safetensors", "random_lora.zip", "random_pytorch_lora_weights.safetensors",
+                     "random_sks.safetensors", "random_sks_disc_kohya.safetensors"]
     weights = load_file(next(p for p in downloads if p.endswith("none_pytorch_lora_weights.safetensors")))
     assert weights and all("lora" in k for k in weights)
     assert "| none |" in report
