@@ -231,7 +231,7 @@ def run_pair(plan: Plan, name: str, seed: int, work: Path) -> dict:
     import torch
 
     from bat_app.albat import AlbatSelector, SelectionContext, SelectionParams, get_score, get_selector
-    from bat_app.albat.run import embedder_for_pool
+    from bat_app.pool import embedder_for_pool
     from bat_app.compare.pools import shapes_pool_dir
     from bat_app.images import load_user_images
     from bat_app.metrics import compute_metrics
@@ -432,7 +432,7 @@ def cmd_stability(args) -> None:
 
     from bat_app.albat.albat import rank_and_pick
     from bat_app.albat.retrieval import nearest_items, user_embeddings
-    from bat_app.albat.run import embedder_for_pool
+    from bat_app.pool import embedder_for_pool
     from bat_app.albat.score import loss_matrix
     from bat_app.albat.stability import aggregate, jaccard, pair_stability, stability_curve
     from bat_app.albat.surrogate import train_surrogate

@@ -19,12 +19,12 @@ import time
 from pathlib import Path
 
 from bat_app.albat import SelectionParams
-from bat_app.albat.run import embedder_for_pool, run_selection
+from bat_app.albat.run import run_selection
 from bat_app.compare.pools import ensure_shapes_pool
 from bat_app.images import load_user_images
 from bat_app.models import load_components
 from bat_app.paths import assets_dir
-from bat_app.pool import Pool
+from bat_app.pool import Pool, embedder_for_pool
 from bat_app.shapes import SUBJECTS, parse_caption
 from bat_app.train import TrainConfig, train_lora
 

@@ -50,7 +50,7 @@ def test_two_score_seeds_select_overlapping_sets_on_the_shapes_pool(tmp_path, sh
     default R and aggregation, the same surrogate (same training seed) and candidates.
     Measured on the shipped backbone (unet 937f9ccc505f): 10 and 10 items, Jaccard 0.538."""
     from bat_app.albat import SelectionContext, SelectionParams, select
-    from bat_app.albat.run import embedder_for_pool
+    from bat_app.pool import embedder_for_pool
     from bat_app.images import load_user_images
     from bat_app.models import load_components
     from bat_app.pool import Pool

@@ -18,33 +18,10 @@ def open_pool(pool_dir: str | Path | None, clip_model: str | None = None, clip_p
     (or the one given, which must be that same model)."""
     if pool_dir is None:
         return None, None
-    from ..pool import Pool
+    from ..pool import Pool, embedder_for_pool
 
     pool = Pool.open(pool_dir)
     return pool, embedder_for_pool(pool, clip_model, clip_pretrained)
-
-
-def embedder_for_pool(pool, clip_model: str | None = None, clip_pretrained: str | None = None):
-    """Load the CLIP model a pool was built with (from its manifest), or the one given."""
-    from ..pool import PoolError, load_embedder
-    from ..pool.embedder import SHAPES_MODEL_ID, SHAPES_NAME
-
-    model_id = pool.model_id
-    if clip_model is not None:
-        embedder = load_embedder(clip_model, clip_pretrained)
-    elif model_id == SHAPES_MODEL_ID:
-        embedder = load_embedder(SHAPES_NAME)
-    elif model_id.startswith("open_clip:hf-hub:"):
-        embedder = load_embedder(model_id.removeprefix("open_clip:"))
-    elif model_id.startswith("open_clip:") and "/" in model_id and "/file:" not in model_id \
-            and not model_id.startswith("open_clip:local-dir:"):
-        name, pretrained = model_id.removeprefix("open_clip:").split("/", 1)
-        embedder = load_embedder(name, None if pretrained == "random" else pretrained)
-    else:
-        raise PoolError(f"Pool {pool.folder} was built with a local CLIP model ({model_id}); pass the same "
-                        f"model with --clip-model FOLDER [--clip-pretrained FILE].")
-    pool.check_embedder(embedder)
-    return embedder
 
 
 def run_selection(method: str, components, images, config, *, pool_dir=None, pool=None, embedder=None,
