@@ -104,13 +104,13 @@ def validate(run: CompareRun, images, limits: IntakeLimits | None) -> None:
     """Load the model, check the user's images, open the pool and the CLIP that scores."""
     t = run.stage("validate")
     config = run.config
-    run.train_config = config.train_config()
     run.components = load_components(config.model)
-    run.resolution = run.train_config.resolution or run.components.spec.resolution
+    # No recipe sets a resolution: it is the config's, else the model's own.
+    run.resolution = config.train.get("resolution") or run.components.spec.resolution
     report = load_user_images(images if isinstance(images, (str, Path)) else [Path(p) for p in images],
                               limits=limits or IntakeLimits(), resolution=run.resolution)
     run.images = report.images
-    # The preset's recipe sets the steps (and k, m) from the number of photos: known now.
+    # The preset's recipe sets the steps (and k, m) from the number of photos.
     run.train_config = config.train_config(len(run.images))
     # The embedder is needed even without a pool: it scores every column (CLIP-I/T).
     run.pool, run.embedder = _pool_and_embedder(config, run.components, run.emit)
