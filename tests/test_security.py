@@ -124,6 +124,20 @@ def test_the_jobs_folder_is_never_served(app):
     cancel_all(app)
 
 
+def test_example_photos_are_served_from_the_cache_wherever_the_app_runs(app):
+    from bat_app.errors import InputError
+    from bat_app.ui import served
+
+    sources = sorted((app["subjects"] / "red_disc").glob("*.png"))
+    paths = served.publish_example("red_disc", sources)
+    assert [Path(p).name for p in paths] == [p.name for p in sources]
+    assert all(Path(p).is_relative_to(served.cache_root()) for p in paths)
+    response = fetch(app, paths[0])
+    assert response.status_code == 200 and response.content == sources[0].read_bytes()
+    with pytest.raises(InputError, match="not an example"):
+        served.publish_example("../jobs", sources)
+
+
 def test_results_are_served_under_the_job_id_only(app):
     from gradio_client import Client
 

@@ -22,7 +22,7 @@ import gradio as gr
 from ..errors import BatError
 from ..limits import SEED_MAX, Limits, bounds, check_range, check_text, env_name
 from ..models.presets import presets
-from . import handlers, tryit, views
+from . import handlers, served, tryit, views
 from .defaults import suggested_settings
 from .public import client_id, public_message, scrub
 from .settings import AppSettings
@@ -205,7 +205,7 @@ def build_app(settings: AppSettings | None = None) -> gr.Blocks:
                 # the same note and photo-count defaults as an upload (Gallery.change does not
                 # fire for values an event sets)
                 ex = handlers.get_example(settings.subjects_dir, name)
-                paths = [str(p) for p in ex.images]
+                paths = served.publish_example(ex.name, ex.images)
                 return [paths, ex.class_noun, *on_images(paths, model_name)]
 
             use_example.click(on_example, [example, model], [images, class_noun, notes, *advanced],
@@ -355,10 +355,8 @@ def launch_options(settings: AppSettings) -> dict:
     Gradio's run history is off: it would keep every call's inputs, the Hub token among them.
     Uploads larger than a photo may be (BAT_LIMIT_PHOTO_MB) are refused by Gradio itself.
     """
-    from .served import cache_root
-
     data = settings.jobs.data_dir.resolve()
-    blocked = [data] if data not in cache_root().resolve().parents else [settings.jobs.jobs_dir, data / "pools"]
+    blocked = [data] if data not in served.cache_root().resolve().parents else [settings.jobs.jobs_dir, data / "pools"]
     # Gradio refuses bigger uploads before they reach the disk; the intake checks again per photo.
     max_upload = Limits.from_env().photo_mb * 1024 * 1024
     return {"theme": THEME, "css": CSS, "blocked_paths": [str(p) for p in blocked], "footer_links": ["api"],

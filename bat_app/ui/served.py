@@ -10,6 +10,7 @@ job id (128 random bits): whoever has no id can neither list nor guess them.
 
 Only regular files are published, never symlinks, and only paths that match ``SERVED``
 (grids, LoRA .safetensors, zips): nothing else under ``out/`` (checkpoints, selections, logs).
+The example subjects' photos (public assets) are copied to ``<Gradio cache>/bat-examples/``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from ..errors import InputError
 log = logging.getLogger(__name__)
 
 FOLDER = "bat-jobs"
+EXAMPLES = "bat-examples"
 # Relative to a job's out/ folder: what a job's owner downloads or sees.
 SERVED = re.compile(r"previews/grid_[\w-]+\.png|downloads/[\w-]+\.(?:safetensors|zip)")
 _ID = re.compile(r"[0-9a-f]{32}")
@@ -54,6 +56,21 @@ def publish(job_id: str, out: Path, relpaths: list[str]) -> list[str]:
             log.warning("job %s: not serving %r: %s", job_id, rel, exc)
             continue
         dest = target / PurePosixPath(rel).name
+        _copy(source, dest)
+        served.append(str(dest))
+    return served
+
+
+def publish_example(name: str, images: list[Path]) -> list[str]:
+    """Copy an example subject's photos (public assets shipped with the app) to
+    ``<Gradio cache>/bat-examples/<name>/`` and return those paths. The app serves nothing
+    outside its cache, and the assets folder need not be under the working directory."""
+    if not re.fullmatch(r"[\w-]+", name or ""):
+        raise InputError(f"{name!r} is not an example subject's name.")
+    target = cache_root() / EXAMPLES / name
+    served = []
+    for source in images:
+        dest = target / source.name
         _copy(source, dest)
         served.append(str(dest))
     return served
