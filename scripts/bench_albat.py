@@ -185,8 +185,8 @@ def sample_now(comps, prompts: list[str], seeds: list[int], expand, batch: int, 
     from bat_app.models import build_pipeline
 
     pipe, spec = build_pipeline(comps), comps.spec
-    modes = (comps.unet.training, comps.text_encoder.training)
-    comps.unet.eval(), comps.text_encoder.eval()
+    modes = (comps.denoiser.training, comps.text_encoder.training)
+    comps.denoiser.eval(), comps.text_encoder.eval()
     jobs = [(p, s) for p in range(len(prompts)) for s in range(len(seeds))]
     out = [[None] * len(seeds) for _ in prompts]
     try:
@@ -200,7 +200,7 @@ def sample_now(comps, prompts: list[str], seeds: list[int], expand, batch: int, 
             for (p, s), image in zip(chunk, images):
                 out[p][s] = image
     finally:
-        comps.unet.train(modes[0]), comps.text_encoder.train(modes[1])
+        comps.denoiser.train(modes[0]), comps.text_encoder.train(modes[1])
     return out
 
 

@@ -101,11 +101,11 @@ def reencoding_loop(comps, images, config) -> float:
     from peft import LoraConfig
 
     from bat_app.images import prepare_for_training
-    from bat_app.train.objective import draw_noise, per_sample_loss
+    from bat_app.train.objective import draw_noise
 
-    comps.unet.add_adapter(LoraConfig(r=config.rank, lora_alpha=config.lora_alpha, init_lora_weights="gaussian",
-                                      target_modules=list(config.target_modules)))
-    params = [p for n, p in comps.unet.named_parameters() if "lora_" in n]
+    comps.denoiser.add_adapter(LoraConfig(r=config.rank, lora_alpha=config.lora_alpha, init_lora_weights="gaussian",
+                                          target_modules=list(config.target_modules)))
+    params = [p for n, p in comps.denoiser.named_parameters() if "lora_" in n]
     for p in params:
         p.data = p.data.float()
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=1e-2)
@@ -125,8 +125,8 @@ def reencoding_loop(comps, images, config) -> float:
             hidden = comps.text_encoder(ids.to(comps.device))[0]
         noise, t = draw_noise(latents.shape, generator, comps.noise_scheduler.config.num_train_timesteps)
         with autocast:
-            loss = per_sample_loss(comps.unet, comps.noise_scheduler, latents.float(), hidden,
-                                   noise.to(comps.device), t.to(comps.device)).mean()
+            loss = comps.family.loss(comps, latents.float(), {"hidden": hidden}, noise.to(comps.device),
+                                     t.to(comps.device)).mean()
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

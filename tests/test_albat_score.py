@@ -80,11 +80,11 @@ def test_the_two_passes_share_their_draw(comps, images, tmp_path, monkeypatch):
     original = score._loss_with
     gen = torch.Generator().manual_seed(1000)
 
-    def reference_redrawn(unet, adapter, scheduler, latents, hidden, noise, t):
+    def reference_redrawn(components, adapter, latents, cond, noise, t):
         if adapter is None:  # the backbone pass: its own noise and timestep
             noise = torch.randn(noise.shape, generator=gen)
-            t = torch.randint(0, scheduler.config.num_train_timesteps, t.shape, generator=gen)
-        return original(unet, adapter, scheduler, latents, hidden, noise, t)
+            t = torch.randint(0, components.family.num_timesteps(components), t.shape, generator=gen)
+        return original(components, adapter, latents, cond, noise, t)
 
     monkeypatch.setattr(score, "_loss_with", reference_redrawn)
     unshared, _ = loss_matrix(comps, examples, 32, surrogate, CONFIG, draws=12, cache_root=tmp_path)

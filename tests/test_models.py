@@ -46,8 +46,8 @@ def test_loads_local_folder(tiny_model_dir):
     comps = load_components(str(tiny_model_dir))
     assert comps.spec.is_local and comps.spec.resolution == 32
     assert comps.dtype == torch.float32 and comps.device.type == "cpu"
-    assert not any(p.requires_grad for p in comps.unet.parameters())
-    assert comps.prediction_type == "epsilon"
+    assert not any(p.requires_grad for p in comps.denoiser.parameters())
+    assert comps.noise_scheduler.config.prediction_type == "epsilon"
     assert comps.tokenizer.model_max_length == 16
 
 
@@ -65,17 +65,17 @@ def test_missing_folder_names_the_model(tmp_path):
 
 def test_folder_that_is_not_sd(tmp_path):
     (tmp_path / "unet").mkdir()
-    with pytest.raises(ModelLoadError, match=r"not a diffusers SD-family folder \(missing vae/, text_encoder/"):
+    with pytest.raises(ModelLoadError, match=r"not a diffusers SD 1.x/2.x folder \(missing vae/, text_encoder/"):
         load_components(str(tmp_path))
 
 
-def test_sdxl_folder_is_refused_with_reason(tiny_model_dir, tmp_path):
-    folder = tmp_path / "xl"
+def test_a_family_we_do_not_train_is_refused_with_reason(tiny_model_dir, tmp_path):
+    folder = tmp_path / "kandinsky"
     shutil.copytree(tiny_model_dir, folder)
     index = json.loads((folder / "model_index.json").read_text())
-    index["_class_name"] = "StableDiffusionXLPipeline"
+    index["_class_name"] = "KandinskyV22Pipeline"
     (folder / "model_index.json").write_text(json.dumps(index))
-    with pytest.raises(ModelLoadError, match="StableDiffusionXLPipeline.*SD 1.x/2.x"):
+    with pytest.raises(ModelLoadError, match="KandinskyV22Pipeline.*StableDiffusionPipeline"):
         load_components(str(folder))
 
 

@@ -96,8 +96,8 @@ def test_backbone_loads_through_the_shapes_preset():
 
     components = load_components("shapes", device="cpu")
     assert components.spec.resolution == 32
-    assert components.prediction_type == "v_prediction"
-    assert components.unet.config.in_channels == components.vae.config.latent_channels == 8
+    assert components.noise_scheduler.config.prediction_type == "v_prediction"
+    assert components.denoiser.config.in_channels == components.vae.config.latent_channels == 8
 
 
 def test_short_lora_run_changes_samples(tmp_path):

@@ -12,7 +12,8 @@ from bat_app.train import TrainConfig, examples_from_pairs, train_lora
 from bat_app.train import prior as prior_module
 from bat_app.train.encode import LatentCache, sample_latents
 from bat_app.train.data import instance_examples
-from bat_app.train.objective import draw_noise, per_sample_loss
+from bat_app.models.families import stack_cond
+from bat_app.train.objective import draw_noise
 from bat_app.train.encode import TextCache
 
 
@@ -25,14 +26,14 @@ def instance_loss(comps, images, config, draws: int = 16) -> float:
     """Diffusion loss on the instance images with fixed (t, noise) draws (seed 123)."""
     examples = instance_examples(images, config.prompt, config.token)
     stats = LatentCache(comps, 32, None).get(examples)
-    hidden = torch.stack(TextCache(comps).get([e.caption for e in examples]))
+    cond = stack_cond(TextCache(comps).get([e.caption for e in examples]))
     gen = torch.Generator().manual_seed(123)
     total = 0.0
     with torch.no_grad():
         for _ in range(draws):
-            latents = sample_latents(stats, gen, comps.vae.config.scaling_factor)
+            latents = sample_latents(comps, stats, gen)
             noise, t = draw_noise(latents.shape, gen, 1000)
-            total += per_sample_loss(comps.unet, comps.noise_scheduler, latents, hidden, noise, t).mean().item()
+            total += comps.family.loss(comps, latents, cond, noise, t).mean().item()
     return total / draws
 
 
@@ -76,7 +77,7 @@ def test_training_lowers_the_instance_loss(comps, images, tmp_path):
     pipe.unload_lora_weights()
     assert after < before * 0.97, (before, after)
     # The trainer leaves the shared modules clean: no adapter, no trainable parameter.
-    assert not getattr(comps.unet, "peft_config", None) or "bat" not in comps.unet.peft_config
+    assert not getattr(comps.denoiser, "peft_config", None) or "bat" not in comps.denoiser.peft_config
     assert instance_loss(comps, images, config) == pytest.approx(before, rel=1e-6)
 
 
@@ -132,7 +133,7 @@ def test_progress_reports_every_step_with_eta(comps, images, tmp_path):
 
 def test_v_prediction_model_trains(tiny_vpred_model_dir, images, tmp_path):
     comps = load_components(str(tiny_vpred_model_dir))
-    assert comps.prediction_type == "v_prediction"
+    assert comps.noise_scheduler.config.prediction_type == "v_prediction"
     result = train_lora(comps, images, quick(steps=3), tmp_path, export=False)
     assert len(result.losses) == 3 and all(torch.isfinite(torch.tensor(result.losses)))
 

@@ -18,8 +18,7 @@ import numpy as np
 import torch
 
 from ..train.data import Example
-from ..train.encode import LatentCache, tokenize
-from ..train.objective import per_sample_loss
+from ..train.encode import LatentCache, latents_from_stats
 from .draws import SharedDraws
 
 
@@ -37,30 +36,26 @@ class FixedDrawLoss:
         self.captions = [e.caption for e in examples]
         self.stats = LatentCache(components, resolution, cache_root).get(examples)
         shape = tuple(self.stats[0][0].shape)
-        self.draws = SharedDraws.make(draws, shape, components.noise_scheduler.config.num_train_timesteps, seed)
+        self.draws = SharedDraws.make(draws, shape, components.family.num_timesteps(components), seed)
         self.batch_size = batch_size
 
     @torch.no_grad()
     def __call__(self, caption_map: Callable[[str], str] | None = None) -> np.ndarray:
         comps = self.components
-        unet, device = comps.unet, comps.device
+        unet, device, family = comps.denoiser, comps.device, comps.family
         was_training = unet.training
         unet.eval()
-        scaling = comps.vae.config.scaling_factor
         out = np.zeros((len(self.draws), len(self.captions)), dtype=np.float64)
         try:
             with _autocast(comps):
                 for lo in range(0, len(self.captions), self.batch_size):
                     hi = min(lo + self.batch_size, len(self.captions))
                     captions = [caption_map(c) if caption_map else c for c in self.captions[lo:hi]]
-                    hidden = comps.text_encoder(tokenize(comps, captions).to(device))[0]
-                    mean = torch.stack([m for m, _ in self.stats[lo:hi]])
-                    std = torch.stack([s for _, s in self.stats[lo:hi]])
+                    cond = family.encode(comps, family.tokenize(comps, captions))
                     for r in range(len(self.draws)):
                         t, noise, eps = self.draws.batch(r, lo, hi)
-                        latents = ((mean + std * eps) * scaling).to(device)
-                        loss = per_sample_loss(unet, comps.noise_scheduler, latents, hidden, noise.to(device),
-                                               t.to(device))
+                        latents = latents_from_stats(comps, self.stats[lo:hi], eps).to(device)
+                        loss = family.loss(comps, latents, cond, noise.to(device), t.to(device))
                         out[r, lo:hi] = loss.double().cpu().numpy()
         finally:
             unet.train(was_training)

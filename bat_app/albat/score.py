@@ -39,8 +39,8 @@ from peft import LoraConfig, set_peft_model_state_dict
 from ..errors import Cancelled, InputError
 from ..train import TrainConfig
 from ..train.data import Example
-from ..train.encode import LatentCache, TextCache
-from ..train.objective import per_sample_loss
+from ..models.families import cond_to, stack_cond
+from ..train.encode import LatentCache, TextCache, latents_from_stats
 from ..train.progress import ProgressEvent
 from .draws import IndependentDraws, SharedDraws
 
@@ -80,13 +80,12 @@ def loss_matrix(components, examples: Sequence[Example], resolution: int, surrog
     stats = LatentCache(components, resolution, cache_root).get(
         examples, progress=lambda d, t: emit(ProgressEvent("encode", d, t, message="candidates")))
     texts = TextCache(components).get(list(captions) if captions is not None else [e.caption for e in examples])
-    unet, scheduler = components.unet, components.noise_scheduler
+    unet = components.denoiser
     device = components.device
-    total_t = scheduler.config.num_train_timesteps
+    total_t = components.family.num_timesteps(components)
     shape = tuple(stats[0][0].shape) if stats else (0,)
     plan = IndependentDraws(draws, shape, total_t, seed, len(examples)) if independent \
         else SharedDraws.make(draws, shape, total_t, seed)
-    scaling = components.vae.config.scaling_factor
     adapters = _load_adapters(unet, config, surrogate, reference)
     out = np.zeros((draws, len(examples)), dtype=np.float64)
     try:
@@ -94,15 +93,13 @@ def loss_matrix(components, examples: Sequence[Example], resolution: int, surrog
             if cancel is not None and cancel():
                 raise Cancelled("Cancelled while scoring candidates.")
             hi = min(lo + batch_size, len(examples))
-            mean = torch.stack([m for m, _ in stats[lo:hi]])
-            std = torch.stack([s for _, s in stats[lo:hi]])
-            hidden = torch.stack(texts[lo:hi]).to(device)
+            cond = cond_to(stack_cond(texts[lo:hi]), device)
             for r in range(draws):
                 t, noise, eps = plan.batch(r, lo, hi)
-                latents = ((mean + std * eps) * scaling).to(device)
+                latents = latents_from_stats(components, stats[lo:hi], eps).to(device)
                 noise, t = noise.to(device), t.to(device)
-                ref_loss = _loss_with(unet, adapters["reference"], scheduler, latents, hidden, noise, t)
-                adapted_loss = _loss_with(unet, adapters["surrogate"], scheduler, latents, hidden, noise, t)
+                ref_loss = _loss_with(components, adapters["reference"], latents, cond, noise, t)
+                adapted_loss = _loss_with(components, adapters["surrogate"], latents, cond, noise, t)
                 out[r, lo:hi] = (ref_loss - adapted_loss).double().cpu().numpy()
             emit(ProgressEvent("score", hi, len(examples)))
     finally:
@@ -184,10 +181,11 @@ def _load_adapters(unet, config: TrainConfig, surrogate, reference) -> dict[str,
     return names
 
 
-def _loss_with(unet, adapter: str | None, scheduler, latents, hidden, noise, t) -> torch.Tensor:
+def _loss_with(components, adapter: str | None, latents, cond, noise, t) -> torch.Tensor:
+    unet = components.denoiser
     if adapter is None:
         unet.disable_adapters()
     else:
         unet.enable_adapters()
         unet.set_adapter(adapter)
-    return per_sample_loss(unet, scheduler, latents, hidden, noise, t)
+    return components.family.loss(components, latents, cond, noise, t)

@@ -13,11 +13,11 @@ from pathlib import Path
 
 from ..errors import ExportError
 from .embeddings import save_embeddings
-from .formats import DIFFUSERS_FILE, save_diffusers, save_kohya, to_kohya
+from .formats import DIFFUSERS_FILE, save_diffusers, save_kohya
 from .model_card import base_model_of, model_card
 from .plots import loss_curve
 
-__all__ = ["DIFFUSERS_FILE", "export_lora", "kohya_file_name", "loss_curve", "model_card", "to_kohya"]
+__all__ = ["DIFFUSERS_FILE", "export_lora", "kohya_file_name", "loss_curve", "model_card"]
 
 
 def kohya_file_name(config) -> str:
@@ -40,14 +40,15 @@ def export_lora(components, config, out_dir, unet_lora, te_lora, *, losses=(), m
                           f"in the checkpoint; --resume finishes instantly).")
     base = base_model_of(components.spec)  # the real model: "sd15" is named by its hub id
     kohya_name = kohya_file_name(config)
-    meta = {"ss_base_model_version": "sd_v1", "ss_network_dim": config.rank, "ss_network_alpha": config.lora_alpha,
+    family = components.family
+    meta = {"ss_base_model_version": family.kohya_version, "ss_network_dim": config.rank, "ss_network_alpha": config.lora_alpha,
             "ss_output_name": Path(kohya_name).stem, **base.metadata(), "bat_trigger": config.prompt,
             "bat_method": method}
     try:
         files = {
-            "diffusers": save_diffusers(out_dir, unet_lora, te_lora, config.rank, config.lora_alpha,
+            "diffusers": save_diffusers(family, out_dir, unet_lora, te_lora, config.rank, config.lora_alpha,
                                         list(config.target_modules), list(config.text_encoder_targets)),
-            "kohya": save_kohya(out_dir / kohya_name, unet_lora, te_lora, config.lora_alpha, meta),
+            "kohya": save_kohya(family, out_dir / kohya_name, unet_lora, te_lora, config.lora_alpha, meta),
         }
         if embeddings is not None:
             files["embeddings"] = save_embeddings(out_dir, config.token, embeddings)

@@ -1,6 +1,7 @@
-"""Load the components of an SD 1.x/2.x-family backbone from a hub id or a local folder.
+"""Load the components of a backbone (any family in ``families/``) from a hub id or a folder.
 
-Every failure becomes a :class:`ModelLoadError` that says which model, why, and what to do.
+The family (SD 1.x/2.x, ...) comes from the preset or from the folder's ``model_index.json``;
+it says which parts to load. Every failure becomes a :class:`ModelLoadError` that says which model, why, and what to do.
 
     >>> comps = load_components(resolve_model("shapes"))      # doctest: +SKIP
     >>> pipe = build_pipeline(comps)                          # doctest: +SKIP
@@ -14,36 +15,42 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from transformers import CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTokenizer
 
 from ..errors import ModelLoadError
+from .families import Family, family_for_pipeline, get_family, supported_pipelines
 from .presets import ModelSpec, resolve_model
 from .tokenizer import offline_clip_tokenizer
 
 log = logging.getLogger(__name__)
 
-# Pipelines whose components this loader understands (UNet2DCondition + CLIPTextModel + VAE).
-SUPPORTED_PIPELINES = {"StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline"}
-REQUIRED_SUBFOLDERS = ("unet", "vae", "text_encoder", "scheduler")
-
 
 @dataclass
 class Components:
-    """The frozen parts of a backbone, ready to train LoRA adapters on."""
+    """The frozen parts of a backbone, ready to train LoRA adapters on.
+
+    ``denoiser`` is the UNet (SD, SDXL) or the transformer (Flux); ``text_encoders`` and
+    ``tokenizers`` are in the family's order, the CLIP one first (the one pivotal tuning and a
+    text-encoder LoRA train).
+    """
 
     spec: ModelSpec
-    tokenizer: CLIPTokenizer
-    text_encoder: CLIPTextModel
-    vae: AutoencoderKL
-    unet: UNet2DConditionModel
-    noise_scheduler: DDPMScheduler  # the training scheduler (same config as the sampling one)
+    family: Family
+    tokenizers: list
+    text_encoders: list
+    vae: torch.nn.Module
+    denoiser: torch.nn.Module
+    noise_scheduler: object  # the training scheduler (same config as the sampling one)
     dtype: torch.dtype
     device: torch.device
 
     @property
-    def prediction_type(self) -> str:
-        return self.noise_scheduler.config.prediction_type
+    def tokenizer(self):
+        return self.tokenizers[0]
+
+    @property
+    def text_encoder(self):
+        return self.text_encoders[0]
 
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:
@@ -88,13 +95,15 @@ def load_components(
     # goes online, and only after a quick reachability check (the hub client otherwise retries
     # for ~30 s on an offline machine before failing).
     local_only = spec.is_local or _in_hub_cache(source)
-    if spec.is_local:
-        _check_local_folder(spec)
-    elif not local_only and not _hub_reachable():
+    if not spec.is_local and not local_only and not _hub_reachable():
         raise ModelLoadError(
             f"Could not load model {spec.name!r}: it is not in the local Hugging Face cache and the Hub "
             f"cannot be reached (offline). On a machine with internet run `hf download {source}` (or "
             f"copy its folder here and pass the folder), or use the offline `shapes` preset.")
+
+    family = family_of(spec, local_only)
+    if spec.is_local:
+        _check_local_folder(spec, family)
 
     def load(cls, subfolder, **kw):
         try:
@@ -102,40 +111,72 @@ def load_components(
         except (OSError, ValueError, EnvironmentError) as exc:
             raise _explain_failure(spec, subfolder, exc) from exc
 
-    unet = load(UNet2DConditionModel, "unet", torch_dtype=dtype)
-    vae = load(AutoencoderKL, "vae", torch_dtype=dtype)
-    text_encoder = load(CLIPTextModel, "text_encoder", dtype=dtype)
-    noise_scheduler = load(DDPMScheduler, "scheduler")
-    tokenizer = _load_tokenizer(spec, text_encoder, local_only)
+    loaded = {}
+    for part in family.parts():
+        kwargs = dict(part.kwargs)
+        if part.weights:  # diffusers models take torch_dtype, transformers models dtype
+            kwargs["torch_dtype" if part.cls.__module__.startswith("diffusers") else "dtype"] = dtype
+        loaded[part.attr] = load(part.cls, part.subfolder, **kwargs)
+    noise_scheduler = load(family.scheduler_class(), "scheduler")
 
-    for model in (unet, vae, text_encoder):
+    def tokenizer(subfolder: str, text_encoder):
+        return _load_tokenizer(spec, subfolder, text_encoder, local_only)
+
+    fields = family.finish_loading(loaded, spec, tokenizer)
+    for model in (fields["denoiser"], fields["vae"], *fields["text_encoders"]):
         model.requires_grad_(False)
         model.eval()
         model.to(device)
-    return Components(spec, tokenizer, text_encoder, vae, unet, noise_scheduler, dtype, device)
+    return Components(spec, family, fields["tokenizers"], fields["text_encoders"], fields["vae"],
+                      fields["denoiser"], noise_scheduler, dtype, device)
 
 
-def build_pipeline(components: Components, scheduler=None) -> StableDiffusionPipeline:
-    """A sampling pipeline over the same modules (LoRA adapters on them take effect)."""
-    if scheduler is None:
-        from diffusers import DDIMScheduler
+def build_pipeline(components: Components, scheduler=None):
+    """The family's sampling pipeline over the same modules (LoRA adapters on them take effect)."""
+    return components.family.pipeline(components, scheduler)
 
-        # DDIM shares the training scheduler's config (v-prediction, zero-SNR, spacing).
-        scheduler = DDIMScheduler.from_config(components.noise_scheduler.config)
-    pipe = StableDiffusionPipeline(
-        vae=components.vae, text_encoder=components.text_encoder, tokenizer=components.tokenizer,
-        unet=components.unet, scheduler=scheduler, safety_checker=None, feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+
+def family_of(spec: ModelSpec, local_only: bool = True) -> Family:
+    """The preset's family, else the one whose pipeline class ``model_index.json`` names
+    (SD 1.x/2.x when a folder has no model_index.json or the hub cannot say)."""
+    if spec.family:
+        return get_family(spec.family)
+    cls = _pipeline_class(spec, local_only)
+    if cls is None:
+        return get_family("sd")
+    family = family_for_pipeline(cls)
+    if family is None:
+        raise ModelLoadError(
+            f"Model {spec.name!r} is a {cls}; BAT Studio trains {', '.join(supported_pipelines())} models. "
+            f"Pick a checkpoint of one of those families.")
+    return family
+
+
+def _pipeline_class(spec: ModelSpec, local_only: bool) -> str | None:
+    if spec.is_local:
+        if not Path(spec.source).is_dir():
+            raise ModelLoadError(f"Model {spec.name!r}: {spec.source} is not a folder.")
+        index = Path(spec.source) / "model_index.json"
+        if not index.is_file():
+            return None
+    else:
+        try:
+            from huggingface_hub import hf_hub_download
+
+            index = Path(hf_hub_download(str(spec.source), "model_index.json", local_files_only=local_only))
+        except Exception:  # not cached / offline / no such file: the real load reports it
+            return None
+    try:
+        return json.loads(index.read_text()).get("_class_name") or None
+    except ValueError as exc:
+        raise ModelLoadError(f"Model {spec.name!r}: {index} is not valid JSON ({exc}).") from exc
 
 
 def _in_hub_cache(repo_id: str) -> bool:
     try:
         from huggingface_hub import try_to_load_from_cache
 
-        found = try_to_load_from_cache(repo_id, "unet/config.json")
+        found = try_to_load_from_cache(repo_id, "model_index.json")
         return isinstance(found, str)
     except Exception:  # malformed id etc.: let the real load report it
         return False
@@ -156,45 +197,33 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def _load_tokenizer(spec: ModelSpec, text_encoder: CLIPTextModel, local_only: bool) -> CLIPTokenizer:
-    """The model's own tokenizer files if present, else the offline CLIP BPE tokenizer."""
+def _load_tokenizer(spec: ModelSpec, subfolder: str, text_encoder, local_only: bool) -> CLIPTokenizer:
+    """A CLIP text encoder's tokenizer: the model's own files if present, else the offline
+    CLIP BPE tokenizer (the same ids)."""
     max_len = text_encoder.config.max_position_embeddings
-    if spec.is_local and not (Path(spec.source) / "tokenizer").is_dir():
-        log.info("%s has no tokenizer/ folder: using the offline CLIP BPE tokenizer", spec.name)
+    if spec.is_local and not (Path(spec.source) / subfolder).is_dir():
+        log.info("%s has no %s/ folder: using the offline CLIP BPE tokenizer", spec.name, subfolder)
         return offline_clip_tokenizer(model_max_length=max_len)
     try:
-        return CLIPTokenizer.from_pretrained(str(spec.source), subfolder="tokenizer", local_files_only=local_only)
+        return CLIPTokenizer.from_pretrained(str(spec.source), subfolder=subfolder, local_files_only=local_only)
     except (OSError, ValueError) as exc:
         if spec.is_local:
-            raise _explain_failure(spec, "tokenizer", exc) from exc
+            raise _explain_failure(spec, subfolder, exc) from exc
         log.info("tokenizer of %s not available (%s): using the offline CLIP BPE tokenizer",
                  spec.name, type(exc).__name__)
         return offline_clip_tokenizer(model_max_length=max_len)
 
 
-def _check_local_folder(spec: ModelSpec) -> None:
+def _check_local_folder(spec: ModelSpec, family: Family) -> None:
     folder = Path(spec.source)
-    if not folder.is_dir():
-        raise ModelLoadError(f"Model {spec.name!r}: {folder} is not a folder.")
-    index = folder / "model_index.json"
-    if index.is_file():
-        try:
-            cls = json.loads(index.read_text()).get("_class_name", "")
-        except ValueError as exc:
-            raise ModelLoadError(f"Model {spec.name!r}: {index} is not valid JSON ({exc}).") from exc
-        if cls and cls not in SUPPORTED_PIPELINES:
-            raise ModelLoadError(
-                f"Model {spec.name!r} is a {cls}; BAT Studio trains SD 1.x/2.x-family models "
-                f"({', '.join(sorted(SUPPORTED_PIPELINES))}). Pick an SD 1.x/2.x checkpoint."
-            )
-    missing = [s for s in REQUIRED_SUBFOLDERS if not (folder / s).is_dir()]
+    missing = [s for s in family.required_subfolders() if not (folder / s).is_dir()]
     if missing:
         hint = ""
         if folder.suffix in (".safetensors", ".ckpt") or any(folder.glob("*.safetensors")):
             hint = (" A single-file checkpoint must first be converted: "
-                    "StableDiffusionPipeline.from_single_file(path).save_pretrained(folder).")
+                    f"{family.pipeline_class().__name__}.from_single_file(path).save_pretrained(folder).")
         raise ModelLoadError(
-            f"Model {spec.name!r}: {folder} is not a diffusers SD-family folder (missing "
+            f"Model {spec.name!r}: {folder} is not a diffusers {family.display_name} folder (missing "
             f"{', '.join(s + '/' for s in missing)}).{hint}"
         )
 
@@ -218,5 +247,5 @@ def _explain_failure(spec: ModelSpec, part: str, exc: Exception) -> ModelLoadErr
         todo = "Check the hub id's spelling."
     else:
         why = f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
-        todo = "Check that it is an SD 1.x/2.x diffusers repository."
+        todo = "Check that it is a diffusers repository of a family BAT Studio trains."
     return ModelLoadError(f"Could not load {part} of model {spec.name!r}: {why}. {todo}")

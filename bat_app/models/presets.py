@@ -32,6 +32,7 @@ class ModelSpec:
     resolution: int = 512     # native training/sampling resolution
     sampling: dict = field(default_factory=lambda: {"steps": 30, "guidance_scale": 7.5})
     preset: str | None = None
+    family: str | None = None  # a preset's model family; None: read from model_index.json
 
     @property
     def is_local(self) -> bool:
@@ -59,7 +60,8 @@ def resolve_model(spec: str | Path | None = None) -> ModelSpec:
             source = assets_dir() / source.removeprefix("assets:")
         elif Path(source).is_absolute():
             source = Path(source)
-        return ModelSpec(name, source, preset["resolution"], dict(preset["sampling"]), preset=name)
+        return ModelSpec(name, source, preset["resolution"], dict(preset["sampling"]), preset=name,
+                         family=preset.get("family"))
 
     path = Path(name).expanduser()
     if path.exists():

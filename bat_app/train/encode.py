@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from ..images import prepare_for_training
 from ..models import Components
+from ..models.families import Cond, unbatch_cond
 from .data import Example
 
 
@@ -92,37 +93,37 @@ class LatentCache:
                 os.replace(tmp, self.folder / f"{example.key}.safetensors")  # atomic
 
 
-def sample_latents(stats: Sequence[tuple[torch.Tensor, torch.Tensor]], generator: torch.Generator,
-                   scaling_factor: float) -> torch.Tensor:
-    """Draw latents like ``latent_dist.sample() * scaling_factor`` from cached (mean, std)."""
+def latents_from_stats(components: Components, stats: Sequence[tuple[torch.Tensor, torch.Tensor]],
+                       eps: torch.Tensor) -> torch.Tensor:
+    """``latent_dist.sample()`` with the given unit noise ``eps``, scaled the family's way."""
     mean = torch.stack([m for m, _ in stats])
     std = torch.stack([s for _, s in stats])
-    eps = torch.randn(mean.shape, generator=generator)
-    return (mean + std * eps) * scaling_factor
+    return components.family.scale_latents(components, mean + std * eps)
 
 
-def tokenize(components: Components, captions: Sequence[str]) -> torch.Tensor:
-    tok = components.tokenizer
-    return tok(list(captions), padding="max_length", max_length=tok.model_max_length,
-               truncation=True, return_tensors="pt").input_ids
+def sample_latents(components: Components, stats: Sequence[tuple[torch.Tensor, torch.Tensor]],
+                   generator: torch.Generator) -> torch.Tensor:
+    """Draw latents like ``latent_dist.sample()`` (scaled) from cached (mean, std)."""
+    eps = torch.randn((len(stats), *stats[0][0].shape), generator=generator)
+    return latents_from_stats(components, stats, eps)
 
 
 class TextCache:
-    """Frozen text-encoder outputs per caption, computed once per run."""
+    """Frozen text-encoder outputs (the family's conditioning dict) per caption, computed once."""
 
     def __init__(self, components: Components):
         self.components = components
-        self.memory: dict[str, torch.Tensor] = {}
+        self.memory: dict[str, Cond] = {}
         self.encoded = 0
 
     @torch.no_grad()
-    def get(self, captions: Sequence[str], batch_size: int = 64) -> list[torch.Tensor]:
+    def get(self, captions: Sequence[str], batch_size: int = 64) -> list[Cond]:
+        family = self.components.family
         missing = list(dict.fromkeys(c for c in captions if c not in self.memory))
         for start in range(0, len(missing), batch_size):
             batch = missing[start:start + batch_size]
-            ids = tokenize(self.components, batch).to(self.components.device)
-            hidden = self.components.text_encoder(ids)[0].float().cpu()
+            cond = family.encode(self.components, family.tokenize(self.components, batch))
             self.encoded += len(batch)
-            for caption, h in zip(batch, hidden):
-                self.memory[caption] = h
+            for caption, c in zip(batch, unbatch_cond(cond)):
+                self.memory[caption] = c
         return [self.memory[c] for c in captions]

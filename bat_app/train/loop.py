@@ -29,8 +29,9 @@ from ..paths import cache_dir
 from . import checkpoint as ckpt
 from .config import TrainConfig
 from .data import Example, ExampleGroup, instance_examples
-from .encode import LatentCache, TextCache, sample_latents, tokenize
-from .objective import draw_noise, per_sample_loss
+from ..models.families import cat_cond, cond_to, stack_cond
+from .encode import LatentCache, TextCache, sample_latents
+from .objective import draw_noise
 from .pivotal import PivotalTokens
 from .prior import ensure_class_images, load_class_images
 from .progress import ProgressCallback, ProgressEvent, RateMeter
@@ -59,12 +60,13 @@ class TrainResult:
 
 @dataclass
 class _Encoded:
-    """A group ready for training: latent stats, and text embeddings or (``live``) token ids
-    that go through the text encoder every step (its LoRA or the pivotal vectors change)."""
+    """A group ready for training: latent stats, and per example either its cached conditioning
+    or (``live``) its token ids per text encoder, encoded every step (a text-encoder LoRA or
+    the pivotal vectors change them)."""
 
     group: ExampleGroup
     latent_stats: list[tuple[torch.Tensor, torch.Tensor]]
-    text: list[torch.Tensor]
+    text: list
     live: bool = False
 
 
@@ -127,7 +129,7 @@ def train_lora(
         autocast = _autocast(components)
         # fp16 gradients underflow without loss scaling; bf16 and fp32 need none.
         scaler = torch.amp.GradScaler("cuda", enabled=components.dtype == torch.float16)
-        components.unet.train()
+        components.denoiser.train()
         if config.train_text_encoder:
             components.text_encoder.train()
         params = unet_params + te_params + ([pivotal.param] if pivotal else [])
@@ -155,7 +157,7 @@ def train_lora(
             emit(ProgressEvent("train", step, config.steps, loss=losses[-1],
                                it_per_s=meter.rate(step), eta_s=meter.eta(step, config.steps)))
 
-        components.unet.eval()
+        components.denoiser.eval()
         components.text_encoder.eval()
         unet_lora, te_lora = lora_state_dicts(components, config)
         seconds = time.perf_counter() - started
@@ -185,11 +187,12 @@ def check_inputs(components: Components, images: Sequence, config: TrainConfig, 
         raise InputError("No instance images: give at least one image of the subject.")
     if resolution % 8:
         raise InputError(f"`resolution` has to be divisible by 8 but is {resolution}.")
-    known = {name for name, _ in components.unet.named_modules()}
+    known = {name for name, _ in components.denoiser.named_modules()}
     targets = [t for t in config.target_modules if any(n == t or n.endswith("." + t) for n in known)]
     if not targets:
-        raise InputError(f"None of target_modules {config.target_modules} exists in this UNet; "
-                         f"SD UNets have to_q, to_k, to_v, to_out.0, proj_in, proj_out, ff.net.0.proj ...")
+        raise InputError(f"None of target_modules {config.target_modules} exists in this "
+                         f"{components.family.display_name} model; its default targets are "
+                         f"{', '.join(components.family.lora_targets)}.")
 
 
 def prepare_groups(components, images, config, augment, resolution, cache_root, emit) -> list[ExampleGroup]:
@@ -226,14 +229,18 @@ def encode_groups(components, groups, config, resolution, cache_root, emit, pivo
         # A text-encoder LoRA (every group) or trained trigger vectors (the instance prompts)
         # change the embeddings every step: keep token ids for those instead.
         live = config.train_text_encoder or (pivotal is not None and group.role == "instance")
-        text = list(tokenize(components, captions)) if live else texts.get(captions)
+        if live:
+            ids = components.family.tokenize(components, captions)  # one (n, L) tensor per encoder
+            text = [[per_encoder[i] for per_encoder in ids] for i in range(len(captions))]
+        else:
+            text = texts.get(captions)
         encoded.append(_Encoded(group, stats, text, live))
     return encoded
 
 
 def add_adapters(components: Components, config: TrainConfig) -> tuple[list, list]:
     remove_adapters(components)
-    unet = components.unet
+    unet = components.denoiser
     unet.add_adapter(LoraConfig(r=config.rank, lora_alpha=config.lora_alpha, init_lora_weights="gaussian",
                                 target_modules=list(config.target_modules)), adapter_name=ADAPTER)
     te_params = []
@@ -272,16 +279,20 @@ def training_step(components: Components, config: TrainConfig, encoded: list[_En
     """One step: ``batch_size`` examples from each group, one UNet pass, weighted group losses."""
     picks = [torch.randint(len(e.group.examples), (config.batch_size,), generator=generator) for e in encoded]
     stats = [e.latent_stats[i] for e, idx in zip(encoded, picks) for i in idx.tolist()]
-    latents = sample_latents(stats, generator, components.vae.config.scaling_factor)
-    noise, timesteps = draw_noise(latents.shape, generator, components.noise_scheduler.config.num_train_timesteps)
+    family = components.family
+    latents = sample_latents(components, stats, generator)
+    noise, timesteps = draw_noise(latents.shape, generator, family.num_timesteps(components))
     device = components.device
-    hidden = []
+    conds = []
     for e, idx in zip(encoded, picks):
-        text = torch.stack([e.text[i] for i in idx.tolist()]).to(device)
-        hidden.append((components.text_encoder(text)[0] if e.live else text).float())
-    hidden = torch.cat(hidden)
-    losses = per_sample_loss(components.unet, components.noise_scheduler, latents.to(device), hidden,
-                             noise.to(device), timesteps.to(device))
+        items = [e.text[i] for i in idx.tolist()]
+        if e.live:
+            ids = [torch.stack([item[j] for item in items]) for j in range(len(items[0]))]
+            conds.append(family.encode(components, ids))
+        else:
+            conds.append(cond_to(stack_cond(items), device))
+    cond = {k: v.float() if v.is_floating_point() else v for k, v in cat_cond(conds).items()}
+    losses = family.loss(components, latents.to(device), cond, noise.to(device), timesteps.to(device))
     per_group = losses.view(len(encoded), config.batch_size).mean(dim=1)
     weights = torch.tensor([e.group.weight for e in encoded], device=per_group.device)
     return (per_group * weights).sum()
@@ -289,7 +300,7 @@ def training_step(components: Components, config: TrainConfig, encoded: list[_En
 
 def lora_state_dicts(components: Components, config: TrainConfig):
     unet_lora = {k: v.detach().float().cpu().clone()
-                 for k, v in get_peft_model_state_dict(components.unet, adapter_name=ADAPTER, save_embedding_layers=False).items()}
+                 for k, v in get_peft_model_state_dict(components.denoiser, adapter_name=ADAPTER, save_embedding_layers=False).items()}
     te_lora = {}
     if config.train_text_encoder:
         te_lora = {k: v.detach().float().cpu().clone()
@@ -302,7 +313,7 @@ def restore(components, config, path, fingerprint, optimizer, lr_scheduler, gene
     lora, state = ckpt.load_checkpoint(path, fingerprint)
     if pivotal is not None:
         pivotal.load_vectors(lora.pop(PIVOTAL_KEY))
-    set_peft_model_state_dict(components.unet, _strip(lora, "unet."), adapter_name=ADAPTER)
+    set_peft_model_state_dict(components.denoiser, _strip(lora, "unet."), adapter_name=ADAPTER)
     if config.train_text_encoder:
         set_peft_model_state_dict(components.text_encoder, _strip(lora, "text_encoder."), adapter_name=ADAPTER)
     optimizer.load_state_dict(state.optimizer)
@@ -316,7 +327,7 @@ def restore(components, config, path, fingerprint, optimizer, lr_scheduler, gene
 
 def remove_adapters(components: Components) -> None:
     """Take the training adapter off the shared modules (they may serve another run next)."""
-    for model in (components.unet, components.text_encoder):
+    for model in (components.denoiser, *components.text_encoders):
         config = getattr(model, "peft_config", None) or {}
         if ADAPTER in config:
             model.delete_adapters(ADAPTER) if hasattr(model, "delete_adapters") else model.delete_adapter(ADAPTER)

@@ -1,0 +1,131 @@
+"""What differs between model families, behind one small interface.
+
+The trainer, ALBAT's score, the previews and the exports call a :class:`Family` and never
+branch on which one it is:
+
+    family = components.family
+    ids = family.tokenize(components, captions)          # one id tensor per text encoder
+    cond = family.encode(components, ids)                # {"hidden": ..., "pooled": ..., ...}
+    loss = family.loss(components, latents, cond, noise, timesteps)   # (batch,) fp32
+    pipe = family.pipeline(components)                   # diffusers' own sampling pipeline
+
+Conditioning is a dict of batch-first tensors, so caching, stacking and concatenating it is
+the same for every family (:func:`stack_cond`, :func:`cat_cond`). Timesteps are integers in
+``[0, num_timesteps)`` for every family: ALBAT's stratified draws need not know whether a
+family regresses noise, velocity or a flow (a flow-matching family maps them to sigmas).
+
+Adding a family is one module with a subclass and one line in ``families/__init__.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, ClassVar, Sequence
+
+import torch
+
+Cond = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Part:
+    """One component a family loads: the Components attribute, the class, its subfolder."""
+
+    attr: str            # "denoiser", "vae", "text_encoder", "text_encoder_2", "tokenizer", ...
+    cls: type
+    subfolder: str
+    weights: bool = True  # a module with weights (dtype, device, frozen) vs a tokenizer/scheduler
+    kwargs: tuple = ()    # extra from_pretrained keyword arguments, as (name, value) pairs
+
+
+class Family:
+    """The interface; each family overrides what it does differently."""
+
+    name: ClassVar[str]
+    display_name: ClassVar[str]                    # in messages: "SD 1.x/2.x", "SDXL", "Flux"
+    pipeline_classes: ClassVar[frozenset[str]]   # model_index.json `_class_name`s it loads
+    kohya_version: ClassVar[str]                  # ss_base_model_version in kohya metadata
+    lora_targets: ClassVar[tuple[str, ...]]       # default LoRA target modules of the denoiser
+    text_encoder_lora_targets: ClassVar[tuple[str, ...]] = ("q_proj", "k_proj", "v_proj", "out_proj")
+
+    # --- loading ----------------------------------------------------------------------
+    def parts(self) -> tuple[Part, ...]:
+        raise NotImplementedError
+
+    def scheduler_class(self):
+        """The training noise scheduler's class (its config is read from ``scheduler/``)."""
+        from diffusers import DDPMScheduler
+
+        return DDPMScheduler
+
+    def required_subfolders(self) -> tuple[str, ...]:
+        return tuple(p.subfolder for p in self.parts() if p.weights) + ("scheduler",)
+
+    def finish_loading(self, loaded: dict, spec, load_tokenizer: Callable) -> dict:
+        """Turn the loaded parts into Components fields: tokenizers, text_encoders, ..."""
+        raise NotImplementedError
+
+    # --- text -------------------------------------------------------------------------
+    def tokenize(self, components, captions: Sequence[str]) -> list[torch.Tensor]:
+        """Token ids per text encoder, padded to each tokenizer's length."""
+        return [tok(list(captions), padding="max_length", max_length=tok.model_max_length,
+                    truncation=True, return_tensors="pt").input_ids for tok in components.tokenizers]
+
+    def encode(self, components, ids: Sequence[torch.Tensor]) -> Cond:
+        raise NotImplementedError
+
+    # --- latents and the objective ------------------------------------------------------
+    def scale_latents(self, components, latents: torch.Tensor) -> torch.Tensor:
+        """A VAE sample -> what the denoiser is trained on (SD: times the scaling factor)."""
+        config = components.vae.config
+        shift = getattr(config, "shift_factor", None) or 0.0
+        return (latents - shift) * config.scaling_factor
+
+    def num_timesteps(self, components) -> int:
+        return int(components.noise_scheduler.config.num_train_timesteps)
+
+    def loss(self, components, latents: torch.Tensor, cond: Cond, noise: torch.Tensor,
+             timesteps: torch.Tensor) -> torch.Tensor:
+        """The training loss per batch item (fp32), at integer ``timesteps``."""
+        raise NotImplementedError
+
+    # --- sampling and export ------------------------------------------------------------
+    def pipeline(self, components, scheduler=None):
+        raise NotImplementedError
+
+    def pipeline_class(self):
+        """The diffusers pipeline whose ``save_lora_weights``/``load_lora_weights`` we use."""
+        raise NotImplementedError
+
+    def save_lora(self, out_dir: Path, denoiser_lora: dict, te_lora: dict, rank: int, alpha: float,
+                  targets: Sequence[str], te_targets: Sequence[str], file_name: str) -> Path:
+        raise NotImplementedError
+
+    def to_kohya(self, denoiser_lora: dict, te_lora: dict, alpha: float) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+
+def stack_cond(items: Sequence[Cond]) -> Cond:
+    """Per-example conditionings (no batch dim) -> one batch."""
+    return {k: torch.stack([c[k] for c in items]) for k in items[0]}
+
+
+def cat_cond(batches: Sequence[Cond]) -> Cond:
+    return {k: torch.cat([b[k] for b in batches]) for k in batches[0]}
+
+
+def unbatch_cond(cond: Cond) -> list[Cond]:
+    """One batch -> per-example conditionings (fp32, on the CPU: what the text cache keeps)."""
+    n = next(iter(cond.values())).shape[0]
+    return [{k: v[i].float().cpu() for k, v in cond.items()} for i in range(n)]
+
+
+def cond_to(cond: Cond, device, dtype=None) -> Cond:
+    return {k: v.to(device, dtype) if dtype is not None and v.is_floating_point() else v.to(device)
+            for k, v in cond.items()}
+
+
+def adapter_metadata(rank: int, alpha: float, targets: Sequence[str]) -> dict:
+    """The LoraConfig kwargs diffusers stores beside the weights, so alpha != rank loads right."""
+    return {"r": rank, "lora_alpha": alpha, "target_modules": sorted(targets)}
