@@ -238,3 +238,13 @@ def test_score_seed_from_the_cli_and_the_compare_config():
         CompareConfig(class_noun="star", model="shapes", score_seed=3, selection={"score_seed": 4})
     with pytest.raises(InputError, match="score_seed"):
         CompareConfig(class_noun="star", model="shapes", score_seed=-1)
+
+
+def test_each_selector_says_whether_it_needs_the_pool():
+    from bat_app.albat import METHODS, SELECTORS, needs_pool
+    from bat_app.compare.config import CompareConfig
+
+    assert {m for m in SELECTORS if needs_pool(m)} == {"random", "clip", "albat", "shortlist"}
+    assert CompareConfig(methods=list(METHODS)).pool_methods() == ["random", "clip", "albat"]
+    with pytest.raises(InputError, match="Unknown selection method"):
+        needs_pool("nearest")

@@ -27,9 +27,16 @@ def get_selector(method: str) -> Selector:
     return SELECTORS[method]()
 
 
+def needs_pool(method: str) -> bool:
+    """Whether ``method`` draws from the backbone's pool (unknown methods: InputError)."""
+    if method not in SELECTORS:
+        raise InputError(f"Unknown selection method {method!r}; choose one of {', '.join(SELECTORS)}.")
+    return SELECTORS[method].needs_pool
+
+
 def select(method: str, ctx: SelectionContext) -> Selection:
     return get_selector(method).select(ctx)
 
 
 __all__ = ["METHODS", "SCORES", "SELECTORS", "AlbatSelector", "Score", "ScoreResult", "Selection",
-           "SelectionContext", "SelectionParams", "SelectionRow", "get_score", "get_selector", "select"]
+           "SelectionContext", "SelectionParams", "SelectionRow", "get_score", "get_selector", "needs_pool", "select"]

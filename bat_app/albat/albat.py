@@ -32,6 +32,7 @@ from .surrogate import train_surrogate
 
 class AlbatSelector:
     name = "albat"
+    needs_pool = True
 
     def __init__(self, score: Score | None = None):
         self.score = score  # None: the one ctx.params.score names

@@ -138,5 +138,6 @@ class SelectionContext:
 
 class Selector(Protocol):
     name: str
+    needs_pool: bool  # draws from the backbone's pool (the UI, jobs and compare ask for one)
 
     def select(self, ctx: SelectionContext) -> Selection: ...

@@ -80,8 +80,11 @@ class CompareConfig:
         """The model whose recipe applies (None means the default preset of this machine)."""
         return self.model or default_preset()
 
-    def needs_pool(self) -> bool:
-        return any(m in ("random", "clip", "albat") for m in self.methods)
+    def pool_methods(self) -> list[str]:
+        """The chosen methods that draw from the backbone's pool."""
+        from ..albat import needs_pool
+
+        return [m for m in self.methods if needs_pool(m)]
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

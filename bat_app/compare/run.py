@@ -237,8 +237,8 @@ def _pool_and_embedder(config: CompareConfig, components, emit=None):
 
     pool_dir = resolve_pool(config.pool, components, emit)
     if pool_dir is None:
-        if config.needs_pool():
-            raise InputError(f"Methods {[m for m in config.methods if m in ('random', 'clip', 'albat')]} "
+        if config.pool_methods():
+            raise InputError(f"Methods {config.pool_methods()} "
                              f"need a backbone pool: set `pool` (a pool folder, or 'shapes').")
         return None, default_embedder(components, config.clip_model, config.clip_pretrained)
     return open_pool(pool_dir, config.clip_model, config.clip_pretrained)

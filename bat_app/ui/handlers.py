@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import jobs
-from ..albat import METHODS
+from ..albat import METHODS, needs_pool
 from ..compare.config import CompareConfig
 from ..errors import ImageError, InputError
 from ..images import IntakeLimits, load_user_images
@@ -26,7 +26,6 @@ from .public import scrub
 from .settings import AppSettings
 
 NO_POOL = "none"
-POOL_METHODS = ("random", "clip", "albat")
 # What the user reads next to each method (the base model is always the first column).
 METHOD_LABELS = {
     "none": "DreamBooth-LoRA",
@@ -257,7 +256,7 @@ def build_config(settings: AppSettings, *, token: str = "sks", class_noun: str =
     if not class_noun:
         raise InputError("The class noun is empty: say what the subject is, e.g. 'dog', 'backpack' or 'star'.")
     check_text("The class noun", class_noun, limits.noun_chars, None)
-    needing = [METHOD_LABELS.get(m, m) for m in methods if m in POOL_METHODS]
+    needing = [METHOD_LABELS.get(m, m) for m in methods if m in METHOD_LABELS and needs_pool(m)]
     if needing and pool is None:
         raise InputError(f"{', '.join(needing)} need a backbone pool: pick one under 'Backbone pool', or "
                          f"untick them.")
@@ -326,6 +325,6 @@ def initial_form(settings: AppSettings, model: str | None = None, n_images: int 
     """The form for ``model`` (a name; default: the app's model), names only: no server path."""
     model = model or model_name(settings)
     pool = default_pool(settings, model)
-    methods = [m for m in DEFAULT_METHODS if pool != NO_POOL or m not in POOL_METHODS]
+    methods = [m for m in DEFAULT_METHODS if pool != NO_POOL or not needs_pool(m)]
     return Form(model, pool, pool_choices(settings, model), methods,
                 suggested_settings(n_images, model if model in presets() else None))
