@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import InputError
+from .errors import InputError, LimitError
 
 SEED_MAX = 2**32 - 1          # numpy's seed range; torch would take more, nothing needs it
 RESOLUTION_FACTOR = 2         # training above twice a model's native size only costs memory
@@ -33,17 +33,6 @@ ENV_PREFIX = "BAT_LIMIT_"
 # spaces, hyphens and apostrophes only, starting with a letter or digit.
 NOUN = re.compile(r"[^\W_][\w' \-]*")
 MODULE = re.compile(r"[\w.]{1,64}")   # a LoRA target module name, e.g. "to_q" or "attn1.to_k"
-
-
-class LimitError(InputError):
-    """A value is outside what this server accepts. ``public`` is the message for web users;
-    ``str()`` adds which operator setting holds the limit (for the CLI and the server log)."""
-
-    def __init__(self, public: str, setting: str | None = None):
-        self.public = public
-        self.setting = setting
-        hint = f" (operator setting {setting})" if setting else ""
-        super().__init__(public[:-1] + hint + "." if public.endswith(".") else public + hint)
 
 
 @dataclass(frozen=True)

@@ -105,7 +105,7 @@ def test_queue_positions_cancel_of_queued_jobs_and_queue_full(backend, images, m
 
 
 def test_per_client_cap(backend, images, monkeypatch):
-    from bat_app.jobs.api import ClientQueueFull
+    from bat_app.errors import ClientQueueFull
 
     monkeypatch.setenv("BAT_MAX_PER_CLIENT", "2")
     submit = lambda client: jobs.submit(STAGES_JOB, images, pipeline="stages", client=client)

@@ -276,7 +276,7 @@ def test_a_server_file_cannot_be_passed_as_a_photo(app):
 
 def test_bounds_hold_for_the_cli_and_the_job_json(app, tmp_path):
     from bat_app.compare.config import CompareConfig
-    from bat_app.limits import LimitError
+    from bat_app.errors import LimitError
 
     config = tmp_path / "job.json"
     config.write_text(json.dumps({"class_noun": "star", "model": "shapes", "methods": ["none"],

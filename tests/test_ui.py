@@ -110,7 +110,7 @@ def test_choices_are_names_and_map_to_what_the_server_offers(settings, tmp_path)
 
 
 def test_limits_are_operator_settings(settings, monkeypatch):
-    from bat_app.limits import LimitError, Limits
+    from bat_app.errors import LimitError, Limits
 
     monkeypatch.setenv("BAT_LIMIT_STEPS", "20000")
     assert handlers.build_config(settings, class_noun="disc", methods=["none"], steps=20_000).train["steps"] == 20_000
@@ -188,7 +188,7 @@ def test_photo_limits_tell_web_users_no_operator_setting(settings, tmp_path, mon
 
 
 def test_public_messages():
-    from bat_app.limits import LimitError
+    from bat_app.errors import LimitError
     from bat_app.ui.public import client_id, public_job_text, scrub
 
     assert scrub("No job in /data/bat/jobs; see /tmp/x/log.txt, step 3/40, https://hf.co/a/b") == \

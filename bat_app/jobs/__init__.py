@@ -21,7 +21,7 @@ embedded worker), ``runner`` (the per-job process), ``pipelines`` (what a job ru
 
 from .api import cancel, job_dir, list_jobs, queue_position, status, submit, wait
 from .cleanup import cleanup
-from .errors import JobNotFound, QueueFull
+from ..errors import JobNotFound, QueueFull
 from .record import CANCELLED, DONE, FAILED, FINISHED, QUEUED, RUNNING, STATUSES, JobRecord
 from .settings import JobSettings
 from .worker import EmbeddedWorker, Worker, start_embedded_worker

@@ -22,16 +22,12 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from .errors import QueueFull
+from ..errors import ClientQueueFull, QueueFull
 from .pipelines import check_pipeline
 from .queue import connect
 from .record import CANCELLED, FINISHED, QUEUED, RUNNING, JobRecord
 from .settings import JobSettings
 from .store import CONFIG, INPUTS, write_json_atomic
-
-
-class ClientQueueFull(QueueFull):
-    """This client already has ``max_per_client`` jobs queued or running."""
 
 
 def submit(config, images: Sequence[str | Path] | str | Path, *, pipeline: str = "compare",
@@ -212,4 +208,4 @@ def _input_names(names: list[str]) -> list[str]:
     return [f"{i:02d}_{n.lstrip('.') or 'image'}" for i, n in enumerate(names)]
 
 
-__all__ = ["ClientQueueFull", "cancel", "job_dir", "list_jobs", "queue_position", "status", "submit", "wait"]
+__all__ = ["cancel", "job_dir", "list_jobs", "queue_position", "status", "submit", "wait"]

@@ -18,7 +18,7 @@ import shutil
 import time
 from pathlib import Path
 
-from .errors import JobNotFound
+from ..errors import JobNotFound
 from .queue import connect
 from .record import DONE, JobRecord
 from .settings import JobSettings

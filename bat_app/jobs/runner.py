@@ -141,7 +141,7 @@ class JobContext:
         return self.cancelled
 
     def _check_record(self) -> None:
-        from .errors import JobNotFound
+        from ..errors import JobNotFound
         from .lifecycle import owns
 
         try:
@@ -176,7 +176,7 @@ class JobContext:
             self._pending = None
 
     def _write(self, event) -> None:
-        from .errors import JobNotFound
+        from ..errors import JobNotFound
         from .lifecycle import owns
 
         first_step = self._first_train_step

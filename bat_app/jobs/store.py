@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .errors import JobNotFound
+from ..errors import JobNotFound
 from .record import JobRecord
 
 RECORD = "job.json"

@@ -26,9 +26,8 @@ import threading
 import time
 from pathlib import Path
 
-from bat_app.errors import BatError
+from bat_app.errors import BatError, JobNotFound
 
-from .errors import JobNotFound
 from .lease import WorkerId, holder_is_dead
 from .lifecycle import EXIT_INTERRUPTED, EXIT_LEASE_LOST, claim, finish, owns, renew, requeue
 from .process import JobProcess, child_pythonpath, describe_exit, tail

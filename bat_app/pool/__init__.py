@@ -29,7 +29,7 @@ Modules:
 from bat_app.pool.build import BuildEvent, build_pool
 from bat_app.pool.embedder import (Embedder, OpenClipEmbedder, embedder_for_pool, embedder_id,
                                    load_embedder)
-from bat_app.pool.errors import PoolError
+from bat_app.errors import PoolError
 from bat_app.pool.index import FLAT_MAX, choose_index
 from bat_app.pool.pool import Pool, PoolItem
 from bat_app.pool.safety import SafetyConfig

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bat_app.pool.errors import PoolError
+from bat_app.errors import PoolError
 from bat_app.pool.index import INDEX_FILE, TARGET_RECALL, TUNE_K, TUNE_QUERIES, _FaissFileIndex
 
 

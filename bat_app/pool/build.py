@@ -26,15 +26,15 @@ from PIL import Image
 
 from bat_app.pool import store
 from bat_app.pool.embedder import Embedder
-from bat_app.pool.errors import PoolError
+from bat_app.errors import PoolError
+from bat_app.images.decode import BOMB_ERRORS, DECODE_ERRORS as IMAGE_DECODE_ERRORS
 from bat_app.pool.index import FLAT_MAX, INDEX_FILE, INDEX_TYPES, build_index, choose_index
 from bat_app.pool.pool import FORMAT, VERSION, Pool
 from bat_app.pool.safety import SOURCE_COLUMNS, SafetyConfig, finalize as finalize_safety, scores_row
 from bat_app.pool.sources import Record, Source, open_source
 
-# What Pillow raises on damaged or hostile files (as bat_app.images does), plus bombs.
-DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError,
-                 ZeroDivisionError, Image.DecompressionBombError, Image.DecompressionBombWarning)
+# What Pillow raises on damaged or hostile files (bat_app.images' one list), plus bombs.
+DECODE_ERRORS = IMAGE_DECODE_ERRORS + BOMB_ERRORS
 DRAFT_SIZE = 512          # JPEGs decode at a reduced scale >= this: CLIP sees <= 448 px anyway
 EMBEDDED_BATCH = 4096     # commit size for sources that carry their own embeddings
 

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from bat_app.errors import BatError
-from bat_app.pool.errors import PoolError
+from bat_app.errors import PoolError
 
 SHAPES_NAME = "shapes"
 SHAPES_MODEL_ID = "shapes-clip"

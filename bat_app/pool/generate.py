@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from bat_app.pool import store
-from bat_app.pool.errors import PoolError
+from bat_app.errors import PoolError
 
 PROMPTS_FILE = Path(__file__).with_name("generate_prompts.json")
 KEYS = ("templates", "contexts", "styles", "viewpoints")

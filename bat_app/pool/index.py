@@ -34,7 +34,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from bat_app.pool.errors import PoolError
+from bat_app.errors import PoolError
 
 FLAT_MAX = 50_000           # up to this many vectors: exact search (~15-20 ms a query here)
 TARGET_RECALL = 0.95        # what ivf/hnsw parameters are tuned to reach at k = TUNE_K

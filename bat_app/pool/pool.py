@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from bat_app.pool import store
-from bat_app.pool.errors import PoolError
+from bat_app.errors import PoolError
 from bat_app.pool.index import VectorIndex, load_index
 from bat_app.pool.safety import FlagTable, filters_from_env, parse_filters
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bat_app.pool.errors import PoolError
+from bat_app.errors import PoolError
 
 FLAGS = ("unsafe", "watermark")
 # LAION's (punsafe, pwatermark) first, then COYO-700M's names for the same probabilities.

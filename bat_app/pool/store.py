@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bat_app.pool.errors import PoolError
+from bat_app.errors import PoolError
 
 MANIFEST = "manifest.json"
 STATE = "build.json"

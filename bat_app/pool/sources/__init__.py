@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bat_app.pool.errors import PoolError
+from bat_app.errors import PoolError
 from bat_app.pool.sources.base import Record, Source, sorted_files
 from bat_app.pool.sources.clip_retrieval import ClipRetrievalSource, is_clip_retrieval_output
 from bat_app.pool.sources.folder import FolderSource

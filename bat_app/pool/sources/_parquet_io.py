@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from bat_app.pool.errors import PoolError
+from bat_app.errors import PoolError
 
 
 def pyarrow_available() -> bool:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bat_app.pool.errors import PoolError
+from bat_app.errors import PoolError
 from bat_app.pool.safety import SOURCE_COLUMNS, from_metadata
 from bat_app.pool.sources import _parquet_io
 from bat_app.pool.sources.base import Record, Source

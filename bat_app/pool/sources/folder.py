@@ -13,7 +13,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from bat_app.pool.errors import PoolError
+from bat_app.errors import PoolError
 from bat_app.pool.safety import from_metadata
 from bat_app.pool.sources.base import Record, Source, sorted_files
 

@@ -20,7 +20,7 @@ import tarfile
 import urllib.parse
 from collections.abc import Iterator
 
-from bat_app.pool.errors import PoolError
+from bat_app.errors import PoolError
 from bat_app.pool.sources.base import Record, Source
 from bat_app.pool.sources.parquet import detect_columns, make_record
 from bat_app.pool.sources.webdataset import SHARD_SUFFIXES, stream_records

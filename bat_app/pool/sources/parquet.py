@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from bat_app.pool.errors import PoolError
+from bat_app.errors import PoolError
 from bat_app.pool.safety import SOURCE_COLUMNS, from_metadata
 from bat_app.pool.sources import _parquet_io
 from bat_app.pool.sources.base import Record, Source, sorted_files
