@@ -110,7 +110,8 @@ def test_choices_are_names_and_map_to_what_the_server_offers(settings, tmp_path)
 
 
 def test_limits_are_operator_settings(settings, monkeypatch):
-    from bat_app.errors import LimitError, Limits
+    from bat_app.errors import LimitError
+    from bat_app.limits import Limits
 
     monkeypatch.setenv("BAT_LIMIT_STEPS", "20000")
     assert handlers.build_config(settings, class_noun="disc", methods=["none"], steps=20_000).train["steps"] == 20_000
