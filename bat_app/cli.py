@@ -325,12 +325,15 @@ def _add_presets(sub) -> None:
 
 def run_presets(args) -> int:
     from .models import default_preset, presets
+    from .models.presets import license_line
     from .models.recipe import recipe_for
 
     default = default_preset()
     for name, preset in presets().items():
         mark = " (default here)" if name == default else ""
         print(f"{name}{mark}: {preset['source']} — {preset['description']}")
+        print(f"    family {preset.get('family', 'sd')}, {preset['resolution']} px"
+              + (f", {license_line(name)}" if license_line(name) else ""))
         train = recipe_for(name).train_settings(None)
         sel = recipe_for(name).selection_settings(None)
         print(f"    recipe (5 photos): {train['steps']} steps, lr {train['lr']:g}, rank {train['rank']}, "

@@ -55,13 +55,15 @@ def export_lora(components, config, out_dir, unet_lora, te_lora, *, losses=(), m
     except OSError as exc:
         raise ExportError(f"Could not write the LoRA files to {out_dir}: {exc}. Check the folder and free space.") from exc
     card = out_dir / "README.md"
-    card.write_text(model_card(config, base, kohya_name, method=method, extra=extra))
+    card.write_text(model_card(config, base, kohya_name, method=method, extra=extra,
+                               pipeline=family.pipeline_class().__name__))
     files["card"] = card
     if losses:
         files["loss_curve"] = out_dir / "loss_curve.png"
         loss_curve(list(losses)).save(files["loss_curve"])
     files["log"] = out_dir / "training_log.json"
     files["log"].write_text(json.dumps({"config": config.to_dict(), "base_model": base.id,
-                                        "base_revision": base.revision, "method": method,
+                                        "base_revision": base.revision, "base_license": base.license,
+                                        "pipeline": family.pipeline_class().__name__, "method": method,
                                         "losses": list(losses), **(extra or {})}, indent=1))
     return files

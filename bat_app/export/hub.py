@@ -9,6 +9,7 @@ fix (offline, rejected token, bad repo name, missing files) raise :class:`HubErr
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -104,7 +105,10 @@ def _stage(lora_dir: Path, tmp: Path, samples: Sequence[str | Path]) -> Path:
         config = TrainConfig.from_dict(info["config"])
         kohya = next((f.name for f in lora_dir.glob("*_kohya.safetensors")), "lora_kohya.safetensors")
         base = base_model_of(info.get("base_model", "unknown"), revision=info.get("base_revision"))
-        card = model_card(config, base, kohya, method=info.get("method", "dreambooth-lora"), samples=names)
+        if info.get("base_license"):
+            base = dataclasses.replace(base, license=info["base_license"])
+        card = model_card(config, base, kohya, method=info.get("method", "dreambooth-lora"), samples=names,
+                          pipeline=info.get("pipeline", "StableDiffusionPipeline"))
     elif (lora_dir / "README.md").is_file():
         card = (lora_dir / "README.md").read_text() + "".join(f"\n![sample]({n})\n" for n in names)
     else:

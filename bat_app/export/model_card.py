@@ -34,6 +34,7 @@ class BaseModel:
     hub_id: str | None = None    # the model on the Hub (None: a local folder only)
     revision: str | None = None  # the Hub commit, when known
     folder: str | None = None    # the local folder it was loaded from, if any
+    license: str | None = None   # the base model's licence (Hub id), when known
 
     @property
     def id(self) -> str:
@@ -71,12 +72,13 @@ def base_model_of(model, revision: str | None = None) -> BaseModel:
             return BaseModel(str(model), revision=revision)
     revision = revision or getattr(model, "revision", None)
     if not model.is_local:
-        return BaseModel(model.name, str(model.source), revision or _cached_revision(str(model.source)))
+        return BaseModel(model.name, str(model.source), revision or _cached_revision(str(model.source)),
+                         license=model.license)
     snapshot = _HUB_SNAPSHOT.search(Path(model.source).as_posix())
     if snapshot:
         return BaseModel(model.name, f"{snapshot['org']}/{snapshot['name']}", revision or snapshot["revision"],
-                         folder=str(model.source))
-    return BaseModel(model.name, folder=str(model.source))
+                         folder=str(model.source), license=model.license)
+    return BaseModel(model.name, folder=str(model.source), license=model.license)
 
 
 def _cached_revision(hub_id: str) -> str | None:
@@ -89,14 +91,17 @@ def _cached_revision(hub_id: str) -> str | None:
 
 
 def model_card(config: TrainConfig, base_model, kohya_name: str, method: str = "dreambooth-lora",
-               samples: list[str] | None = None, extra: dict | None = None) -> str:
+               samples: list[str] | None = None, extra: dict | None = None,
+               pipeline: str = "StableDiffusionPipeline") -> str:
     """Markdown with Hub front matter: base model, trigger, usage in diffusers/A1111/ComfyUI, settings.
 
-    ``base_model``: a :class:`BaseModel`, or anything :func:`base_model_of` takes.
+    ``base_model``: a :class:`BaseModel`, or anything :func:`base_model_of` takes. ``pipeline``:
+    the diffusers pipeline class of the model's family (the usage snippet loads with it). The
+    card's licence is the base model's (a LoRA is a derivative of it), "other" when unknown.
     """
     base = base_model_of(base_model)
     trigger = config.prompt
-    front = ["---", "library_name: diffusers", "license: other",
+    front = ["---", "library_name: diffusers", f"license: {base.license or 'other'}",
              "tags:", "- text-to-image", "- diffusers", "- lora", "- dreambooth", "- bat-studio", f"- {method}"]
     if base.hub_id:  # the Hub links the card to its base model; a local folder has no such page
         front += [f"base_model: {base.hub_id}", "base_model_relation: adapter"]
@@ -112,6 +117,9 @@ def model_card(config: TrainConfig, base_model, kohya_name: str, method: str = "
         f"A DreamBooth-LoRA (method: `{method}`) of one subject, for {made_for}.", "",
         f"**Trigger:** put `{config.token} {config.class_noun}` in the prompt, e.g. `{trigger}`.", "",
     ]
+    if base.license:
+        lines += [f"**Licence:** the base model's licence (`{base.license}`) applies to this LoRA and to what "
+                  "you make with it.", ""]
     if samples:
         lines += ["## Samples", ""] + [f"![sample]({s})" for s in samples] + [""]
     # Pivotal tuning: the trigger has its own trained vectors in <trigger>.safetensors; every
@@ -124,8 +132,8 @@ def model_card(config: TrainConfig, base_model, kohya_name: str, method: str = "
         "## Use it", "",
         "### diffusers", "", "```python",
         "import torch",
-        "from diffusers import StableDiffusionPipeline",
-        f"pipe = StableDiffusionPipeline.from_pretrained({base.pretrained_args()})",
+        f"from diffusers import {pipeline}",
+        f"pipe = {pipeline}.from_pretrained({base.pretrained_args()})",
         "pipe.load_lora_weights('.', weight_name='pytorch_lora_weights.safetensors')",
         *([f"pipe.load_textual_inversion({emb!r}, token={config.token!r})  # the trigger's own vectors"]
           if emb else []),

@@ -33,6 +33,7 @@ class ModelSpec:
     sampling: dict = field(default_factory=lambda: {"steps": 30, "guidance_scale": 7.5})
     preset: str | None = None
     family: str | None = None  # a preset's model family; None: read from model_index.json
+    license: str | None = None  # the base model's licence (Hub license id), when the preset says
 
     @property
     def is_local(self) -> bool:
@@ -61,7 +62,7 @@ def resolve_model(spec: str | Path | None = None) -> ModelSpec:
         elif Path(source).is_absolute():
             source = Path(source)
         return ModelSpec(name, source, preset["resolution"], dict(preset["sampling"]), preset=name,
-                         family=preset.get("family"))
+                         family=preset.get("family"), license=preset.get("license"))
 
     path = Path(name).expanduser()
     if path.exists():
@@ -82,3 +83,13 @@ def _native_resolution(folder: Path) -> int:
         return int(vae_cfg.get("sample_size", 512))
     except (OSError, ValueError):
         return 512
+
+
+def license_line(name: str) -> str:
+    """What the UI and ``bat-app presets`` say about a preset's licence (empty if unknown)."""
+    preset = presets().get(name) or {}
+    licence = preset.get("license")
+    if not licence:
+        return ""
+    note = preset.get("license_note")
+    return f"licence: {licence}" + (f" ({note})" if note else "")

@@ -100,6 +100,7 @@ def build_app(settings: AppSettings | None = None) -> gr.Blocks:
                         # names the choices (Gradio's own says only "not in the list of choices")
                         model = gr.Dropdown(handlers.model_choices(settings), value=form.model, label="Model preset",
                                             allow_custom_value=True, info="the backbones this server offers")
+                        model_info = gr.Markdown(handlers.model_note(form.model), elem_id="model-note")
                         pool = gr.Dropdown(form.pools, value=form.pool, label="Backbone pool", allow_custom_value=True,
                                            info="the backbone's pretraining data; 'none' without one")
                 methods = gr.CheckboxGroup([(handlers.METHOD_LABELS[m], m) for m in handlers.METHOD_LABELS],
@@ -195,9 +196,9 @@ def build_app(settings: AppSettings | None = None) -> gr.Blocks:
             choices = handlers.pool_choices(settings, model_name)
             d = suggested_settings(len(handlers.image_paths(value)), preset_of(model_name))
             return [gr.Dropdown(choices=choices, value=handlers.default_pool(settings, model_name)),
-                    *[d[key] for key in ADVANCED]]
+                    handlers.model_note(model_name), *[d[key] for key in ADVANCED]]
 
-        model.change(on_model, [model, images], [pool, *advanced], api_visibility="private")
+        model.change(on_model, [model, images], [pool, model_info, *advanced], api_visibility="private")
 
         if examples:
             @guarded

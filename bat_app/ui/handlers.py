@@ -99,6 +99,18 @@ def model_offers(settings: AppSettings) -> list[Offer]:
                     *[_offer(m) for m in settings.allowed_models]])
 
 
+def model_note(model: str | None) -> str:
+    """One line under the model picker: what a preset is and its licence (nothing for others:
+    a folder or hub id the operator allowed speaks for itself)."""
+    from ..models.presets import license_line
+
+    preset = presets().get(model or "")
+    if not preset:
+        return ""
+    licence = license_line(model)
+    return f"{preset['description']}" + (f" **{licence[0].upper()}{licence[1:]}.**" if licence else "")
+
+
 def pool_offers(settings: AppSettings, model: str | None) -> list[Offer]:
     """Pools that fit ``model`` (a model name or source): shapes' own data, the configured pool,
     pools built in $BAT_HOME/pools, the operator's allow-list; "none" last."""
