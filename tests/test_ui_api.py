@@ -129,6 +129,30 @@ def test_submit_status_results(client, app):
     assert Path(base).is_file() and Path(tuned).is_file()
 
 
+def test_the_pool_browser_shows_what_a_pool_holds(client, app, tiny_pool_dir):
+    from gradio_client.exceptions import AppError
+    from PIL import Image
+
+    from bat_app.pool import Pool
+
+    name = tiny_pool_dir.name  # the configured pool, offered by its folder's name
+    sheet, rows = client.predict(name, "a red disc", 4, api_name="/browse_pool")
+    with Image.open(sheet) as im:
+        assert im.width > 0 and im.height > 0
+    with Pool.open(tiny_pool_dir) as pool:
+        captions = {pool.item(i).caption for i in range(len(pool))}
+    assert [r[0] for r in rows["data"]] == [1, 2, 3, 4]
+    assert all(r[2] in captions for r in rows["data"])
+    scores = [r[1] for r in rows["data"]]
+    assert scores == sorted(scores, reverse=True)
+    with pytest.raises(AppError, match="not offered by this server"):
+        client.predict("/etc", "a red disc", 4, api_name="/browse_pool")
+    with pytest.raises(AppError, match="results must be"):
+        client.predict(name, "a red disc", 1000, api_name="/browse_pool")
+    with pytest.raises(AppError, match="search text is empty"):
+        client.predict(name, "  ", 4, api_name="/browse_pool")
+
+
 def test_errors_name_the_problem(client, app):
     from gradio_client.exceptions import AppError
 

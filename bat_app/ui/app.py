@@ -22,7 +22,7 @@ import gradio as gr
 from ..errors import BatError
 from ..limits import SEED_MAX, Limits, bounds, check_range, check_text, env_name
 from ..models.presets import presets
-from . import handlers, served, tryit, views
+from . import browse, handlers, served, tryit, views
 from .defaults import suggested_settings
 from .public import client_id, public_message, scrub
 from .settings import AppSettings
@@ -167,6 +167,25 @@ def build_app(settings: AppSettings | None = None) -> gr.Blocks:
                     base_image = gr.Image(label="base model", type="pil", interactive=False, elem_id="try-base")
                     lora_image = gr.Image(label="with the LoRA", type="pil", interactive=False, elem_id="try-lora")
 
+            # --- Pools --------------------------------------------------------------------
+            pool_names = browse.browsable_pools(settings)
+            if pool_names:
+                with gr.Tab("Pools", id="pools"):
+                    gr.Markdown("What a backbone pool holds: the items nearest to a description, by the pool's "
+                                "own CLIP (items its content filters flag are left out).")
+                    with gr.Row():
+                        browse_pool = gr.Dropdown(pool_names, value=pool_names[0], label="Pool", scale=1,
+                                                  allow_custom_value=True)
+                        browse_query = gr.Textbox(label="Search", placeholder="a red star on a blue background",
+                                                  scale=3, elem_id="pool-query")
+                        browse_k = gr.Number(18, label="results", precision=0, scale=1,
+                                             info=f"1 to {browse.K_MAX}")
+                    browse_go = gr.Button("Search", variant="primary", elem_id="pool-search")
+                    browse_sheet = gr.Image(label="contact sheet", type="pil", interactive=False,
+                                            elem_id="pool-sheet")
+                    browse_rows = gr.Dataframe(headers=["rank", "similarity", "caption", "flags"],
+                                               interactive=False, wrap=True)
+
             # --- Jobs ---------------------------------------------------------------------
             with gr.Tab("Jobs", id="jobs") as jobs_tab:
                 gr.Markdown("A job id is all it takes to follow a job: after a reload, or from another device.")
@@ -301,6 +320,19 @@ def build_app(settings: AppSettings | None = None) -> gr.Blocks:
 
         generate.click(on_generate, [job_id, try_method, prompt, try_seed], [base_image, lora_image],
                        api_name="try", concurrency_limit=1)
+
+        # --- Pools ------------------------------------------------------------------------
+        if pool_names:
+            @guarded
+            def on_browse(name, text, k, progress=gr.Progress()):  # noqa: B008 (Gradio's idiom)
+                def report(event):  # the shapes pool is built on first use: show how far
+                    progress((event.step, event.total), desc=event.message)
+                return browse.browse_pool(settings, name, text, k, progress=report)
+
+            browse_go.click(on_browse, [browse_pool, browse_query, browse_k], [browse_sheet, browse_rows],
+                            api_name="browse_pool", concurrency_limit=1)
+            browse_query.submit(on_browse, [browse_pool, browse_query, browse_k], [browse_sheet, browse_rows],
+                                api_visibility="private", concurrency_limit=1)
 
         # --- Jobs -------------------------------------------------------------------------
         @guarded
