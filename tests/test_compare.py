@@ -213,3 +213,28 @@ def test_dino_is_measured_when_available_else_absent_with_its_reason(monkeypatch
         assert result["notes"] == ["DINO column absent: no weights here."]
         assert "DINO" not in metrics_table(result)[0]
     assert result["methods"]["lora"]["clip_i"] == pytest.approx(1.0)
+
+
+def test_a_generated_pool_is_drawn_once_from_the_backbone(tiny_model_dir, tiny_clip_dir, subject_dir, tmp_path,
+                                                          monkeypatch):
+    from bat_app.pool import Pool
+
+    monkeypatch.setenv("BAT_HOME", str(tmp_path / "home"))
+    cfg = config(tiny_model_dir, None, tiny_clip_dir, pool="generated", methods=["random"],
+                 selection={"k": 6, "m": 3}, train={"steps": 2, "lr": 5e-3, "checkpoint_every": 0})
+    events = []
+    result = run_compare(cfg, subject_dir, tmp_path / "cmp", progress=events.append)
+    folders = list((tmp_path / "home" / "pools").glob("generated-*"))
+    assert len(folders) == 1
+    with Pool.open(folders[0]) as pool:
+        assert len(pool) == 6  # as many samples as ALBAT's shortlist K
+        assert pool.manifest["generated"]["class_noun"] == "disc"
+        assert all("disc" in pool.item(i).caption for i in range(len(pool)))
+    assert result.metrics["counts"] == {"random": 3}
+    messages = [e.message for e in events if e.stage == "pool"]
+    assert any("generating the pool" in m for m in messages) and any("indexing" in m for m in messages)
+
+    # a second job for the same model, class and size reuses it: nothing is drawn again
+    events.clear()
+    run_compare(cfg, subject_dir, tmp_path / "cmp2", progress=events.append)
+    assert not [e for e in events if e.stage == "pool"]

@@ -77,7 +77,7 @@ def test_build_config_defaults_and_overrides(settings):
     ({"token": "t" * 33}, "trigger token is 33 characters long; the limit is 32"),
     ({"model": "/etc"}, "Model '/etc' is not offered by this server: choose one of tiny-sd, sd15, shapes"),
     ({"model": "../../"}, "Model '../../' is not offered"),
-    ({"pool": "/etc"}, "Pool '/etc' is not offered by this server: choose one of none"),
+    ({"pool": "/etc"}, "Pool '/etc' is not offered by this server: choose one of generated, none"),
 ])
 def test_build_config_errors_name_the_fix(settings, form, message):
     with pytest.raises(InputError, match=message):
@@ -85,8 +85,9 @@ def test_build_config_errors_name_the_fix(settings, form, message):
 
 
 def test_pool_choices(settings, tmp_path):
-    assert handlers.pool_choices(settings, settings.model) == ["none"]
-    assert handlers.pool_choices(settings.with_(pool="/pools/laion"), "sd15") == ["laion", "none"]  # names only
+    assert handlers.pool_choices(settings, settings.model) == ["generated", "none"]
+    assert handlers.default_pool(settings, settings.model) == "none"  # generating costs: opt in
+    assert handlers.pool_choices(settings.with_(pool="/pools/laion"), "sd15") == ["laion", "generated", "none"]  # names only
     assert handlers.pool_choices(settings, "shapes")[0] == "shapes"
     assert handlers.initial_form(settings).methods == ["none"]  # ALBAT needs a pool: not ticked without one
 
@@ -98,7 +99,7 @@ def test_choices_are_names_and_map_to_what_the_server_offers(settings, tmp_path)
     extra = tmp_path / "operator" / "my-pool"
     s = settings.with_(allowed_models=("org/model",), allowed_pools=(str(extra),))
     assert handlers.model_choices(s) == ["tiny-sd", "sd15", "shapes", "org/model"]
-    assert handlers.pool_choices(s, "tiny-sd") == ["laion-1k", "my-pool", "none"]
+    assert handlers.pool_choices(s, "tiny-sd") == ["laion-1k", "my-pool", "generated", "none"]
     form = handlers.initial_form(s)
     assert form.model == "tiny-sd" and "/" not in "".join(form.pools)  # the browser sees no server path
     cfg = handlers.build_config(s, class_noun="disc", model="tiny-sd", pool="my-pool", methods=["random"])

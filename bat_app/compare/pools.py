@@ -3,16 +3,24 @@
 ``pool: "shapes"`` means the shapes backbone's own pretraining data, rendered and indexed in the
 data dir on first use (``$BAT_HOME/pools/shapes-<n>``; 10,000 items, about a minute on CPU)
 and reused by every later run and job.
+
+``pool: "generated"`` is for a backbone without a pool at hand: the backbone's own samples of
+the class (``bat_app.pool.generate``: varied contexts, styles and viewpoints), as many as
+ALBAT's shortlist K, drawn and indexed on first use under ``$BAT_HOME/pools/generated-<key>``
+(keyed by model, sampling settings, class noun and size; resumable) and reused by later jobs.
+It costs K samplings of the backbone (:func:`generated_pool_cost`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 from pathlib import Path
 
 from ..errors import InputError
-from ..paths import data_dir
+from ..paths import cache_dir, data_dir
 
 # Set to override BAT_SHAPES_POOL_SIZE in this process (tests, benchmarks' --quick).
 SHAPES_POOL_SIZE: int | None = None
@@ -59,9 +67,57 @@ def ensure_shapes_pool(n: int | None = None, progress=None) -> Path:
     return out
 
 
-def resolve_pool(pool: str | None, components, progress=None) -> Path | None:
+GENERATED = "generated"
+
+
+def generated_pool_dir(model_key: str, class_noun: str, n: int) -> Path:
+    digest = hashlib.sha256(json.dumps([model_key, class_noun.strip().lower(), n]).encode()).hexdigest()[:12]
+    return data_dir() / "pools" / f"generated-{digest}"
+
+
+def generated_pool_cost(spec, n: int) -> str:
+    """What a generated pool costs, in the words the UI shows before a job starts."""
+    steps = spec.sampling.get("steps", 30)
+    return (f"{n:,} samples of the backbone ({steps} steps each at {spec.resolution} px, "
+            f"{n * steps:,} denoiser passes with guidance), once per model and class")
+
+
+def ensure_generated_pool(components, class_noun: str, n: int, embedder, progress=None) -> Path:
+    """The backbone's own n samples of ``class_noun`` as a pool (drawn and indexed once)."""
+    from ..pool.generate import generate_pool
+    from ..preview.sample import backbone_sampler
+    from ..train.progress import ProgressEvent
+
+    sampler, model_key = backbone_sampler(components)
+    out = generated_pool_dir(model_key, class_noun, n)
+    if (out / "manifest.json").is_file():
+        return out
+
+    def sampled(done: int, total: int) -> None:
+        if progress:
+            progress(ProgressEvent("pool", done, 2 * total, message=f"generating the pool: {done:,}/{total:,} "
+                                                                     f"images of {class_noun}"))
+
+    def indexed(event) -> None:
+        if progress and event.stage == "embed":
+            progress(ProgressEvent("pool", n + event.step, 2 * n,
+                                   message=f"generating the pool: indexing {event.step:,}/{n:,}"))
+
+    generate_pool(sampler, model_key, class_noun, n, out, embedder, cache_root=cache_dir(), progress=sampled,
+                  build_progress=indexed)
+    return out
+
+
+def resolve_pool(pool: str | None, components, progress=None, *, class_noun: str | None = None,
+                 generate_n: int | None = None, embedder=None) -> Path | None:
+    """The pool folder a run uses: None, "shapes", "generated" (needs ``class_noun``,
+    ``generate_n`` and the CLIP ``embedder``), or a folder."""
     if pool is None:
         return None
+    if pool == GENERATED:
+        if not class_noun or not generate_n or embedder is None:
+            raise InputError("A generated pool needs the class noun and its size.")
+        return ensure_generated_pool(components, class_noun, generate_n, embedder, progress)
     if pool == "shapes":
         if components.spec.preset != "shapes":
             raise InputError("pool 'shapes' is the shapes backbone's data: use it with model 'shapes'.")

@@ -113,7 +113,7 @@ def validate(run: CompareRun, images, limits: IntakeLimits | None) -> None:
     # The preset's recipe sets the steps (and k, m) from the number of photos.
     run.train_config = config.train_config(len(run.images))
     # The embedder is needed even without a pool: it scores every column (CLIP-I/T).
-    run.pool, run.embedder = _pool_and_embedder(config, run.components, run.emit)
+    run.pool, run.embedder = _pool_and_embedder(config, run.components, run.emit, len(run.images))
     spec = run.components.spec
     run.inputs = {"model": [spec.name, str(spec.source)], "images": [u.sha256 for u in run.images]}
     (run.out / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
@@ -231,15 +231,19 @@ def _pool_identity(pool) -> dict | None:
     return {"folder": str(pool.folder), "manifest": stage_key(**pool.manifest)}
 
 
-def _pool_and_embedder(config: CompareConfig, components, emit=None):
+def _pool_and_embedder(config: CompareConfig, components, emit=None, n_images: int | None = None):
     from ..albat.run import open_pool
-    from .pools import default_embedder, resolve_pool
+    from .pools import GENERATED, default_embedder, resolve_pool
 
-    pool_dir = resolve_pool(config.pool, components, emit)
+    generated = {}
+    if config.pool == GENERATED:  # as many samples as ALBAT's shortlist
+        generated = {"class_noun": config.class_noun, "generate_n": config.selection_params(n_images).k,
+                     "embedder": default_embedder(components, config.clip_model, config.clip_pretrained)}
+    pool_dir = resolve_pool(config.pool, components, emit, **generated)
     if pool_dir is None:
         if config.pool_methods():
             raise InputError(f"Methods {config.pool_methods()} "
-                             f"need a backbone pool: set `pool` (a pool folder, or 'shapes').")
+                             f"need a backbone pool: set `pool` (a pool folder, 'generated', or 'shapes').")
         return None, default_embedder(components, config.clip_model, config.clip_pretrained)
     return open_pool(pool_dir, config.clip_model, config.clip_pretrained)
 

@@ -197,11 +197,11 @@ def run_search(args: argparse.Namespace) -> int:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    import torch
     from tqdm import tqdm
 
-    from bat_app.models import build_pipeline, load_components
+    from bat_app.models import load_components
     from bat_app.paths import cache_dir
+    from bat_app.preview.sample import backbone_sampler
     from bat_app.pool import load_embedder
     from bat_app.pool.generate import generate_pool, load_prompt_set
 
@@ -214,17 +214,8 @@ def run_generate(args: argparse.Namespace) -> int:
         embedder = load_embedder(args.clip_model or DEFAULT_MODEL,
                                  args.clip_pretrained or (None if args.clip_model else DEFAULT_PRETRAINED),
                                  device=args.device)
-    pipe = build_pipeline(components)
-    steps = args.steps or spec.sampling.get("steps", 30)
-
-    def sampler(captions, seeds):
-        generators = [torch.Generator().manual_seed(s) for s in seeds]
-        with torch.no_grad():
-            return pipe(captions, height=spec.resolution, width=spec.resolution, num_inference_steps=steps,
-                        guidance_scale=spec.sampling.get("guidance_scale", 7.5), generator=generators).images
-
-    model_key = json.dumps({"model": str(spec.source), "resolution": spec.resolution, "steps": steps,
-                            "guidance": spec.sampling.get("guidance_scale", 7.5)}, sort_keys=True)
+    sampler, model_key = backbone_sampler(components, args.steps)
+    steps = json.loads(model_key)["steps"]
     bar = tqdm(total=args.n, desc="sample", unit="image", dynamic_ncols=True)
 
     def progress(done, total):

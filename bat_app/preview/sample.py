@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -57,6 +58,26 @@ def sample_images(components: Components, prompts: Sequence[str], seeds: Sequenc
         if embedding is not None:
             pipe.unload_textual_inversion()
     return out
+
+
+def backbone_sampler(components: Components, steps: int | None = None):
+    """(sampler, model_key): ``sampler(captions, seeds) -> images`` draws from the backbone as it
+    is (no LoRA) with the preset's sampling settings; ``model_key`` names those settings (a
+    generated pool's cache key). What ``pool generate`` and a job's generated pool use."""
+    spec = components.spec
+    pipe = build_pipeline(components)
+    steps = steps or spec.sampling.get("steps", 30)
+    guidance = spec.sampling.get("guidance_scale", 7.5)
+
+    def sampler(captions, seeds):
+        generators = [torch.Generator().manual_seed(s) for s in seeds]
+        with torch.no_grad():
+            return pipe(list(captions), height=spec.resolution, width=spec.resolution, num_inference_steps=steps,
+                        guidance_scale=guidance, generator=generators).images
+
+    key = json.dumps({"model": str(spec.source), "resolution": spec.resolution, "steps": steps,
+                      "guidance": guidance}, sort_keys=True)
+    return sampler, key
 
 
 def comparison_grid(columns: dict[str, list[list[Image.Image]]], prompts: Sequence[str], cell: int = 96) -> Image.Image:

@@ -102,7 +102,8 @@ def build_app(settings: AppSettings | None = None) -> gr.Blocks:
                                             allow_custom_value=True, info="the backbones this server offers")
                         model_info = gr.Markdown(handlers.model_note(form.model), elem_id="model-note")
                         pool = gr.Dropdown(form.pools, value=form.pool, label="Backbone pool", allow_custom_value=True,
-                                           info="the backbone's pretraining data; 'none' without one")
+                                           info="the backbone's pretraining data; 'generated': its own samples of your "
+                                                "class, drawn once (slow); 'none' without one")
                 methods = gr.CheckboxGroup([(handlers.METHOD_LABELS[m], m) for m in handlers.METHOD_LABELS],
                                            value=form.methods, label="Methods to compare (the base model is "
                                            "always the first column)")

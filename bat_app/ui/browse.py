@@ -25,12 +25,12 @@ _LOCK = threading.Lock()  # one search at a time: CLIP on a shared CPU is the co
 
 def browsable_pools(settings: AppSettings) -> list[str]:
     """The names of the pools offered for any model this server offers ("none" left out)."""
-    from .handlers import NO_POOL, model_offers, pool_offers
+    from .handlers import GENERATED, NO_POOL, model_offers, pool_offers
 
     names: list[str] = []
     for model in model_offers(settings):
         for offer in pool_offers(settings, model.name):
-            if offer.name != NO_POOL and offer.name not in names:
+            if offer.name not in (NO_POOL, GENERATED) and offer.name not in names:
                 names.append(offer.name)
     return names
 
@@ -38,11 +38,11 @@ def browsable_pools(settings: AppSettings) -> list[str]:
 def pool_folder(settings: AppSettings, name: str, progress=None) -> Path:
     """The folder behind an offered pool name (the shapes pool is built on first use)."""
     from ..compare.pools import ensure_shapes_pool
-    from .handlers import NO_POOL, model_offers, pool_offers
+    from .handlers import GENERATED, NO_POOL, model_offers, pool_offers
 
     for model in model_offers(settings):
         for offer in pool_offers(settings, model.name):
-            if offer.name == name and offer.name != NO_POOL:
+            if offer.name == name and offer.name not in (NO_POOL, GENERATED):
                 return ensure_shapes_pool(progress=progress) if offer.source == "shapes" else Path(offer.source)
     raise InputError(f"Pool {name!r} is not offered by this server: choose one of "
                      f"{', '.join(browsable_pools(settings)) or 'none (no pool is configured)'}.")

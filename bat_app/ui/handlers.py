@@ -17,6 +17,7 @@ from pathlib import Path
 from .. import jobs
 from ..albat import METHODS, needs_pool
 from ..compare.config import CompareConfig
+from ..compare.pools import GENERATED
 from ..errors import ImageError, InputError
 from ..images import IntakeLimits, load_user_images
 from ..limits import Limits, check_field, check_text
@@ -99,6 +100,16 @@ def model_offers(settings: AppSettings) -> list[Offer]:
                     *[_offer(m) for m in settings.allowed_models]])
 
 
+def generated_pool_note(config: CompareConfig, n_images: int) -> str:
+    """What a 'generated' pool will cost this job (nothing when an earlier job drew it)."""
+    from ..compare.pools import generated_pool_cost
+    from ..models import resolve_model
+
+    k = config.selection_params(n_images).k
+    return (f"The 'generated' pool is drawn before selection if no earlier job drew it for this model and "
+            f"class: {generated_pool_cost(resolve_model(config.model), k)}.")
+
+
 def model_note(model: str | None) -> str:
     """One line under the model picker: what a preset is and its licence (nothing for others:
     a folder or hub id the operator allowed speaks for itself)."""
@@ -124,7 +135,8 @@ def pool_offers(settings: AppSettings, model: str | None) -> list[Offer]:
         offers += [Offer(p.parent.name, str(p.parent)) for p in sorted(pools.glob("*/manifest.json"))
                    if not p.parent.name.startswith("shapes-")]
     offers += [_offer(p) for p in settings.allowed_pools]
-    return _unique(offers) + [Offer(NO_POOL, NO_POOL)]
+    # The backbone's own samples of the class: always possible, drawn once (costly: say so).
+    return _unique(offers) + [Offer(GENERATED, GENERATED), Offer(NO_POOL, NO_POOL)]
 
 
 def _model_source(settings: AppSettings, model: str | None) -> str | None:
@@ -155,11 +167,13 @@ def model_name(settings: AppSettings, source: str | None = None) -> str:
 
 
 def default_pool(settings: AppSettings, model: str | None) -> str:
+    """The configured pool, else the first one at hand; never 'generated' (it costs K samplings:
+    the user opts in), so without a pool the form starts at 'none'."""
     offers = pool_offers(settings, model)
     for offer in offers:
         if settings.pool and settings.pool == offer.source:
             return offer.name
-    return offers[0].name
+    return next(o.name for o in offers if o.name != GENERATED)
 
 
 # --- uploads -------------------------------------------------------------------------------
@@ -307,6 +321,8 @@ def start_job(settings: AppSettings, images, client: str | None = None, **form) 
     job_id = jobs.submit(config, paths, settings=settings.jobs, client=client, limits=limits)
     status = jobs.status(job_id, settings=settings.jobs)
     warnings = [m["text"].removeprefix("warning: ") for m in status["messages"] if m["text"].startswith("warning: ")]
+    if config.pool == GENERATED:
+        warnings.append(generated_pool_note(config, len(paths)))
     return {"job_id": job_id, "queue_position": status["queue_position"], "running": status.get("running", 0),
             "warnings": warnings, "config": config.to_dict()}
 
