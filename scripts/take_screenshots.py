@@ -115,7 +115,19 @@ def main(argv=None) -> int:
             page.keyboard.press("Enter")
             page.wait_for_timeout(3000)
             page.screenshot(path=str(out / "jobs.png"), full_page=True)
+
+            page.get_by_role("tab", name="Pools").click()
+            page.locator("#pool-query textarea").fill("a red star on a blue background")
+            page.get_by_role("button", name="Search").click()
+            expect(page.locator("#pool-sheet img")).to_be_visible(timeout=120_000)
+            page.wait_for_timeout(1000)
+            page.screenshot(path=str(out / "pools.png"), full_page=True)
             browser.close()
+            # where the time went: the job's own stage timings (validate includes a first
+            # job's shapes pool build)
+            stages = home / "jobs" / job_id / "out" / "timings.json"
+            if stages.is_file():
+                timings["stages_s"] = {k: round(v, 1) for k, v in json.loads(stages.read_text()).items()}
     finally:
         app.terminate()
         app.wait(timeout=30)
