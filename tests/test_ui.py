@@ -54,6 +54,12 @@ def test_build_config_defaults_and_overrides(settings):
                                 m=5, k=9, aug_weight=0.3, seed=3)
     assert cfg.class_noun == "disc" and cfg.train["steps"] == 7 and cfg.train["resolution"] == 32
     assert cfg.selection == {"k": 9, "m": 5} and cfg.train["aug_weight"] == 0.3 and cfg.train["seed"] == 3
+    # pivotal tuning: the recipe's unless the form says otherwise
+    assert "pivotal" not in cfg.train and cfg.train_config(4).pivotal is suggested_settings(4)["pivotal"]
+    off = handlers.build_config(settings, class_noun="disc", methods=["none"], pivotal=False, n_images=4)
+    assert off.train["pivotal"] is False and off.train_config(4).pivotal is False
+    with pytest.raises(InputError, match="pivotal must be true or false"):
+        handlers.build_config(settings, class_noun="disc", methods=["none"], pivotal="yes", n_images=4)
 
 
 @pytest.mark.parametrize("form, message", [

@@ -28,7 +28,7 @@ from .public import client_id, public_message, scrub
 from .settings import AppSettings
 
 TICK_S = 1.0
-ADVANCED = ("steps", "rank", "lr", "resolution", "seed", "k", "m", "aug_weight")
+ADVANCED = ("steps", "rank", "lr", "resolution", "seed", "k", "m", "aug_weight", "pivotal")
 # System fonts only: the app must render offline (no Google Fonts request).
 THEME = gr.themes.Soft(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
 log = logging.getLogger(__name__)
@@ -124,7 +124,9 @@ def build_app(settings: AppSettings | None = None) -> gr.Blocks:
                         m = gr.Number(adv["m"], label="m: backbone images kept", precision=0, info=info("m"))
                         aug_weight = gr.Number(adv["aug_weight"], label="lambda: backbone loss weight",
                                                info=info("aug_weight"))
-                advanced = [steps, rank, lr, resolution, seed, k, m, aug_weight]
+                    pivotal = gr.Checkbox(adv["pivotal"], label="pivotal tuning: train the trigger's own "
+                                          "embedding vectors with the LoRA (the preset's recipe says when it helps)")
+                advanced = [steps, rank, lr, resolution, seed, k, m, aug_weight, pivotal]
                 start = gr.Button("Start", variant="primary", elem_id="start")
                 start_info = gr.Markdown(elem_id="start-info")
 
@@ -234,8 +236,8 @@ def build_app(settings: AppSettings | None = None) -> gr.Blocks:
 
         @guarded
         def on_start(value, token_, noun, model_, pool_, methods_, steps_, rank_, lr_, resolution_, seed_, k_, m_,
-                     aug_weight_, request: gr.Request):
-            adv_values = (steps_, rank_, lr_, resolution_, seed_, k_, m_, aug_weight_)
+                     aug_weight_, pivotal_=None, request: gr.Request = None):
+            adv_values = (steps_, rank_, lr_, resolution_, seed_, k_, m_, aug_weight_, pivotal_)
             job = handlers.start_job(settings, value, client=client_id(request, settings.proxy_hops), token=token_,
                                      class_noun=noun, model=model_, pool=pool_, methods=methods_,
                                      **dict(zip(ADVANCED, adv_values)))
