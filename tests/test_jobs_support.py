@@ -91,10 +91,11 @@ def stages(config, images, out_dir, *, progress=None, cancel=None, resume=True):
 stages.config_from_dict = lambda data: SimpleNamespace(**data)  # no CompareConfig (and torch) import
 
 
-def _event(stage: str, step: int) -> SimpleNamespace:
-    """A ProgressEvent look-alike (bat_app.train.progress would import torch)."""
-    return SimpleNamespace(stage=stage, step=step, total=1, loss=None, it_per_s=None, eta_s=None, message="",
-                           method="none" if stage == "train" else None)
+def _event(stage: str, step: int):
+    """A progress event as the pipeline emits it (bat_app.progress imports no torch)."""
+    from bat_app.progress import ProgressEvent
+
+    return ProgressEvent(stage, step, 1, method="none" if stage == "train" else None)
 
 
 def _log_run(job_id: str, event: str) -> None:

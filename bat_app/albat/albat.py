@@ -22,7 +22,7 @@ import numpy as np
 
 from ..paths import cache_dir
 from ..train.data import Example
-from ..train.progress import ProgressEvent
+from ..progress import ProgressEvent
 from .baselines import _need_pool, _row
 from .retrieval import nearest_items, take_distinct, user_embeddings
 from .score import Score, ScoreResult, get_score

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..train.prior import ensure_class_images
-from ..train.progress import ProgressEvent
+from ..progress import ProgressEvent
 from .retrieval import nearest_items, take_distinct, user_embeddings
 from .selection import Selection, SelectionContext, SelectionRow
 

@@ -41,7 +41,7 @@ from ..train import TrainConfig
 from ..train.data import Example
 from ..models.families import cond_to, stack_cond
 from ..train.encode import LatentCache, TextCache, latents_from_stats
-from ..train.progress import ProgressEvent
+from ..progress import ProgressEvent
 from .draws import IndependentDraws, SharedDraws
 
 SURROGATE = "albat-surrogate"

@@ -44,7 +44,7 @@ def ensure_shapes_pool(n: int | None = None, progress=None) -> Path:
     """
     from ..pool import build_pool, load_embedder
     from ..shapes.pool import write_pool
-    from ..train.progress import ProgressEvent
+    from ..progress import ProgressEvent
 
     n = n or shapes_pool_size()
     out = shapes_pool_dir(n)
@@ -57,7 +57,7 @@ def ensure_shapes_pool(n: int | None = None, progress=None) -> Path:
             "pool", done, 2 * total, message=f"building the shapes pool: rendering {done:,}/{total:,}")))
             if progress else False)
 
-    def indexed(event) -> None:  # pool.build's BuildEvent -> the second half of the same bar
+    def indexed(event) -> None:  # pool.build's events -> the second half of the same bar
         if progress and event.stage == "embed":
             progress(ProgressEvent("pool", n + event.step, 2 * n,
                                    message=f"building the shapes pool: indexing {event.step:,}/{n:,}"))
@@ -86,7 +86,7 @@ def ensure_generated_pool(components, class_noun: str, n: int, embedder, progres
     """The backbone's own n samples of ``class_noun`` as a pool (drawn and indexed once)."""
     from ..pool.generate import generate_pool
     from ..preview.sample import backbone_sampler
-    from ..train.progress import ProgressEvent
+    from ..progress import ProgressEvent
 
     sampler, model_key = backbone_sampler(components)
     out = generated_pool_dir(model_key, class_noun, n)

@@ -29,7 +29,7 @@ from ..export import DIFFUSERS_FILE
 from ..images import IntakeLimits, load_user_images
 from ..models import load_components
 from ..preview import comparison_grid, default_prompt_set, load_prompt_set, sample_images
-from ..train.progress import ProgressEvent
+from ..progress import ProgressEvent
 from .config import BASE, CompareConfig
 from .report import write_report
 from .stages import RECORD, StageRecord, stage_key

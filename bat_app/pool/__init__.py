@@ -26,7 +26,7 @@ Modules:
     generate   self-generated pools: backbone samples for a prompt set, cached
 """
 
-from bat_app.pool.build import BuildEvent, build_pool
+from bat_app.pool.build import build_pool
 from bat_app.pool.embedder import (Embedder, OpenClipEmbedder, embedder_for_pool, embedder_id,
                                    load_embedder)
 from bat_app.errors import PoolError
@@ -36,6 +36,6 @@ from bat_app.pool.safety import SafetyConfig
 from bat_app.pool.search import SearchHit, contact_sheet, search
 from bat_app.pool.sources import open_source
 
-__all__ = ["FLAT_MAX", "BuildEvent", "Embedder", "OpenClipEmbedder", "Pool", "PoolError",
+__all__ = ["FLAT_MAX", "Embedder", "OpenClipEmbedder", "Pool", "PoolError",
            "PoolItem", "SafetyConfig", "SearchHit", "build_pool", "choose_index", "contact_sheet",
            "embedder_for_pool", "embedder_id", "load_embedder", "open_source", "search"]

@@ -16,8 +16,6 @@ import io
 import re
 import time
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -27,6 +25,7 @@ from PIL import Image
 from bat_app.pool import store
 from bat_app.pool.embedder import Embedder
 from bat_app.errors import PoolError
+from bat_app.progress import ProgressCallback, ProgressEvent
 from bat_app.images.decode import BOMB_ERRORS, DECODE_ERRORS as IMAGE_DECODE_ERRORS
 from bat_app.pool.index import FLAT_MAX, INDEX_FILE, INDEX_TYPES, build_index, choose_index
 from bat_app.pool.pool import FORMAT, VERSION, Pool
@@ -39,17 +38,6 @@ DRAFT_SIZE = 512          # JPEGs decode at a reduced scale >= this: CLIP sees <
 EMBEDDED_BATCH = 4096     # commit size for sources that carry their own embeddings
 
 
-@dataclass
-class BuildEvent:
-    stage: str              # "embed" or "index"
-    step: int               # embed: source records read so far; index: 0 then 1
-    total: int | None       # records in the source, when known
-    items: int = 0          # kept so far
-    skipped: int = 0
-    message: str = ""
-
-
-ProgressCallback = Callable[[BuildEvent], None]
 
 
 def build_pool(source: Source | Path | str, out: Path | str, embedder: Embedder | str,
@@ -66,7 +54,7 @@ def build_pool(source: Source | Path | str, out: Path | str, embedder: Embedder 
         embedder: the CLIP :class:`Embedder`; for sources that carry embeddings
             (clip-retrieval) its ``model_id`` string is enough.
         batch_size: images per model call, and per commit.
-        progress: called with a :class:`BuildEvent` after each committed batch.
+        progress: called with a :class:`bat_app.progress.ProgressEvent` after each committed batch.
         index: "auto" (flat up to ``flat_max`` items, else ivf), "flat", "ivf" or "hnsw".
         index_params: passed to the index build (e.g. ``{"nlist": 1024, "nprobe": 32}``).
         copy_images: store image bytes in the pool (default), so it works after the source
@@ -112,7 +100,7 @@ def build_pool(source: Source | Path | str, out: Path | str, embedder: Embedder 
     state["seconds"] += time.perf_counter() - started
     store.write_json(out / store.MANIFEST, _manifest(state, src, built) | {"safety": checks})
     (out / store.STATE).unlink()
-    _emit(progress, BuildEvent("index", 1, 1, state["items"], state["skipped"], built.kind))
+    _emit(progress, ProgressEvent("index", 1, 1, message=built.kind, items=state["items"], skipped=state["skipped"]))
     return Pool.open(out)
 
 
@@ -141,13 +129,13 @@ def _embed(src: Source, writer: store.PoolWriter, embedder, batch_size: int,
         state["seconds"] += time.perf_counter() - started
         state["source_hint"] = src.resume_hint()
         writer.commit(items, images, vectors, skipped, consumed, safety)
-        _emit(progress, BuildEvent("embed", consumed, total, state["items"], state["skipped"]))
+        _emit(progress, ProgressEvent("embed", consumed, total, items=state["items"], skipped=state["skipped"]))
 
 
 def _index(out: Path, state: dict, index: str, flat_max: int, index_params: dict | None,
            progress: ProgressCallback | None):
     kind = choose_index(state["items"], flat_max) if index == "auto" else index
-    _emit(progress, BuildEvent("index", 0, 1, state["items"], state["skipped"], kind))
+    _emit(progress, ProgressEvent("index", 0, 1, message=kind, items=state["items"], skipped=state["skipped"]))
     vectors = np.load(out / store.EMBEDDINGS, mmap_mode="r")
     built = build_index(kind, vectors, out, **(index_params or {}))
     tuned = "tuned_recall" in built.params
@@ -180,7 +168,7 @@ def _adopt(out: Path, src: Source, path: Path, progress, state: dict):
     from bat_app.pool.index import AdoptedIndex
     from bat_app.pool.sources.clip_retrieval import index_param_near
 
-    _emit(progress, BuildEvent("index", 0, 1, state["items"], state["skipped"], f"adopting {path}"))
+    _emit(progress, ProgressEvent("index", 0, 1, message=f"adopting {path}", items=state["items"], skipped=state["skipped"]))
     table = store.ItemTable(out)
     try:  # the items' source keys place them among the index's labels
         keys = [table.get(i)["source"] for i in range(state["items"])]
@@ -348,7 +336,7 @@ def _nothing_kept(src: Source, state: dict) -> str:
             f"skipped.jsonl in the pool folder for each one. Nothing to index.")
 
 
-def _emit(progress: ProgressCallback | None, event: BuildEvent) -> None:
+def _emit(progress: ProgressCallback | None, event: ProgressEvent) -> None:
     if progress is not None:
         progress(event)
 

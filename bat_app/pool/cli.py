@@ -245,7 +245,7 @@ def run_info(args: argparse.Namespace) -> int:
 
 
 class TqdmBuildProgress:
-    """BuildEvents -> a tqdm bar of source records (kept/skipped in the postfix)."""
+    """build_pool's progress events -> a tqdm bar of source records (kept/skipped in the postfix)."""
 
     def __init__(self):
         self.bar = None

@@ -3,6 +3,6 @@
 from .config import TrainConfig
 from .data import Example, ExampleGroup, examples_from_pairs
 from .loop import TrainResult, train_lora
-from .progress import ProgressEvent
+from ..progress import ProgressEvent
 
 __all__ = ["Example", "ExampleGroup", "ProgressEvent", "TrainConfig", "TrainResult", "examples_from_pairs", "train_lora"]

@@ -34,7 +34,7 @@ from .encode import LatentCache, TextCache, sample_latents
 from .objective import draw_noise
 from .pivotal import PivotalTokens
 from .prior import ensure_class_images, load_class_images
-from .progress import ProgressCallback, ProgressEvent, RateMeter
+from ..progress import ProgressCallback, ProgressEvent, RateMeter
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,9 @@
-"""Progress events the trainer emits, and a steady it/s + ETA estimate."""
+"""The one progress-event type of every long step (training, selection, pool building, jobs),
+and a steady it/s + ETA estimate.
+
+Orchestrators (the trainer, a compare run, ``pool build``, a job) call ``progress(event)``; the
+CLI turns events into tqdm bars, a job records them for the web app's progress and ETA.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +14,16 @@ from typing import Callable
 
 @dataclass
 class ProgressEvent:
-    stage: str                  # "prepare", "class_images", "encode", "train", "export"
+    stage: str                  # "prepare", "class_images", "encode", "train", "export", "pool", "embed", ...
     step: int
-    total: int
+    total: int | None           # None: not known yet (a streamed pool source)
     loss: float | None = None
     it_per_s: float | None = None
     eta_s: float | None = None
     message: str = ""
     method: str | None = None   # set by a compare run: which method this step belongs to
+    items: int | None = None    # pool building: items kept so far
+    skipped: int | None = None  # pool building: source records skipped so far
 
     def to_dict(self) -> dict:
         return asdict(self)
