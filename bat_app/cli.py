@@ -320,14 +320,18 @@ def run_compare_cmd(args) -> int:
 
 def _add_presets(sub) -> None:
     p = sub.add_parser("presets", help="list the model presets")
+    p.add_argument("--markdown", action="store_true", help="the README's model table")
     p.set_defaults(func=run_presets)
 
 
 def run_presets(args) -> int:
     from .models import default_preset, presets
-    from .models.presets import license_line
+    from .models.presets import license_line, model_table
     from .models.recipe import recipe_for
 
+    if getattr(args, "markdown", False):
+        print(model_table())
+        return 0
     default = default_preset()
     for name, preset in presets().items():
         mark = " (default here)" if name == default else ""

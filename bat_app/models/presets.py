@@ -93,3 +93,24 @@ def license_line(name: str) -> str:
         return ""
     note = preset.get("license_note")
     return f"licence: {licence}" + (f" ({note})" if note else "")
+
+
+def model_table() -> str:
+    """The README's model table, made from ``presets.json`` (a test keeps the README equal to it):
+    family, licence, resolution, the GPU memory the preset needs and its measured speed."""
+    rows = ["| preset | family | model | licence | resolution | GPU memory | measured speed |",
+            "|---|---|---|---|---|---|---|"]
+    for name, preset in presets().items():
+        memory = preset.get("memory", {})
+        if memory.get("cpu"):
+            need = "none: runs on CPU"
+        elif memory.get("gpu_gb"):
+            need = f"~{memory['gpu_gb']} GB" + ("" if memory.get("measured") else " (typical, not measured here)")
+        else:
+            need = "not known"
+        speed = preset.get("speed") or "not measured yet"
+        source = preset["source"]
+        model = f"`{source}`" if source.startswith("assets:") else f"[{source}](https://huggingface.co/{source})"
+        rows.append(f"| `{name}` | {preset.get('family', 'sd')} | {model} | {preset.get('license', 'not stated')} | "
+                    f"{preset['resolution']} px | {need} | {speed} |")
+    return "\n".join(rows)
