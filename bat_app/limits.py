@@ -231,6 +231,8 @@ def check_train(train, limits: Limits, model: str | None = None) -> None:
             check_text(label, prompt, limits.prompt_chars, env_name("prompt_chars"))
     for label, modules in (("target_modules", train.target_modules),
                            ("text_encoder_targets", train.text_encoder_targets)):
+        if modules is None and label == "target_modules":  # the model family's default
+            continue
         if not isinstance(modules, list) or len(modules) > 32:
             raise LimitError(f"{label} must be a list of at most 32 module names, got {modules!r:.80}.")
         for name in modules:

@@ -169,3 +169,107 @@ def share_shapes_pool(pool_dir: Path, home: Path) -> Path:
     if not link.exists():
         link.symlink_to(Path(pool_dir).resolve(), target_is_directory=True)
     return link
+
+
+TINY_FLUX_WORDS = "a photo of sks dog disc red blue green yellow square star object the in on".split()
+
+
+def tiny_t5_tokenizer(model_max_length: int = 32):
+    """A T5 (Unigram) tokenizer over a few words and the letters, built in code (no download, no
+    sentencepiece): pad 0, eos 1, unk 2 as in T5's own."""
+    from transformers import T5TokenizerFast
+
+    vocab = ([("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+             + [("\u2581" + w, -1.0) for w in TINY_FLUX_WORDS] + [(c, -5.0) for c in "abcdefghijklmnopqrstuvwxyz"])
+    return T5TokenizerFast(vocab=vocab, extra_ids=0, model_max_length=model_max_length)
+
+
+def build_tiny_flux(folder: Path, guidance_embeds: bool = True) -> Path:
+    """A randomly initialised Flux-architecture model (seed 0) saved as a diffusers FluxPipeline
+    folder: one double and one single block, a 2-block VAE (4 latent channels, 16 packed), tiny
+    CLIP and T5 encoders and the T5 tokenizer above. 32 px images are 16x16 latents, 64 tokens."""
+    import torch
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    from bat_app.models.tokenizer import offline_clip_tokenizer
+
+    torch.manual_seed(0)
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=guidance_embeds,
+        axes_dims_rope=(4, 6, 6),
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(8, 16), in_channels=3, out_channels=3, norm_num_groups=4,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        latent_channels=4, sample_size=TINY_RESOLUTION, shift_factor=0.0609, scaling_factor=1.5035,
+        use_quant_conv=False, use_post_quant_conv=False,
+    )
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        bos_token_id=49406, eos_token_id=49407, pad_token_id=49407, hidden_size=32,
+        intermediate_size=37, layer_norm_eps=1e-05, num_attention_heads=4, num_hidden_layers=2,
+        vocab_size=49408, max_position_embeddings=16, projection_dim=32,
+    ))
+    tokenizer_2 = tiny_t5_tokenizer()
+    text_encoder_2 = T5EncoderModel(T5Config(
+        vocab_size=len(tokenizer_2), d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+        relative_attention_num_buckets=8, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
+    ))
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5,
+                                                max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096)
+    pipe = FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder,
+                        tokenizer=offline_clip_tokenizer(model_max_length=16), text_encoder_2=text_encoder_2,
+                        tokenizer_2=tokenizer_2, transformer=transformer)
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def build_tiny_sdxl(folder: Path) -> Path:
+    """A randomly initialised SDXL-architecture model (seed 0) saved as a diffusers
+    StableDiffusionXLPipeline folder: a 2-block UNet with ``text_time`` micro-conditioning, a
+    2-block VAE (32 px images are 16x16 latents), a CLIPTextModel (width 16) and a
+    CLIPTextModelWithProjection (width 24, projection 16) with offline CLIP tokenizers, and
+    SDXL base's Euler scheduler config."""
+    import torch
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from bat_app.models.tokenizer import offline_clip_tokenizer
+
+    def clip_config(width: int, projection: int) -> CLIPTextConfig:
+        return CLIPTextConfig(bos_token_id=49406, eos_token_id=49407, pad_token_id=49407, hidden_size=width,
+                              intermediate_size=32, layer_norm_eps=1e-05, num_attention_heads=2, num_hidden_layers=2,
+                              vocab_size=49408, max_position_embeddings=16, projection_dim=projection)
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        block_out_channels=(8, 16), layers_per_block=1, sample_size=TINY_RESOLUTION // 2,
+        in_channels=4, out_channels=4, norm_num_groups=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=16 + 24, attention_head_dim=2, use_linear_projection=True,
+        addition_embed_type="text_time", addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=6 * 8 + 16,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(8, 16), in_channels=3, out_channels=3, norm_num_groups=4,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        latent_channels=4, sample_size=TINY_RESOLUTION, scaling_factor=0.13025,
+    )
+    text_encoder = CLIPTextModel(clip_config(16, 16))
+    text_encoder_2 = CLIPTextModelWithProjection(clip_config(24, 16))
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+        prediction_type="epsilon", steps_offset=1, timestep_spacing="leading",
+    )
+    tokenizer = offline_clip_tokenizer(model_max_length=16)
+    pipe = StableDiffusionXLPipeline(
+        vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
+        tokenizer_2=offline_clip_tokenizer(model_max_length=16), unet=unet, scheduler=scheduler,
+        add_watermarker=False,
+    )
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder

@@ -104,7 +104,7 @@ def reencoding_loop(comps, images, config) -> float:
     from bat_app.train.objective import draw_noise
 
     comps.denoiser.add_adapter(LoraConfig(r=config.rank, lora_alpha=config.lora_alpha, init_lora_weights="gaussian",
-                                          target_modules=list(config.target_modules)))
+                                          target_modules=config.resolve_targets(comps.family).target_modules))
     params = [p for n, p in comps.denoiser.named_parameters() if "lora_" in n]
     for p in params:
         p.data = p.data.float()

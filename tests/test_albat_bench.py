@@ -49,7 +49,7 @@ def test_fixed_draw_loss_repeats_exactly_and_sees_the_adapter(comps, images, tmp
     lora = train_surrogate(comps, images, config, 20, tmp_path)
     from peft import LoraConfig, set_peft_model_state_dict
 
-    comps.denoiser.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=list(config.target_modules)), "probe")
+    comps.denoiser.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=config.resolve_targets(comps.family).target_modules), "probe")
     set_peft_model_state_dict(comps.denoiser, lora, adapter_name="probe")
     assert probe().mean() < base.mean()  # the LoRA trained on these photos fits them better
 

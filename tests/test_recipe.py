@@ -75,3 +75,15 @@ def test_scripts_do_not_carry_their_own_learning_rate():
         text = path.read_text()
         own = re.findall(r"""(?:["']lr["']\s*:|\blr\s*=|--lr["'][^)]*default\s*=)\s*[0-9.]+e?-?[0-9]*""", text)
         assert not own, f"{path.name} hard-codes a learning rate: {own}"
+
+
+def test_the_readme_model_table_is_the_presets():
+    import re
+    from pathlib import Path
+
+    from bat_app.models.presets import model_table
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    found = re.search(r"<!-- model-table:[^\n]*-->\n(.*?)\n<!-- /model-table -->", readme, re.S)
+    assert found, "README.md has no model table"
+    assert found.group(1).strip() == model_table(), "README's model table is stale: paste `bat-app presets --markdown`"

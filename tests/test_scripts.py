@@ -21,6 +21,7 @@ QUICK = [
     pytest.param("bench_faiss.py", "recall@k", id="bench_faiss"),
     pytest.param("bench_ivfpq.py", "recall", id="bench_ivfpq"),
     pytest.param("bench_trainer.py", "speed-up of caching", id="bench_trainer"),
+    pytest.param("gpu_check.py", "gpu_check: 15 measurements", id="gpu_check"),
     pytest.param("shapes_personalize.py", "lora_trait_mean", id="shapes_personalize"),
     pytest.param("bench_selection.py", "Mean over subjects", id="bench_selection"),
     pytest.param("bench_compare.py", "Convergence", id="bench_compare", marks=pytest.mark.slow),

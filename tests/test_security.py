@@ -370,7 +370,9 @@ def test_the_page_names_no_server_folder(app, tiny_model_dir, tiny_pool_dir):
             assert str(folder) not in response.text, (path, folder)
     config = httpx.get(app["url"] + "/config", timeout=30).json()
     dropdowns = {c["props"].get("label"): c["props"] for c in config["components"] if c.get("type") == "dropdown"}
-    assert [v for v, _ in dropdowns["Model preset"]["choices"]] == ["tiny-sd", "sd15", "shapes"]
+    from bat_app.models import presets
+
+    assert [v for v, _ in dropdowns["Model preset"]["choices"]] == ["tiny-sd", *presets()]
     assert dropdowns["Backbone pool"]["value"] == tiny_pool_dir.name
 
 

@@ -104,7 +104,9 @@ def test_choices_are_names_and_map_to_what_the_server_offers(settings, tmp_path)
     (built / "manifest.json").write_text("{}")
     extra = tmp_path / "operator" / "my-pool"
     s = settings.with_(allowed_models=("org/model",), allowed_pools=(str(extra),))
-    assert handlers.model_choices(s) == ["tiny-sd", "sd15", "shapes", "org/model"]
+    from bat_app.models import presets
+
+    assert handlers.model_choices(s) == ["tiny-sd", *presets(), "org/model"]
     assert handlers.pool_choices(s, "tiny-sd") == ["laion-1k", "my-pool", "generated", "none"]
     form = handlers.initial_form(s)
     assert form.model == "tiny-sd" and "/" not in "".join(form.pools)  # the browser sees no server path

@@ -86,7 +86,7 @@ def loss_matrix(components, examples: Sequence[Example], resolution: int, surrog
     shape = tuple(stats[0][0].shape) if stats else (0,)
     plan = IndependentDraws(draws, shape, total_t, seed, len(examples)) if independent \
         else SharedDraws.make(draws, shape, total_t, seed)
-    adapters = _load_adapters(unet, config, surrogate, reference)
+    adapters = _load_adapters(unet, config.resolve_targets(components.family), surrogate, reference)
     out = np.zeros((draws, len(examples)), dtype=np.float64)
     try:
         for lo in range(0, len(examples), batch_size):

@@ -32,6 +32,7 @@ def export_lora(components, config, out_dir, unet_lora, te_lora, *, losses=(), m
     (see :mod:`bat_app.export.embeddings`); without them the LoRA alone cannot draw the subject.
     """
     out_dir = Path(out_dir)
+    config = config.resolve_targets(components.family)
     needed = 3 * sum(v.numel() * 4 for v in (unet_lora | te_lora).values()) + 1_000_000
     free = shutil.disk_usage(out_dir).free
     if free < needed:

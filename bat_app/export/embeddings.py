@@ -1,11 +1,15 @@
 """Pivotal-tuning embeddings on disk: one file every tool loads, named by the trigger.
 
 The file ``<trigger>.safetensors`` holds ``emb_params`` (vectors x width), the layout kohya and
-AUTOMATIC1111 write for textual-inversion embeddings:
+AUTOMATIC1111 write for textual-inversion embeddings; an SDXL file holds ``clip_l`` and
+``clip_g`` instead (one tensor per text encoder), the SDXL layout of the same tools:
 
 - AUTOMATIC1111 / Forge: copy it to ``embeddings/``; the file name is the trigger word.
 - ComfyUI: copy it to ``models/embeddings/``; write ``embedding:<trigger>`` in the prompt.
-- diffusers: ``pipe.load_textual_inversion(path, token="<trigger>")``, then prompt as usual.
+- diffusers: ``pipe.load_textual_inversion(path, token="<trigger>")``, then prompt as usual
+  (SDXL: ``state = load_file(path)``, then ``pipe.load_textual_inversion(state["clip_l"],
+  token=..., text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer)`` and the same with
+  ``clip_g``, ``pipe.text_encoder_2``, ``pipe.tokenizer_2``).
 
 The trigger is also stored in the file's metadata, so previews find and load it by itself.
 """
@@ -27,10 +31,13 @@ def embeddings_file_name(token: str) -> str:
     return f"{re.sub(r'[^A-Za-z0-9_-]', '', token) or 'trigger'}.safetensors"
 
 
-def save_embeddings(out_dir: Path, token: str, vectors: torch.Tensor) -> Path:
+def save_embeddings(out_dir: Path, token: str, vectors: torch.Tensor | dict[str, torch.Tensor]) -> Path:
+    """``vectors``: one tensor (written as ``emb_params``) or {file key: tensor} (SDXL's ``clip_l``,
+    ``clip_g``)."""
     path = Path(out_dir) / embeddings_file_name(token)
-    save_file({"emb_params": vectors.detach().float().cpu().contiguous()}, path,
-              metadata={TOKEN_KEY: token, "vectors": str(vectors.shape[0])})
+    state = {"emb_params": vectors} if isinstance(vectors, torch.Tensor) else dict(vectors)
+    save_file({k: v.detach().float().cpu().contiguous() for k, v in state.items()}, path,
+              metadata={TOKEN_KEY: token, "vectors": str(next(iter(state.values())).shape[0])})
     return path
 
 
@@ -50,3 +57,9 @@ def find_embeddings(folder: Path | str) -> tuple[Path, str] | None:
 def load_embeddings(path: Path | str) -> torch.Tensor:
     with safe_open(str(path), "pt") as f:
         return f.get_tensor("emb_params")
+
+
+def load_embedding_state(path: Path | str) -> dict[str, torch.Tensor]:
+    """Every tensor of an embeddings file: ``{"emb_params"}`` or SDXL's ``{"clip_l", "clip_g"}``."""
+    with safe_open(str(path), "pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}

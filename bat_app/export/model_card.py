@@ -135,8 +135,7 @@ def model_card(config: TrainConfig, base_model, kohya_name: str, method: str = "
         f"from diffusers import {pipeline}",
         f"pipe = {pipeline}.from_pretrained({base.pretrained_args()})",
         "pipe.load_lora_weights('.', weight_name='pytorch_lora_weights.safetensors')",
-        *([f"pipe.load_textual_inversion({emb!r}, token={config.token!r})  # the trigger's own vectors"]
-          if emb else []),
+        *(_load_embeddings_lines(emb, config.token, pipeline) if emb else []),
         f"image = pipe({(trigger + ' on the beach')!r}).images[0]",
         "```", "",
         "### AUTOMATIC1111 / Forge",
@@ -159,3 +158,16 @@ def model_card(config: TrainConfig, base_model, kohya_name: str, method: str = "
 def _cell(value) -> str:
     text = ", ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
     return text.replace("|", "\\|")
+
+
+def _load_embeddings_lines(emb: str, token: str, pipeline: str) -> list[str]:
+    """diffusers lines that load the trigger's vectors: one file (SD), or SDXL's ``clip_l`` and
+    ``clip_g``, one per text encoder."""
+    if not pipeline.startswith("StableDiffusionXL"):
+        return [f"pipe.load_textual_inversion({emb!r}, token={token!r})  # the trigger's own vectors"]
+    return ["from safetensors.torch import load_file",
+            f"state = load_file({emb!r})  # the trigger's own vectors, one per text encoder",
+            f"pipe.load_textual_inversion(state['clip_l'], token={token!r}, text_encoder=pipe.text_encoder, "
+            "tokenizer=pipe.tokenizer)",
+            f"pipe.load_textual_inversion(state['clip_g'], token={token!r}, text_encoder=pipe.text_encoder_2, "
+            "tokenizer=pipe.tokenizer_2)"]

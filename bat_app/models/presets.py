@@ -104,8 +104,10 @@ def model_table() -> str:
         memory = preset.get("memory", {})
         if memory.get("cpu"):
             need = "none: runs on CPU"
-        elif memory.get("gpu_gb"):
-            need = f"~{memory['gpu_gb']} GB" + ("" if memory.get("measured") else " (typical, not measured here)")
+        elif memory.get("min_gpu_gb"):
+            need = f"~{memory['min_gpu_gb']} GB" + ("" if memory.get("measured") else " (typical, not measured here)")
+            if memory.get("quantized_base_for_24gb"):
+                need += f"; 24 GB with a {memory['quantized_base_for_24gb']} base (not wired yet)"
         else:
             need = "not known"
         speed = preset.get("speed") or "not measured yet"

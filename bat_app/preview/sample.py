@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from ..export import DIFFUSERS_FILE
-from ..export.embeddings import find_embeddings
+from ..export.embeddings import find_embeddings, load_embedding_state
 from ..images.grid import image_grid
 from ..models import Components, build_pipeline
 
@@ -35,7 +35,7 @@ def sample_images(components: Components, prompts: Sequence[str], seeds: Sequenc
         try:
             pipe.load_lora_weights(str(lora_dir), weight_name=DIFFUSERS_FILE)
             if embedding is not None:  # pivotal tuning: the trigger's own vectors, as users load them
-                pipe.load_textual_inversion(str(embedding[0]), token=embedding[1])
+                load_trigger_embeddings(components, pipe, *embedding)
         finally:
             diffusers_logging.set_verbosity(level)
     jobs = [(p, s) for p in range(len(prompts)) for s in range(len(seeds))]
@@ -56,8 +56,28 @@ def sample_images(components: Components, prompts: Sequence[str], seeds: Sequenc
         if lora_dir is not None:
             pipe.unload_lora_weights()
         if embedding is not None:
-            pipe.unload_textual_inversion()
+            unload_trigger_embeddings(components, pipe)
     return out
+
+
+def load_trigger_embeddings(components: Components, pipe, path: Path, token: str) -> None:
+    """Load pivotal tuning's ``<trigger>.safetensors`` into ``pipe`` as a diffusers user does:
+    SD's one ``emb_params`` by path; a family with several encoders (SDXL's ``clip_l`` and
+    ``clip_g``) one tensor per text encoder and tokenizer."""
+    keys = components.family.pivotal_embedding_keys
+    if [key for _, key in keys] == ["emb_params"]:
+        pipe.load_textual_inversion(str(path), token=token)
+        return
+    state = load_embedding_state(path)
+    for index, key in keys:
+        pipe.load_textual_inversion(state[key], token=token, text_encoder=components.text_encoders[index],
+                                    tokenizer=components.tokenizers[index])
+
+
+def unload_trigger_embeddings(components: Components, pipe) -> None:
+    for index, _ in components.family.pivotal_embedding_keys:
+        pipe.unload_textual_inversion(tokenizer=components.tokenizers[index],
+                                      text_encoder=components.text_encoders[index])
 
 
 def backbone_sampler(components: Components, steps: int | None = None):

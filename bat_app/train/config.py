@@ -44,7 +44,7 @@ class TrainConfig:
     # --- LoRA ----------------------------------------------------------------------------
     rank: int = 4
     alpha: float | None = None         # scale = alpha / rank; None means alpha = rank (scale 1)
-    target_modules: list[str] = field(default_factory=lambda: ["to_k", "to_q", "to_v", "to_out.0"])
+    target_modules: list[str] | None = None  # None: the model family's default (``family.lora_targets``)
     train_text_encoder: bool = False   # also a LoRA on the text encoder's attention projections
     text_encoder_targets: list[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj"])
@@ -104,7 +104,7 @@ class TrainConfig:
             raise InputError(f"`mixed_precision` must be one of {PRECISIONS}, got {self.mixed_precision!r}.")
         if self.lr_schedule not in LR_SCHEDULES:
             raise InputError(f"`lr_schedule` must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}.")
-        if not self.target_modules:
+        if self.target_modules is not None and not self.target_modules:
             raise InputError("`target_modules` is empty: LoRA needs at least one module, e.g. to_q.")
         if self.instance_prompt is not None and self.token not in self.instance_prompt:
             raise InputError(f"instance_prompt {self.instance_prompt!r} does not contain the token "
@@ -123,6 +123,12 @@ class TrainConfig:
     @property
     def class_prompt_text(self) -> str:
         return self.class_prompt or f"a photo of {self.class_noun}"
+
+    def resolve_targets(self, family) -> "TrainConfig":
+        """This config with ``target_modules`` filled in: the given ones, else the family's default."""
+        if self.target_modules is not None:
+            return self
+        return dataclasses.replace(self, target_modules=list(family.lora_targets))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

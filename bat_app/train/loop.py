@@ -30,6 +30,7 @@ from . import checkpoint as ckpt
 from .config import TrainConfig
 from .data import Example, ExampleGroup, instance_examples
 from ..models.families import cat_cond, cond_to, stack_cond
+from ..models.families.base import split_te_lora, te_lora_prefix
 from .encode import LatentCache, TextCache, sample_latents
 from .objective import draw_noise
 from .pivotal import PivotalTokens
@@ -101,6 +102,7 @@ def train_lora(
     """
     started = time.perf_counter()
     components = model if isinstance(model, Components) else load_components(model, dtype=_DTYPES[config.mixed_precision])
+    config = config.resolve_targets(components.family)
     out_dir = Path(out_dir)
     cache_root = Path(cache_root) if cache_root is not None else cache_dir()
     emit = progress or (lambda event: None)
@@ -131,8 +133,9 @@ def train_lora(
         scaler = torch.amp.GradScaler("cuda", enabled=components.dtype == torch.float16)
         components.denoiser.train()
         if config.train_text_encoder:
-            components.text_encoder.train()
-        params = unet_params + te_params + ([pivotal.param] if pivotal else [])
+            for te in _lora_text_encoders(components):
+                te.train()
+        params = unet_params + te_params + (pivotal.params if pivotal else [])
         for step in range(start_step + 1, config.steps + 1):
             if cancel is not None and cancel():
                 _checkpoint(components, config, out_dir, step - 1, fingerprint, losses, optimizer, lr_scheduler,
@@ -158,13 +161,14 @@ def train_lora(
                                it_per_s=meter.rate(step), eta_s=meter.eta(step, config.steps)))
 
         components.denoiser.eval()
-        components.text_encoder.eval()
+        for te in components.text_encoders:
+            te.eval()
         unet_lora, te_lora = lora_state_dicts(components, config)
         seconds = time.perf_counter() - started
         steps_run = config.steps - start_step
         result = TrainResult(out_dir, {}, config.steps, losses, seconds,
                              (meter.rate(config.steps) or 0.0) if steps_run else 0.0, start_step, unet_lora, te_lora,
-                             pivotal.vectors_tensor() if pivotal else None)
+                             pivotal.embeddings() if pivotal else None)
         if export:
             from ..export import export_lora
 
@@ -187,6 +191,9 @@ def check_inputs(components: Components, images: Sequence, config: TrainConfig, 
         raise InputError("No instance images: give at least one image of the subject.")
     if resolution % 8:
         raise InputError(f"`resolution` has to be divisible by 8 but is {resolution}.")
+    if config.pivotal and not components.family.supports_pivotal:
+        raise InputError(f"Pivotal tuning is not supported for {components.family.display_name} models yet: "
+                         f"turn it off (--no-pivotal, or pivotal: false).")
     known = {name for name, _ in components.denoiser.named_modules()}
     targets = [t for t in config.target_modules if any(n == t or n.endswith("." + t) for n in known)]
     if not targets:
@@ -245,10 +252,10 @@ def add_adapters(components: Components, config: TrainConfig) -> tuple[list, lis
                                 target_modules=list(config.target_modules)), adapter_name=ADAPTER)
     te_params = []
     if config.train_text_encoder:
-        te = components.text_encoder
-        te.add_adapter(LoraConfig(r=config.rank, lora_alpha=config.lora_alpha, init_lora_weights="gaussian",
-                                  target_modules=list(config.text_encoder_targets)), adapter_name=ADAPTER)
-        te_params = [p for n, p in te.named_parameters() if "lora_" in n]
+        for te in _lora_text_encoders(components):  # SD: the one encoder; SDXL: both
+            te.add_adapter(LoraConfig(r=config.rank, lora_alpha=config.lora_alpha, init_lora_weights="gaussian",
+                                      target_modules=list(config.text_encoder_targets)), adapter_name=ADAPTER)
+            te_params += [p for n, p in te.named_parameters() if "lora_" in n]
     unet_params = [p for n, p in unet.named_parameters() if "lora_" in n]
     for p in unet_params + te_params:
         # Frozen weights may be bf16/fp16 on CUDA; trainable LoRA weights stay fp32.
@@ -257,7 +264,8 @@ def add_adapters(components: Components, config: TrainConfig) -> tuple[list, lis
     if components.device.type == "cuda" and config.gradient_checkpointing is not False:
         unet.enable_gradient_checkpointing()
         if config.train_text_encoder:
-            components.text_encoder.gradient_checkpointing_enable()
+            for te in _lora_text_encoders(components):
+                te.gradient_checkpointing_enable()
     return unet_params, te_params
 
 
@@ -267,7 +275,7 @@ def make_optimizer(unet_params, te_params, config: TrainConfig, pivotal: Pivotal
         groups.append({"params": te_params, "lr": config.text_encoder_lr})
     if pivotal is not None:
         # No weight decay: it would pull the trigger towards the zero vector, a dead token.
-        groups.append({"params": [pivotal.param], "lr": config.embedding_lr, "weight_decay": 0.0})
+        groups.append({"params": list(pivotal.params), "lr": config.embedding_lr, "weight_decay": 0.0})
     optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
     scheduler = get_scheduler(config.lr_schedule, optimizer=optimizer, num_warmup_steps=config.warmup_steps,
                               num_training_steps=config.steps)
@@ -302,9 +310,11 @@ def lora_state_dicts(components: Components, config: TrainConfig):
     unet_lora = {k: v.detach().float().cpu().clone()
                  for k, v in get_peft_model_state_dict(components.denoiser, adapter_name=ADAPTER, save_embedding_layers=False).items()}
     te_lora = {}
-    if config.train_text_encoder:
-        te_lora = {k: v.detach().float().cpu().clone()
-                   for k, v in get_peft_model_state_dict(components.text_encoder, adapter_name=ADAPTER, save_embedding_layers=False).items()}
+    if config.train_text_encoder:  # one dict; encoder i > 0's keys prefixed (SD: the encoder's own keys)
+        for index in components.family.text_encoder_lora_indices:
+            te = components.text_encoders[index]
+            te_lora |= {te_lora_prefix(index) + k: v.detach().float().cpu().clone()
+                        for k, v in get_peft_model_state_dict(te, adapter_name=ADAPTER, save_embedding_layers=False).items()}
     return unet_lora, te_lora
 
 
@@ -312,10 +322,12 @@ def restore(components, config, path, fingerprint, optimizer, lr_scheduler, gene
             pivotal: PivotalTokens | None = None) -> tuple[int, list[float]]:
     lora, state = ckpt.load_checkpoint(path, fingerprint)
     if pivotal is not None:
-        pivotal.load_vectors(lora.pop(PIVOTAL_KEY))
+        pivotal.load_vectors(_pivotal_from_checkpoint(lora, pivotal))
     set_peft_model_state_dict(components.denoiser, _strip(lora, "unet."), adapter_name=ADAPTER)
     if config.train_text_encoder:
-        set_peft_model_state_dict(components.text_encoder, _strip(lora, "text_encoder."), adapter_name=ADAPTER)
+        indices = components.family.text_encoder_lora_indices
+        for index, te_state in split_te_lora(_strip(lora, "text_encoder."), indices).items():
+            set_peft_model_state_dict(components.text_encoders[index], te_state, adapter_name=ADAPTER)
     optimizer.load_state_dict(state.optimizer)
     lr_scheduler.load_state_dict(state.lr_scheduler)
     generator.set_state(state.generator)
@@ -346,7 +358,7 @@ def _checkpoint(components, config, out_dir, step, fingerprint, losses, optimize
     unet_lora, te_lora = lora_state_dicts(components, config)
     lora = {f"unet.{k}": v for k, v in unet_lora.items()} | {f"text_encoder.{k}": v for k, v in te_lora.items()}
     if pivotal is not None:
-        lora[PIVOTAL_KEY] = pivotal.vectors_tensor()
+        lora |= _pivotal_to_checkpoint(pivotal)
     state = ckpt.TrainState(step, fingerprint, list(losses), optimizer.state_dict(), lr_scheduler.state_dict(),
                             generator.get_state(), torch.get_rng_state(),
                             torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
@@ -366,6 +378,27 @@ class _LossLog:
     def append(self, step: int, loss: float) -> None:
         with open(self.path, "a") as f:
             f.write(f'{{"step": {step}, "loss": {loss!r}}}\n')
+
+
+def _lora_text_encoders(components: Components) -> list:
+    """The text encoders a text-encoder LoRA goes on (the family says which)."""
+    return [components.text_encoders[i] for i in components.family.text_encoder_lora_indices]
+
+
+def _pivotal_checkpoint_keys(pivotal: PivotalTokens) -> dict[str, str]:
+    """Embeddings-file key -> checkpoint key: the first encoder's vectors under PIVOTAL_KEY (SD's
+    checkpoints as before), any further encoder's under ``PIVOTAL_KEY.<file key>``."""
+    keys = pivotal.keys
+    return {key: PIVOTAL_KEY if i == 0 else f"{PIVOTAL_KEY}.{key}" for i, key in enumerate(keys)}
+
+
+def _pivotal_to_checkpoint(pivotal: PivotalTokens) -> dict[str, torch.Tensor]:
+    vectors = pivotal.vectors()
+    return {ckpt_key: vectors[key] for key, ckpt_key in _pivotal_checkpoint_keys(pivotal).items()}
+
+
+def _pivotal_from_checkpoint(lora: dict, pivotal: PivotalTokens) -> dict[str, torch.Tensor]:
+    return {key: lora.pop(ckpt_key) for key, ckpt_key in _pivotal_checkpoint_keys(pivotal).items()}
 
 
 def _strip(state: dict, prefix: str) -> dict:

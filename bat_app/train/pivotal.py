@@ -11,10 +11,14 @@ vectors becomes the tokens ``sks sks_1``, and ``pipe.load_textual_inversion(file
 expands ``sks`` in any prompt the same way. So prompts keep the plain trigger everywhere
 (training, previews, "Try it", diffusers, AUTOMATIC1111, ComfyUI).
 
+A family with several CLIP encoders gets vectors in each one it names
+(``family.pivotal_embedding_keys``): SDXL trains ``clip_l`` (``text_encoder``) and ``clip_g``
+(``text_encoder_2``) together, the layout SDXL embeddings have in A1111, ComfyUI and diffusers.
+
     pivotal = PivotalTokens(components, "sks", vectors=2, seed=0)
     pivotal.expand("a photo of sks dog")   # 'a photo of sks sks_1 dog'
-    ...train, with pivotal.param in the optimizer...
-    vectors = pivotal.vectors_tensor(); pivotal.remove()
+    ...train, with pivotal.params in the optimizer...
+    vectors = pivotal.embeddings(); pivotal.remove()   # SD: a tensor; SDXL: {"clip_l", "clip_g"}
 """
 
 from __future__ import annotations
@@ -24,57 +28,95 @@ import torch
 from ..models import Components, build_pipeline
 
 
-def initial_vectors(components: Components, vectors: int, seed: int) -> torch.Tensor:
+def initial_vectors(components: Components, vectors: int, seed: int, encoder: int = 0) -> torch.Tensor:
     """Rows drawn from the embedding table's own per-dimension mean and spread: the new
     token starts as an ordinary, unremarkable word (diffusers' advanced script draws with the
-    table's std), not as zeros and not as the class word (which the class prompt already has)."""
-    table = components.text_encoder.get_input_embeddings().weight.detach().float().cpu()
-    gen = torch.Generator().manual_seed(seed)
+    table's std), not as zeros and not as the class word (which the class prompt already has).
+    ``encoder``: which text encoder's table (each further encoder draws with seed + its index)."""
+    table = components.text_encoders[encoder].get_input_embeddings().weight.detach().float().cpu()
+    gen = torch.Generator().manual_seed(seed + encoder)
     return table.mean(0) + table.std(0) * torch.randn((vectors, table.shape[1]), generator=gen)
 
 
 class PivotalTokens:
-    """Attach ``vectors`` trainable embedding rows for ``token`` to the shared text encoder.
+    """Attach ``vectors`` trainable embedding rows for ``token`` to each text encoder the
+    family names (``family.pivotal_embedding_keys``; SD: the one CLIP encoder).
 
-    The rows live in ``self.param`` (fp32, trainable); a forward hook on the token-embedding
-    module puts them in place of the table's rows, so the frozen table is never written and
-    ``remove()`` leaves tokenizer and text encoder exactly as they were.
+    The rows live in ``self.params`` (one fp32 trainable tensor per encoder, in the order of
+    ``self.keys``, the embeddings file's keys); a forward hook on each token-embedding module puts
+    them in place of the table's rows, so the frozen tables are never written and ``remove()``
+    leaves tokenizers and text encoders exactly as they were.
     """
 
     def __init__(self, components: Components, token: str, vectors: int = 2, seed: int = 0,
-                 init: torch.Tensor | None = None):
+                 init: torch.Tensor | dict[str, torch.Tensor] | None = None):
         self.components = components
         self.token = token
         self.pipe = build_pipeline(components)
-        start = initial_vectors(components, vectors, seed) if init is None else init.float().cpu()
-        embedding = components.text_encoder.get_input_embeddings()
-        self.pipe.load_textual_inversion(start.to(embedding.weight.dtype), token=token,
-                                         text_encoder=components.text_encoder,
-                                         tokenizer=components.tokenizer)
+        self.encoders = [i for i, _ in components.family.pivotal_embedding_keys]
+        self.keys = [key for _, key in components.family.pivotal_embedding_keys]
         self.names = [token] + [f"{token}_{i}" for i in range(1, vectors)]
-        self.ids = torch.tensor(components.tokenizer.convert_tokens_to_ids(self.names))
-        device = components.text_encoder.device
-        self.param = torch.nn.Parameter(start.to(device))
-        self._hook = components.text_encoder.get_input_embeddings().register_forward_hook(self._substitute)
+        if isinstance(init, torch.Tensor):
+            init = {self.keys[0]: init}
+        self.params: list[torch.nn.Parameter] = []
+        self._ids: list[torch.Tensor] = []
+        self._hooks = []
+        for index, key in zip(self.encoders, self.keys):
+            te, tok = components.text_encoders[index], components.tokenizers[index]
+            start = init[key].float().cpu() if init and key in init else initial_vectors(components, vectors, seed, index)
+            embedding = te.get_input_embeddings()
+            self.pipe.load_textual_inversion(start.to(embedding.weight.dtype), token=token, text_encoder=te,
+                                             tokenizer=tok)
+            param = torch.nn.Parameter(start.to(te.device))
+            ids = torch.tensor(tok.convert_tokens_to_ids(self.names))
+            self.params.append(param)
+            self._ids.append(ids)
+            self._hooks.append(te.get_input_embeddings().register_forward_hook(self._substitute(param, ids)))
 
-    def _substitute(self, module, args, output):
-        ids = args[0]
-        hit = (ids.unsqueeze(-1) == self.ids.to(ids.device)).to(output.dtype)  # (b, l, vectors)
-        keep = 1 - hit.sum(-1, keepdim=True)
-        return output * keep + hit @ self.param.to(output.dtype)
+    @property
+    def param(self) -> torch.nn.Parameter:
+        """The first encoder's vectors (SD's only ones)."""
+        return self.params[0]
+
+    @property
+    def ids(self) -> torch.Tensor:
+        return self._ids[0]
+
+    @staticmethod
+    def _substitute(param: torch.nn.Parameter, token_ids: torch.Tensor):
+        def hook(module, args, output):
+            ids = args[0]
+            hit = (ids.unsqueeze(-1) == token_ids.to(ids.device)).to(output.dtype)  # (b, l, vectors)
+            keep = 1 - hit.sum(-1, keepdim=True)
+            return output * keep + hit @ param.to(output.dtype)
+
+        return hook
 
     def expand(self, prompt: str) -> str:
         """The prompt as the text encoder sees it: ``sks`` -> ``sks sks_1`` (diffusers' rule)."""
         return self.pipe.maybe_convert_prompt(prompt, self.components.tokenizer)
 
-    def vectors_tensor(self) -> torch.Tensor:
-        return self.param.detach().float().cpu().clone()
+    def vectors(self) -> dict[str, torch.Tensor]:
+        """Embeddings-file key -> (vectors, width), fp32 on the CPU."""
+        return {key: p.detach().float().cpu().clone() for key, p in zip(self.keys, self.params)}
 
-    def load_vectors(self, vectors: torch.Tensor) -> None:
+    def vectors_tensor(self) -> torch.Tensor:
+        return self.vectors()[self.keys[0]]
+
+    def embeddings(self) -> torch.Tensor | dict[str, torch.Tensor]:
+        """What the embeddings file holds: SD's one tensor (``emb_params``), else the dict."""
+        return self.vectors_tensor() if self.keys == ["emb_params"] else self.vectors()
+
+    def load_vectors(self, vectors: torch.Tensor | dict[str, torch.Tensor]) -> None:
+        if isinstance(vectors, torch.Tensor):
+            vectors = {self.keys[0]: vectors}
         with torch.no_grad():
-            self.param.copy_(vectors.to(self.param.device, self.param.dtype))
+            for key, param in zip(self.keys, self.params):
+                param.copy_(vectors[key].to(param.device, param.dtype))
 
     def remove(self) -> None:
-        self._hook.remove()
-        self.pipe.unload_textual_inversion(tokens=self.names, tokenizer=self.components.tokenizer,
-                                           text_encoder=self.components.text_encoder)
+        for hook in self._hooks:
+            hook.remove()
+        for index in self.encoders:
+            self.pipe.unload_textual_inversion(tokens=self.names, tokenizer=self.components.tokenizers[index],
+                                               text_encoder=self.components.text_encoders[index])

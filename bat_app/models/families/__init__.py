@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from ...errors import ModelLoadError
 from .base import Cond, Family, Part, cat_cond, cond_to, stack_cond, unbatch_cond
+from .flux import Flux
 from .sd import StableDiffusion
+from .sdxl import StableDiffusionXL
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (StableDiffusion(),)}
+FAMILIES: dict[str, Family] = {f.name: f for f in (StableDiffusion(), StableDiffusionXL(), Flux())}
 
 
 def get_family(name: str) -> Family:

@@ -48,6 +48,13 @@ class Family:
     kohya_version: ClassVar[str]                  # ss_base_model_version in kohya metadata
     lora_targets: ClassVar[tuple[str, ...]]       # default LoRA target modules of the denoiser
     text_encoder_lora_targets: ClassVar[tuple[str, ...]] = ("q_proj", "k_proj", "v_proj", "out_proj")
+    supports_pivotal: ClassVar[bool] = True       # pivotal tuning (train/pivotal.py) works on this family
+    # Which text encoders (indices into ``Components.text_encoders``) a text-encoder LoRA goes on;
+    # in the trainer's one ``te_lora`` dict, encoder i > 0 has its keys prefixed (``te_lora_prefix``).
+    text_encoder_lora_indices: ClassVar[tuple[int, ...]] = (0,)
+    # Pivotal tuning: (text encoder index, key in the ``<trigger>.safetensors`` embeddings file)
+    # per encoder that gets the trigger's own vectors (SD: ``emb_params``; SDXL: ``clip_l``, ``clip_g``).
+    pivotal_embedding_keys: ClassVar[tuple[tuple[int, str], ...]] = ((0, "emb_params"),)
 
     # --- loading ----------------------------------------------------------------------
     def parts(self) -> tuple[Part, ...]:
@@ -124,6 +131,24 @@ def unbatch_cond(cond: Cond) -> list[Cond]:
 def cond_to(cond: Cond, device, dtype=None) -> Cond:
     return {k: v.to(device, dtype) if dtype is not None and v.is_floating_point() else v.to(device)
             for k, v in cond.items()}
+
+
+def te_lora_prefix(index: int) -> str:
+    """Key prefix of text encoder ``index``'s LoRA weights in the trainer's one ``te_lora`` dict:
+    none for the first (so SD's dict is the encoder's own PEFT state dict), ``text_encoder_2.``
+    for the second, as diffusers names the pipelines' attributes."""
+    return "" if index == 0 else f"text_encoder_{index + 1}."
+
+
+def split_te_lora(te_lora: dict[str, torch.Tensor], indices: Sequence[int]) -> dict[int, dict[str, torch.Tensor]]:
+    """``te_lora`` -> {encoder index: its own PEFT state dict} (the inverse of ``te_lora_prefix``)."""
+    out: dict[int, dict[str, torch.Tensor]] = {i: {} for i in indices}
+    prefixes = {te_lora_prefix(i): i for i in indices if i != 0}
+    for key, value in te_lora.items():
+        index, name = next(((i, key[len(p):]) for p, i in prefixes.items() if key.startswith(p)), (0, key))
+        if index in out:
+            out[index][name] = value
+    return out
 
 
 def adapter_metadata(rank: int, alpha: float, targets: Sequence[str]) -> dict:
