@@ -44,6 +44,14 @@ def backend(request, job_env, monkeypatch):
     return request.param
 
 
+def test_a_registered_pipeline_reads_its_own_config(job_env, images):
+    # keys CompareConfig would refuse pass the stages pipeline's own reader, and are kept as given
+    job_id = jobs.submit(STAGES_JOB | {"anything": 1}, images, pipeline="stages")
+    assert json.loads((jobs.job_dir(job_id) / "config.json").read_text())["anything"] == 1
+    with pytest.raises(InputError, match=r"Unknown config key\(s\) \['anything'\]"):
+        jobs.submit(STAGES_JOB | {"anything": 1}, images)  # the built-in compare's reader
+
+
 def stages_job(images, **config) -> str:
     return jobs.submit(STAGES_JOB | config, images, pipeline="stages")
 

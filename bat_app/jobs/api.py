@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import ClientQueueFull, QueueFull
-from .pipelines import check_pipeline
+from .pipelines import config_reader_for
 from .queue import connect
 from .record import CANCELLED, FINISHED, QUEUED, RUNNING, JobRecord
 from .settings import JobSettings
@@ -35,8 +35,9 @@ def submit(config, images: Sequence[str | Path] | str | Path, *, pipeline: str =
     """Validate ``config`` and ``images``, copy them into a new job folder, queue it; returns the id.
 
     Args:
-        config: a dict (JSON object) or a ``CompareConfig``; unknown keys and bad values raise
-            InputError here, before anything is written.
+        config: a dict (JSON object) or the pipeline's config object (a ``CompareConfig`` for
+            "compare"); the pipeline's reader validates a dict: unknown keys and bad values
+            raise InputError here, before anything is written.
         images: image files and/or folders of images (checked with ``load_user_images``:
             ImageError lists every unusable file). They are copied, so the caller may delete them.
         pipeline: what the job runs (see ``bat_app.jobs.pipelines``).
@@ -49,14 +50,14 @@ def submit(config, images: Sequence[str | Path] | str | Path, *, pipeline: str =
         QueueFull: ``settings.max_queue`` jobs are already waiting.
         ClientQueueFull: ``client`` already has ``settings.max_per_client`` jobs queued or running.
     """
-    from bat_app.compare.config import CompareConfig
     from bat_app.images import load_user_images
     from bat_app.limits import Limits
 
     settings, store, dispatch = connect(settings)
     limits = limits or Limits.from_env()
-    config = config if isinstance(config, CompareConfig) else CompareConfig.from_dict(config)
-    check_pipeline(pipeline)
+    # The pipeline's own config: CompareConfig for "compare", what a registered one reads.
+    parsed = config if not isinstance(config, dict) else config_reader_for(pipeline)(config)
+    data = parsed.to_dict() if hasattr(parsed, "to_dict") else dict(config)
     sources = [Path(p) for p in images] if isinstance(images, (list, tuple)) else Path(images)
     report = load_user_images(sources, limits=limits.intake())
     client_key = _client_key(store.root, client) if client else None
@@ -68,7 +69,7 @@ def submit(config, images: Sequence[str | Path] | str | Path, *, pipeline: str =
         names = _input_names([Path(u.name).name for u in report.images])
         for user, name in zip(report.images, names):
             shutil.copyfile(user.source, staging / INPUTS / name)
-        write_json_atomic(staging / CONFIG, config.to_dict())
+        write_json_atomic(staging / CONFIG, data)
         record = JobRecord(job_id, pipeline=pipeline, images=[f"{INPUTS}/{n}" for n in names],
                            client=client_key)
         for warning in report.warnings:

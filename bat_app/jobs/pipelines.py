@@ -10,9 +10,9 @@ Every pipeline has run_compare's signature::
        resume: bool = True) -> result with ``.outputs`` (name -> path relative to out_dir)
 
 and must be idempotent: called again on the same ``out_dir`` after a crash, it reuses what
-is finished and resumes training from its checkpoints. Submit always validates the config as
-a ``CompareConfig``; a pipeline that wants it in another form sets a ``config_from_dict``
-attribute (the job process then need not import the trainer to read it). More pipelines (a smoke test on a new
+is finished and resumes training from its checkpoints. A pipeline's config is its own: one
+that is not a ``CompareConfig`` sets a ``config_from_dict`` attribute, which submit uses to
+validate the JSON and the job process to read it back (neither then imports the trainer). More pipelines (a smoke test on a new
 GPU box, the tests' tiny trainings) are registered with ``BAT_JOB_PIPELINES="name=module:function,..."``,
 read by the app and by every worker; a name that neither knows is refused at submit.
 """
@@ -60,3 +60,12 @@ def config_reader(pipeline: Callable) -> Callable[[dict], object]:
 
         reader = CompareConfig.from_dict
     return reader
+
+
+def config_reader_for(name: str) -> Callable[[dict], object]:
+    """The config reader of pipeline ``name`` (the built-in compare's without importing it)."""
+    if check_pipeline(name) == BUILTIN.get(name):
+        from bat_app.compare.config import CompareConfig
+
+        return CompareConfig.from_dict
+    return config_reader(load_pipeline(name))
