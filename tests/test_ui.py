@@ -358,3 +358,13 @@ def test_settings_and_cli(monkeypatch, tmp_path):
     cli.register(parser.add_subparsers())
     args = parser.parse_args(["serve", "--host", "0.0.0.0", "--port", "8080", "--no-worker"])
     assert (args.host, args.port, args.share, args.no_worker, args.func) == ("0.0.0.0", 8080, False, True, cli.run)
+
+
+def test_the_model_note_says_licence_and_whether_it_fits():
+    assert "Runs on the CPU" in handlers.model_note("shapes")
+    note = handlers.model_note("flux-dev")
+    assert "Licence: flux-1-dev-non-commercial" in note
+    assert handlers.fit_note({"min_gpu_gb": 16}, gpu_gb=0).startswith(" Needs a CUDA GPU with ~16 GB; none")
+    assert handlers.fit_note({"min_gpu_gb": 16}, gpu_gb=24).endswith("this GPU has 24 GB: fits.")
+    assert "does not fit" in handlers.fit_note({"min_gpu_gb": 40}, gpu_gb=24)
+    assert handlers.model_note("/some/folder") == ""

@@ -119,7 +119,26 @@ def model_note(model: str | None) -> str:
     if not preset:
         return ""
     licence = license_line(model)
-    return f"{preset['description']}" + (f" **{licence[0].upper()}{licence[1:]}.**" if licence else "")
+    return (f"{preset['description']}" + (f" **{licence[0].upper()}{licence[1:]}.**" if licence else "")
+            + fit_note(preset.get("memory", {})))
+
+
+def fit_note(memory: dict, gpu_gb: float | None = None) -> str:
+    """Whether a preset fits this machine, from its ``memory`` block and the GPU found
+    (``gpu_gb``: None = detect; 0 = no CUDA GPU)."""
+    if memory.get("cpu"):
+        return " Runs on the CPU."
+    need = memory.get("min_gpu_gb")
+    if not need:
+        return ""
+    if gpu_gb is None:
+        import torch
+
+        gpu_gb = torch.cuda.get_device_properties(0).total_memory / 2**30 if torch.cuda.is_available() else 0
+    if not gpu_gb:
+        return f" Needs a CUDA GPU with ~{need} GB; none was found here, so it will not train on this server."
+    verdict = "fits" if gpu_gb >= need else "does not fit: pick a smaller model"
+    return f" Needs ~{need} GB of GPU memory; this GPU has {gpu_gb:.0f} GB: {verdict}."
 
 
 def pool_offers(settings: AppSettings, model: str | None) -> list[Offer]:
