@@ -20,6 +20,7 @@ import httpx
 import pytest
 from PIL import Image
 
+from bat_app.models.presets import presets
 from test_ui_api import job_threads, launch_app, stop_app, tiny_assets
 
 MAX_PER_CLIENT, MAX_QUEUE = 3, 5
@@ -232,7 +233,7 @@ def test_a_failed_jobs_error_shows_no_server_path(app):
     ({"class_noun": "x" * 10_000}, "The class noun is 10,000 characters long; the limit is 40: shorten it."),
     ({"class_noun": "a" * 300}, "The class noun is 300 characters long"),
     ({"token": "sks" * 20}, "The trigger token is 60 characters long; the limit is 32"),
-    ({"model": "/etc"}, "Model 'etc' is not offered by this server: choose one of tiny-sd, sd15, shapes"),
+    ({"model": "/etc"}, "Model 'etc' is not offered by this server: choose one of tiny-sd, " + ", ".join(presets())),
     ({"model": "../../"}, "Model '../../' is not offered by this server"),
     ({"pool": "/etc", "methods": ["random"]}, "Pool 'etc' is not offered by this server: choose one of"),
     ({"pool": "../../pools", "methods": ["random"]}, "is not offered by this server"),

@@ -11,6 +11,7 @@ from PIL import Image
 
 from bat_app import jobs
 from bat_app.errors import ImageError, InputError
+from bat_app.models.presets import presets
 from bat_app.ui import handlers, views
 from bat_app.ui.defaults import suggested_settings
 from bat_app.ui.settings import AppSettings
@@ -81,7 +82,7 @@ def test_build_config_defaults_and_overrides(settings):
     ({"class_noun": "x" * 10_000}, "class noun is 10,000 characters long; the limit is 40"),
     ({"class_noun": "dog/../../etc"}, "class noun 'dog/../../etc' is not allowed: use letters"),
     ({"token": "t" * 33}, "trigger token is 33 characters long; the limit is 32"),
-    ({"model": "/etc"}, "Model '/etc' is not offered by this server: choose one of tiny-sd, sd15, shapes"),
+    ({"model": "/etc"}, "Model '/etc' is not offered by this server: choose one of tiny-sd, " + ", ".join(presets())),
     ({"model": "../../"}, "Model '../../' is not offered"),
     ({"pool": "/etc"}, "Pool '/etc' is not offered by this server: choose one of generated, none"),
 ])
