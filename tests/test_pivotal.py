@@ -55,7 +55,7 @@ def test_pivotal_vectors_are_trained_exported_and_the_model_is_left_as_it_was(co
     assert token == "sks" and path == result.files["embeddings"] and path.name == "sks.safetensors"
     saved = load_file(path)["emb_params"]
     assert saved.shape == (2, table.shape[1])
-    torch.testing.assert_close(saved, result.embeddings)
+    torch.testing.assert_close(saved, result.embeddings["emb_params"])
     from bat_app.train.pivotal import initial_vectors
 
     start = initial_vectors(comps, 2, seed=0)
@@ -125,6 +125,6 @@ def test_the_results_tab_offers_the_trigger_vectors_for_download(tmp_path):
     lora = tmp_path / "methods" / "albat" / "lora"
     lora.mkdir(parents=True)
     (lora / "pytorch_lora_weights.safetensors").write_bytes(b"x")
-    save_embeddings(lora, "sks", torch.zeros(2, 4))
+    save_embeddings(lora, "sks", {"emb_params": torch.zeros(2, 4)})
     names = [Path(f).name for f in download_files(tmp_path, ["albat"])]
     assert names == ["albat_pytorch_lora_weights.safetensors", "albat_sks.safetensors"]

@@ -103,6 +103,9 @@ def test_choices_are_names_and_map_to_what_the_server_offers(settings, tmp_path)
     built = settings.jobs.data_dir / "pools" / "laion-1k"
     built.mkdir(parents=True)
     (built / "manifest.json").write_text("{}")
+    other_users = settings.jobs.data_dir / "pools" / "generated-0123456789ab"  # a job's generated pool
+    other_users.mkdir()
+    (other_users / "manifest.json").write_text("{}")
     extra = tmp_path / "operator" / "my-pool"
     s = settings.with_(allowed_models=("org/model",), allowed_pools=(str(extra),))
     from bat_app.models import presets

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..images.grid import image_grid
-from . import SelectionContext, SelectionParams, select
+from . import SelectionContext, SelectionParams, needs_pool, select
 from .selection import Selection
 
 
@@ -27,7 +27,7 @@ def open_pool(pool_dir: str | Path | None, clip_model: str | None = None, clip_p
 def run_selection(method: str, components, images, config, *, pool_dir=None, pool=None, embedder=None,
                   params: SelectionParams | None = None, out_dir: str | Path | None = None,
                   cache_root=None, progress=None, cancel=None) -> Selection:
-    if pool is None and pool_dir is not None and method not in ("none", "prior"):
+    if pool is None and pool_dir is not None and needs_pool(method):
         pool, embedder = open_pool(pool_dir)
     ctx = SelectionContext(components, images, config, pool, embedder, params or SelectionParams(seed=config.seed),
                            cache_root=cache_root, progress=progress, cancel=cancel)

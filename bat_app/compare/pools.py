@@ -108,16 +108,11 @@ def ensure_generated_pool(components, class_noun: str, n: int, embedder, progres
     return out
 
 
-def resolve_pool(pool: str | None, components, progress=None, *, class_noun: str | None = None,
-                 generate_n: int | None = None, embedder=None) -> Path | None:
-    """The pool folder a run uses: None, "shapes", "generated" (needs ``class_noun``,
-    ``generate_n`` and the CLIP ``embedder``), or a folder."""
+def resolve_pool(pool: str | None, components, progress=None) -> Path | None:
+    """The pool folder a run uses: None, "shapes", or a folder (a generated pool is
+    :func:`ensure_generated_pool`'s: it needs the class and the CLIP)."""
     if pool is None:
         return None
-    if pool == GENERATED:
-        if not class_noun or not generate_n or embedder is None:
-            raise InputError("A generated pool needs the class noun and its size.")
-        return ensure_generated_pool(components, class_noun, generate_n, embedder, progress)
     if pool == "shapes":
         if components.spec.preset != "shapes":
             raise InputError("pool 'shapes' is the shapes backbone's data: use it with model 'shapes'.")

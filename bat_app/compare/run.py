@@ -22,7 +22,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from ..albat import Selection, SelectionParams
+from ..albat import Selection, SelectionParams, needs_pool
 from ..albat.run import run_selection, train_with_selection
 from ..errors import Cancelled, InputError
 from ..export import DIFFUSERS_FILE
@@ -130,7 +130,7 @@ def select(run: CompareRun) -> dict[str, tuple[Selection, str]]:
         if method != "albat" and "albat" in selections:
             m_params = SelectionParams(**{**params.to_dict(), "m": max(1, len(selections["albat"][0]))})
         key = stage_key(stage="select", method=method, params=m_params.to_dict(), **run.inputs,
-                        pool=_pool_identity(run.pool) if method not in ("none", "prior") else None,
+                        pool=_pool_identity(run.pool) if needs_pool(method) else None,
                         train=run.train_config.fingerprint() if method in TRAINING_DEPENDENT else None)
         record = StageRecord(run.out / "methods" / method / "selection")
         done = record.finished(key) if run.resume else None
@@ -233,13 +233,17 @@ def _pool_identity(pool) -> dict | None:
 
 def _pool_and_embedder(config: CompareConfig, components, emit=None, n_images: int | None = None):
     from ..albat.run import open_pool
-    from .pools import GENERATED, default_embedder, resolve_pool
+    from .pools import GENERATED, default_embedder, ensure_generated_pool, resolve_pool
 
-    generated = {}
-    if config.pool == GENERATED:  # as many samples as ALBAT's shortlist
-        generated = {"class_noun": config.class_noun, "generate_n": config.selection_params(n_images).k,
-                     "embedder": default_embedder(components, config.clip_model, config.clip_pretrained)}
-    pool_dir = resolve_pool(config.pool, components, emit, **generated)
+    if config.pool == GENERATED:  # as many samples as ALBAT's shortlist, indexed with the CLIP that scores
+        from ..pool import Pool
+
+        embedder = default_embedder(components, config.clip_model, config.clip_pretrained)
+        pool = Pool.open(ensure_generated_pool(components, config.class_noun, config.selection_params(n_images).k,
+                                               embedder, emit))
+        pool.check_embedder(embedder)
+        return pool, embedder
+    pool_dir = resolve_pool(config.pool, components, emit)
     if pool_dir is None:
         if config.pool_methods():
             raise InputError(f"Methods {config.pool_methods()} "

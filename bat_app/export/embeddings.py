@@ -31,11 +31,11 @@ def embeddings_file_name(token: str) -> str:
     return f"{re.sub(r'[^A-Za-z0-9_-]', '', token) or 'trigger'}.safetensors"
 
 
-def save_embeddings(out_dir: Path, token: str, vectors: torch.Tensor | dict[str, torch.Tensor]) -> Path:
-    """``vectors``: one tensor (written as ``emb_params``) or {file key: tensor} (SDXL's ``clip_l``,
-    ``clip_g``)."""
+def save_embeddings(out_dir: Path, token: str, vectors: dict[str, torch.Tensor]) -> Path:
+    """``vectors``: {file key: tensor}, as ``PivotalTokens.vectors()`` gives them (SD's
+    ``emb_params``; SDXL's ``clip_l``, ``clip_g``)."""
     path = Path(out_dir) / embeddings_file_name(token)
-    state = {"emb_params": vectors} if isinstance(vectors, torch.Tensor) else dict(vectors)
+    state = dict(vectors)
     save_file({k: v.detach().float().cpu().contiguous() for k, v in state.items()}, path,
               metadata={TOKEN_KEY: token, "vectors": str(next(iter(state.values())).shape[0])})
     return path
@@ -52,11 +52,6 @@ def find_embeddings(folder: Path | str) -> tuple[Path, str] | None:
         if token:
             return path, token
     return None
-
-
-def load_embeddings(path: Path | str) -> torch.Tensor:
-    with safe_open(str(path), "pt") as f:
-        return f.get_tensor("emb_params")
 
 
 def load_embedding_state(path: Path | str) -> dict[str, torch.Tensor]:

@@ -61,15 +61,10 @@ def sample_images(components: Components, prompts: Sequence[str], seeds: Sequenc
 
 
 def load_trigger_embeddings(components: Components, pipe, path: Path, token: str) -> None:
-    """Load pivotal tuning's ``<trigger>.safetensors`` into ``pipe`` as a diffusers user does:
-    SD's one ``emb_params`` by path; a family with several encoders (SDXL's ``clip_l`` and
-    ``clip_g``) one tensor per text encoder and tokenizer."""
-    keys = components.family.pivotal_embedding_keys
-    if [key for _, key in keys] == ["emb_params"]:
-        pipe.load_textual_inversion(str(path), token=token)
-        return
+    """Load pivotal tuning's ``<trigger>.safetensors`` into ``pipe``: each of the file's tensors
+    (SD's ``emb_params``; SDXL's ``clip_l`` and ``clip_g``) into its own text encoder and tokenizer."""
     state = load_embedding_state(path)
-    for index, key in keys:
+    for index, key in components.family.pivotal_embedding_keys:
         pipe.load_textual_inversion(state[key], token=token, text_encoder=components.text_encoders[index],
                                     tokenizer=components.tokenizers[index])
 

@@ -40,7 +40,6 @@ from ..progress import ProgressCallback, ProgressEvent, RateMeter
 log = logging.getLogger(__name__)
 
 ADAPTER = "bat"
-PIVOTAL_KEY = "pivotal.vectors"  # the trigger's trained vectors, inside a checkpoint's LoRA file
 LOSS_LOG = "loss_log.jsonl"  # one {"step", "loss"} line per step, for live loss curves
 _DTYPES = {"auto": None, "no": "fp32", "fp16": "fp16", "bf16": "bf16"}
 
@@ -56,7 +55,7 @@ class TrainResult:
     resumed_from: int = 0
     unet_lora: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
     text_encoder_lora: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
-    embeddings: torch.Tensor | None = field(default=None, repr=False)  # pivotal tuning's vectors
+    embeddings: dict[str, torch.Tensor] | None = field(default=None, repr=False)  # pivotal vectors by file key
 
 
 @dataclass
@@ -168,7 +167,7 @@ def train_lora(
         steps_run = config.steps - start_step
         result = TrainResult(out_dir, {}, config.steps, losses, seconds,
                              (meter.rate(config.steps) or 0.0) if steps_run else 0.0, start_step, unet_lora, te_lora,
-                             pivotal.embeddings() if pivotal else None)
+                             pivotal.vectors() if pivotal else None)
         if export:
             from ..export import export_lora
 
@@ -322,7 +321,7 @@ def restore(components, config, path, fingerprint, optimizer, lr_scheduler, gene
             pivotal: PivotalTokens | None = None) -> tuple[int, list[float]]:
     lora, state = ckpt.load_checkpoint(path, fingerprint)
     if pivotal is not None:
-        pivotal.load_vectors(_pivotal_from_checkpoint(lora, pivotal))
+        pivotal.load_checkpoint_state(lora)
     set_peft_model_state_dict(components.denoiser, _strip(lora, "unet."), adapter_name=ADAPTER)
     if config.train_text_encoder:
         indices = components.family.text_encoder_lora_indices
@@ -358,7 +357,7 @@ def _checkpoint(components, config, out_dir, step, fingerprint, losses, optimize
     unet_lora, te_lora = lora_state_dicts(components, config)
     lora = {f"unet.{k}": v for k, v in unet_lora.items()} | {f"text_encoder.{k}": v for k, v in te_lora.items()}
     if pivotal is not None:
-        lora |= _pivotal_to_checkpoint(pivotal)
+        lora |= pivotal.checkpoint_state()
     state = ckpt.TrainState(step, fingerprint, list(losses), optimizer.state_dict(), lr_scheduler.state_dict(),
                             generator.get_state(), torch.get_rng_state(),
                             torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
@@ -383,22 +382,6 @@ class _LossLog:
 def _lora_text_encoders(components: Components) -> list:
     """The text encoders a text-encoder LoRA goes on (the family says which)."""
     return [components.text_encoders[i] for i in components.family.text_encoder_lora_indices]
-
-
-def _pivotal_checkpoint_keys(pivotal: PivotalTokens) -> dict[str, str]:
-    """Embeddings-file key -> checkpoint key: the first encoder's vectors under PIVOTAL_KEY (SD's
-    checkpoints as before), any further encoder's under ``PIVOTAL_KEY.<file key>``."""
-    keys = pivotal.keys
-    return {key: PIVOTAL_KEY if i == 0 else f"{PIVOTAL_KEY}.{key}" for i, key in enumerate(keys)}
-
-
-def _pivotal_to_checkpoint(pivotal: PivotalTokens) -> dict[str, torch.Tensor]:
-    vectors = pivotal.vectors()
-    return {ckpt_key: vectors[key] for key, ckpt_key in _pivotal_checkpoint_keys(pivotal).items()}
-
-
-def _pivotal_from_checkpoint(lora: dict, pivotal: PivotalTokens) -> dict[str, torch.Tensor]:
-    return {key: lora.pop(ckpt_key) for key, ckpt_key in _pivotal_checkpoint_keys(pivotal).items()}
 
 
 def _strip(state: dict, prefix: str) -> dict:

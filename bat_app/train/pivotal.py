@@ -18,7 +18,7 @@ A family with several CLIP encoders gets vectors in each one it names
     pivotal = PivotalTokens(components, "sks", vectors=2, seed=0)
     pivotal.expand("a photo of sks dog")   # 'a photo of sks sks_1 dog'
     ...train, with pivotal.params in the optimizer...
-    vectors = pivotal.embeddings(); pivotal.remove()   # SD: a tensor; SDXL: {"clip_l", "clip_g"}
+    vectors = pivotal.vectors(); pivotal.remove()   # SD: {"emb_params"}; SDXL: {"clip_l", "clip_g"}
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ from __future__ import annotations
 import torch
 
 from ..models import Components, build_pipeline
+
+CHECKPOINT_KEY = "pivotal.vectors"  # the trigger's trained vectors, inside a checkpoint's LoRA file
 
 
 def initial_vectors(components: Components, vectors: int, seed: int, encoder: int = 0) -> torch.Tensor:
@@ -49,15 +51,13 @@ class PivotalTokens:
     """
 
     def __init__(self, components: Components, token: str, vectors: int = 2, seed: int = 0,
-                 init: torch.Tensor | dict[str, torch.Tensor] | None = None):
+                 init: dict[str, torch.Tensor] | None = None):
         self.components = components
         self.token = token
         self.pipe = build_pipeline(components)
         self.encoders = [i for i, _ in components.family.pivotal_embedding_keys]
         self.keys = [key for _, key in components.family.pivotal_embedding_keys]
         self.names = [token] + [f"{token}_{i}" for i in range(1, vectors)]
-        if isinstance(init, torch.Tensor):
-            init = {self.keys[0]: init}
         self.params: list[torch.nn.Parameter] = []
         self._ids: list[torch.Tensor] = []
         self._hooks = []
@@ -72,15 +72,6 @@ class PivotalTokens:
             self.params.append(param)
             self._ids.append(ids)
             self._hooks.append(te.get_input_embeddings().register_forward_hook(self._substitute(param, ids)))
-
-    @property
-    def param(self) -> torch.nn.Parameter:
-        """The first encoder's vectors (SD's only ones)."""
-        return self.params[0]
-
-    @property
-    def ids(self) -> torch.Tensor:
-        return self._ids[0]
 
     @staticmethod
     def _substitute(param: torch.nn.Parameter, token_ids: torch.Tensor):
@@ -97,19 +88,24 @@ class PivotalTokens:
         return self.pipe.maybe_convert_prompt(prompt, self.components.tokenizer)
 
     def vectors(self) -> dict[str, torch.Tensor]:
-        """Embeddings-file key -> (vectors, width), fp32 on the CPU."""
+        """Embeddings-file key -> (vectors, width), fp32 on the CPU: what ``<trigger>.safetensors``
+        holds (SD: ``emb_params``; SDXL: ``clip_l``, ``clip_g``)."""
         return {key: p.detach().float().cpu().clone() for key, p in zip(self.keys, self.params)}
 
-    def vectors_tensor(self) -> torch.Tensor:
-        return self.vectors()[self.keys[0]]
+    def checkpoint_state(self) -> dict[str, torch.Tensor]:
+        """The vectors under their checkpoint keys: the first encoder's under CHECKPOINT_KEY (SD's
+        checkpoints as before), any further encoder's under ``CHECKPOINT_KEY.<file key>``."""
+        vectors = self.vectors()
+        return {self._checkpoint_key(i): vectors[key] for i, key in enumerate(self.keys)}
 
-    def embeddings(self) -> torch.Tensor | dict[str, torch.Tensor]:
-        """What the embeddings file holds: SD's one tensor (``emb_params``), else the dict."""
-        return self.vectors_tensor() if self.keys == ["emb_params"] else self.vectors()
+    def load_checkpoint_state(self, lora: dict[str, torch.Tensor]) -> None:
+        """Load the vectors :meth:`checkpoint_state` wrote, taking them out of ``lora``."""
+        self.load_vectors({key: lora.pop(self._checkpoint_key(i)) for i, key in enumerate(self.keys)})
 
-    def load_vectors(self, vectors: torch.Tensor | dict[str, torch.Tensor]) -> None:
-        if isinstance(vectors, torch.Tensor):
-            vectors = {self.keys[0]: vectors}
+    def _checkpoint_key(self, index: int) -> str:
+        return CHECKPOINT_KEY if index == 0 else f"{CHECKPOINT_KEY}.{self.keys[index]}"
+
+    def load_vectors(self, vectors: dict[str, torch.Tensor]) -> None:
         with torch.no_grad():
             for key, param in zip(self.keys, self.params):
                 param.copy_(vectors[key].to(param.device, param.dtype))

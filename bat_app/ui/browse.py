@@ -23,27 +23,30 @@ K_MAX = 60
 _LOCK = threading.Lock()  # one search at a time: CLIP on a shared CPU is the cost
 
 
-def browsable_pools(settings: AppSettings) -> list[str]:
-    """The names of the pools offered for any model this server offers ("none" left out)."""
+def _offers(settings: AppSettings) -> dict:
+    """name -> source of every existing pool offered for any model this server offers (not
+    'none', not 'generated': neither is a pool to look into)."""
     from .handlers import GENERATED, NO_POOL, model_offers, pool_offers
 
-    names: list[str] = []
+    found = {}
     for model in model_offers(settings):
         for offer in pool_offers(settings, model.name):
-            if offer.name not in (NO_POOL, GENERATED) and offer.name not in names:
-                names.append(offer.name)
-    return names
+            if offer.name not in (NO_POOL, GENERATED):
+                found.setdefault(offer.name, offer.source)
+    return found
+
+
+def browsable_pools(settings: AppSettings) -> list[str]:
+    return list(_offers(settings))
 
 
 def pool_folder(settings: AppSettings, name: str, progress=None) -> Path:
     """The folder behind an offered pool name (the shapes pool is built on first use)."""
     from ..compare.pools import ensure_shapes_pool
-    from .handlers import GENERATED, NO_POOL, model_offers, pool_offers
 
-    for model in model_offers(settings):
-        for offer in pool_offers(settings, model.name):
-            if offer.name == name and offer.name not in (NO_POOL, GENERATED):
-                return ensure_shapes_pool(progress=progress) if offer.source == "shapes" else Path(offer.source)
+    source = _offers(settings).get(name)
+    if source is not None:
+        return ensure_shapes_pool(progress=progress) if source == "shapes" else Path(source)
     raise InputError(f"Pool {name!r} is not offered by this server: choose one of "
                      f"{', '.join(browsable_pools(settings)) or 'none (no pool is configured)'}.")
 

@@ -152,7 +152,9 @@ def pool_offers(settings: AppSettings, model: str | None) -> list[Offer]:
     pools = settings.jobs.data_dir / "pools"
     if pools.is_dir():
         offers += [Offer(p.parent.name, str(p.parent)) for p in sorted(pools.glob("*/manifest.json"))
-                   if not p.parent.name.startswith("shapes-")]
+                   # the app's own: shapes' data, and generated pools (another user's class noun
+                   # is in their captions: a job reaches its own by model and class, never by name)
+                   if not p.parent.name.startswith(("shapes-", f"{GENERATED}-"))]
     offers += [_offer(p) for p in settings.allowed_pools]
     # The backbone's own samples of the class: always possible, drawn once (costly: say so).
     return _unique(offers) + [Offer(GENERATED, GENERATED), Offer(NO_POOL, NO_POOL)]

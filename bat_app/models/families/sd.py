@@ -9,7 +9,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from .base import Cond, Family, Part, adapter_metadata
+from .base import Cond, Family, Part, adapter_metadata, split_te_lora, te_lora_prefix
 
 
 def diffusion_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
@@ -100,8 +100,10 @@ class StableDiffusion(Family):
         with the real alpha (the converter writes alpha = rank)."""
         from diffusers.utils import convert_state_dict_to_kohya
 
-        te_lora = canonical_text_encoder_keys(te_lora)
-        peft = {f"unet.{k}": v for k, v in denoiser_lora.items()} | {f"text_encoder.{k}": v for k, v in te_lora.items()}
+        peft = {f"unet.{k}": v for k, v in denoiser_lora.items()}
+        for index, part in split_te_lora(te_lora, self.text_encoder_lora_indices).items():
+            prefix = te_lora_prefix(index) or "text_encoder."  # SDXL's second: text_encoder_2.
+            peft |= {f"{prefix}{k}": v for k, v in canonical_text_encoder_keys(part).items()}
         out = {}
         for key, value in convert_state_dict_to_kohya(peft).items():
             for old, new in self.kohya_te_prefixes.items():

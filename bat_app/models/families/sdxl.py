@@ -38,7 +38,7 @@ class StableDiffusionXL(StableDiffusion):
     pipeline_classes = frozenset({"StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline"})
     kohya_version = "sdxl_base_v1-0"
     lora_targets = ("to_q", "to_k", "to_v", "to_out.0")
-    kohya_te_prefixes = {}  # diffusers' converter already writes lora_te1_ / lora_te2_
+    kohya_te_prefixes = {}  # diffusers' converter already writes lora_te1_ / lora_te2_ (SD's to_kohya)
     text_encoder_lora_indices = (0, 1)
     pivotal_embedding_keys = ((0, "clip_l"), (1, "clip_g"))
 
@@ -117,19 +117,3 @@ class StableDiffusionXL(StableDiffusion):
             text_encoder_2_lora_adapter_metadata=adapter_metadata(rank, alpha, te_targets) if te2 else None,
             weight_name=file_name, safe_serialization=True)
         return Path(out_dir) / file_name
-
-    def to_kohya(self, denoiser_lora, te_lora, alpha):
-        """``lora_unet_…``, ``lora_te1_…``, ``lora_te2_…`` with the real alpha (diffusers' converter
-        writes alpha = rank)."""
-        from diffusers.utils import convert_state_dict_to_kohya
-
-        parts = split_te_lora(te_lora, self.text_encoder_lora_indices)
-        peft = {f"unet.{k}": v for k, v in denoiser_lora.items()}
-        for index, prefix in ((0, "text_encoder"), (1, "text_encoder_2")):
-            peft |= {f"{prefix}.{k}": v for k, v in canonical_text_encoder_keys(parts[index]).items()}
-        out = {}
-        for key, value in convert_state_dict_to_kohya(peft).items():
-            if key.endswith(".alpha"):
-                value = torch.tensor(float(alpha))
-            out[key] = value.contiguous()
-        return out
