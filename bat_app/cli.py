@@ -94,8 +94,17 @@ def _add_train(sub) -> None:
     p.add_argument("--max-images", type=int, default=10)
     p.add_argument("--min-images", type=int, default=3)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--vae", default=None, metavar="HUB_ID|FOLDER",
+                   help="a VAE to load in place of the model's own (default: the preset's, e.g. sdxl's fp16 fix)")
+    _add_memory_profile(p)
     _add_selection_args(p, required=False)
     p.set_defaults(func=run_train)
+
+
+def _add_memory_profile(p) -> None:
+    p.add_argument("--memory-profile", default=None, metavar="NAME|auto",
+                   help="the preset's memory and speed settings for a GPU size (`bat-app presets` lists them); "
+                        "auto: the largest that fits this GPU (default: none, the trainer's defaults)")
 
 
 def _add_selection_args(p, required: bool) -> None:
@@ -140,7 +149,8 @@ def train_config_from_args(args, n_images: int | None = None):
              "alpha": args.alpha, "lr": args.lr, "batch_size": args.batch_size, "resolution": args.resolution,
              "seed": args.seed, "num_class_images": args.num_class_images,
              "checkpoint_every": args.checkpoint_every, "pivotal": getattr(args, "pivotal", None),
-             "embedding_lr": getattr(args, "embedding_lr", None)}
+             "embedding_lr": getattr(args, "embedding_lr", None),
+             "memory_profile": getattr(args, "memory_profile", None)}
     data.update({k: v for k, v in flags.items() if v is not None})
     for flag in ("prior", "captions", "train_text_encoder"):
         if getattr(args, flag):
@@ -180,6 +190,7 @@ def _prepare(args):
     """Config, loaded backbone and checked images for train/select."""
     from .images import IntakeLimits, load_user_images
     from .models import default_preset, load_components
+    from .models.memory import check_environment, load_settings
 
     if args.model is None:
         args.model = default_preset()
@@ -187,7 +198,8 @@ def _prepare(args):
               f"({'CUDA found' if args.model == 'sd15' else 'no CUDA device, CPU-sized backbone'}).")
     config = train_config_from_args(args)  # checks the settings before anything loads
     limits = IntakeLimits(min_images=args.min_images, max_images=args.max_images)
-    components = load_components(args.model, device=args.device)
+    check_environment(config, args.model)  # 8-bit Adam, a 4-bit base: before anything loads
+    components = load_components(args.model, device=args.device, vae=args.vae, **load_settings(config))
     resolution = config.resolution or components.spec.resolution
     report = load_user_images([Path(p) for p in args.images] if len(args.images) > 1 else Path(args.images[0]),
                               limits=limits, resolution=resolution)
@@ -217,6 +229,8 @@ def _add_select(sub) -> None:
     p.add_argument("--max-images", type=int, default=10)
     p.add_argument("--min-images", type=int, default=3)
     p.add_argument("--device", default=None)
+    p.add_argument("--vae", default=None, metavar="HUB_ID|FOLDER",
+                   help="a VAE to load in place of the model's own (default: the preset's, e.g. sdxl's fp16 fix)")
     _add_selection_args(p, required=True)
     p.set_defaults(func=run_select, config=None, alpha=None, batch_size=None, num_class_images=None,
                    checkpoint_every=None, prior=False, captions=False, train_text_encoder=False)
@@ -285,6 +299,7 @@ def _add_compare(sub) -> None:
     p.add_argument("--seeds", default=None, help="comma-separated preview seeds (default 0,1)")
     p.add_argument("--num-prompts", type=int, default=None, help="use only N prompts of the set")
     p.add_argument("--config", type=Path, help="a job/compare config JSON (flags override it)")
+    _add_memory_profile(p)
     p.set_defaults(func=run_compare_cmd)
 
 
@@ -299,8 +314,9 @@ def run_compare_cmd(args) -> int:
         data["methods"] = [m.strip() for m in args.methods.split(",") if m.strip()]
     if args.seeds:
         data["seeds"] = [int(s) for s in args.seeds.split(",")]
-    if args.steps is not None:
-        data["train"] = {**data.get("train", {}), "steps": args.steps}
+    for key, value in (("steps", args.steps), ("memory_profile", args.memory_profile)):
+        if value is not None:
+            data["train"] = {**data.get("train", {}), key: value}
     if args.m is not None:
         data["selection"] = {**data.get("selection", {}), "m": args.m}
     config = CompareConfig.from_dict(data)
@@ -326,6 +342,7 @@ def _add_presets(sub) -> None:
 
 def run_presets(args) -> int:
     from .models import default_preset, presets
+    from .models.memory import profiles
     from .models.presets import license_line, model_table
     from .models.recipe import recipe_for
 
@@ -343,6 +360,8 @@ def run_presets(args) -> int:
         print(f"    recipe (5 photos): {train['steps']} steps, lr {train['lr']:g}, rank {train['rank']}, "
               f"batch {train['batch_size']}, pivotal {'on' if train['pivotal'] else 'off'}, "
               f"m {sel['m']}, k {sel['k']}")
+        for profile in reversed(profiles(name)):
+            print(f"    memory profile '{profile.name}' (from {profile.min_gpu_gb:g} GB): {profile.summary()}")
     return 0
 
 

@@ -7,6 +7,7 @@ adapters give exactly zero)."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from bat_app.errors import ModelLoadError
 from bat_app.images import load_user_images
 from bat_app.models import load_components
 from bat_app.models.families import get_family
@@ -27,6 +29,10 @@ from bat_app.train.data import Example
 
 REPO = Path(__file__).resolve().parents[1]
 WIDTHS = {"clip_l": 16, "clip_g": 24}  # the tiny encoders' widths (768 and 1280 in the real model)
+# kohya-ss's text-encoder keys, as AUTOMATIC1111 and ComfyUI (comfy/lora.py, model_lora_keys_clip)
+# map them: lora_te_ (SD) or lora_te1_/lora_te2_ (SDXL), then the CLIP module path with text_model.
+KOHYA_TE_KEY = re.compile(r"lora_te[12]?_text_model_encoder_layers_\d+_(self_attn_(q|k|v|out)_proj|mlp_fc[12])"
+                          r"\.(lora_down\.weight|lora_up\.weight|alpha)")
 
 
 @pytest.fixture(scope="session")
@@ -148,11 +154,16 @@ def test_the_kohya_file_draws_the_same_image_as_the_diffusers_file(sdxl_dir, tra
     assert alphas and all(float(a) == 8.0 for a in alphas)
     diffusers_file = load_file(out / "pytorch_lora_weights.safetensors")
     assert len(kohya) - len(alphas) == len(diffusers_file)
+    te_keys = [k for k in kohya if k.startswith("lora_te")]
+    assert te_keys and all(KOHYA_TE_KEY.fullmatch(k) for k in te_keys)
 
     images = []
     for name in ("pytorch_lora_weights.safetensors", "sks_disc_kohya.safetensors"):
         pipe = fresh_pipe(sdxl_dir)
         pipe.load_lora_weights(out, weight_name=name)
+        for te in (pipe.text_encoder, pipe.text_encoder_2):  # the lora_te1_/lora_te2_ halves arrive too
+            ups = [p for n, p in te.named_parameters() if "lora_B" in n and "layers.0." in n]
+            assert ups and all(p.abs().sum() > 0 for p in ups)
         load_trigger(pipe, out / "sks.safetensors")
         images.append(sample(pipe))
     np.testing.assert_allclose(images[1], images[0], atol=1e-4)
@@ -235,5 +246,76 @@ def test_the_sdxl_preset():
     spec = resolve_model("sdxl")
     assert spec.family == "sdxl" and spec.resolution == 1024 and spec.license == "openrail++"
     assert spec.sampling == {"steps": 30, "guidance_scale": 5.0}
-    assert presets()["sdxl"]["vae_fp16_fix"] == "madebyollin/sdxl-vae-fp16-fix"
+    assert presets()["sdxl"]["vae"] == spec.vae == "madebyollin/sdxl-vae-fp16-fix"
     assert StableDiffusionXL.pivotal_embedding_keys == ((0, "clip_l"), (1, "clip_g"))
+
+
+@pytest.mark.parametrize("model, prefixes", [("tiny_model_dir", {"lora_te"}), ("sdxl_dir", {"lora_te1", "lora_te2"})])
+def test_kohya_text_encoder_keys_carry_text_model(model, prefixes, request):
+    """transformers 5's CLIPTextModel has no ``text_model`` level; the kohya file still names it
+    (``lora_te1_text_model_encoder_layers_0_self_attn_q_proj``), or A1111/ComfyUI would not match it."""
+    from bat_app.train.loop import add_adapters, lora_state_dicts, remove_adapters
+
+    comps = load_components(str(request.getfixturevalue(model)))
+    config = TrainConfig(train_text_encoder=True).resolve_targets(comps.family)
+    add_adapters(comps, config)
+    try:
+        unet_lora, te_lora = lora_state_dicts(comps, config)
+    finally:
+        remove_adapters(comps)
+    assert not any(k.startswith("text_model.") for k in te_lora)  # transformers 5: no text_model level
+    keys = [k for k in comps.family.to_kohya(unet_lora, te_lora, 4.0) if k.startswith("lora_te")]
+    assert keys and all(KOHYA_TE_KEY.fullmatch(k) for k in keys)
+    assert {k.split("_text_model_")[0] for k in keys} == prefixes
+
+
+def test_a_vae_from_a_folder_replaces_the_models_own(sdxl_dir, sdxl, tmp_path):
+    from diffusers import AutoencoderKL
+
+    from bat_app.train.encode import vae_fingerprint
+
+    torch.manual_seed(1)
+    other = AutoencoderKL.from_config(sdxl.vae.config)
+    other.save_pretrained(tmp_path / "fp16-fix")
+    comps = load_components(str(sdxl_dir), vae=tmp_path / "fp16-fix")
+    assert comps.spec.vae == (tmp_path / "fp16-fix").resolve()
+    torch.testing.assert_close(comps.vae.state_dict(), other.state_dict())
+    assert vae_fingerprint(comps) != vae_fingerprint(sdxl)  # its own latent cache
+    assert comps.family.pipeline(comps).vae is comps.vae  # previews decode with it too
+    # A diffusers model folder gives its vae/.
+    own = load_components(str(sdxl_dir), vae=str(sdxl_dir))
+    torch.testing.assert_close(own.vae.state_dict(), sdxl.vae.state_dict())
+
+    AutoencoderKL.from_config({**sdxl.vae.config, "latent_channels": 8}).save_pretrained(tmp_path / "wide")
+    with pytest.raises(ModelLoadError, match="has 8 latent channels but model .* own VAE has 4"):
+        load_components(str(sdxl_dir), vae=tmp_path / "wide")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelLoadError, match="no config.json"):
+        load_components(str(sdxl_dir), vae=tmp_path / "empty")
+
+
+def test_a_hub_vae_offline_says_how_to_get_it(sdxl_dir, monkeypatch):
+    from bat_app.models import loading
+
+    monkeypatch.setattr(loading, "_in_hub_cache", lambda *a: False)
+    monkeypatch.setattr(loading, "_hub_reachable", lambda *a: False)
+    with pytest.raises(ModelLoadError, match=r"hf download madebyollin/sdxl-vae-fp16-fix.*the preset's `vae` or --vae"):
+        load_components(str(sdxl_dir), vae="madebyollin/sdxl-vae-fp16-fix")
+
+
+@pytest.mark.parametrize("command", ["train", "select"])
+def test_the_vae_flag_reaches_the_loader(command, monkeypatch, tmp_path):
+    from bat_app import cli, models
+
+    class Loaded(Exception):
+        pass
+
+    def load(model, **kwargs):
+        raise Loaded(kwargs["vae"])
+
+    monkeypatch.setattr(models, "load_components", load)
+    extra = ["--pool", str(tmp_path)] if command == "select" else []
+    args = cli.build_parser().parse_args([command, "--images", str(tmp_path), "--class-noun", "disc", "--model", "shapes",
+                                          "--out", str(tmp_path / "out"), "--vae", "org/my-vae", *extra])
+    with pytest.raises(Loaded, match="org/my-vae"):
+        cli._prepare(args)

@@ -28,6 +28,7 @@ from ..errors import Cancelled, InputError
 from ..export import DIFFUSERS_FILE
 from ..images import IntakeLimits, load_user_images
 from ..models import load_components
+from ..models.memory import check_environment, load_settings
 from ..preview import comparison_grid, default_prompt_set, load_prompt_set, sample_images
 from ..progress import ProgressEvent
 from .config import BASE, CompareConfig
@@ -104,9 +105,12 @@ def validate(run: CompareRun, images, limits: IntakeLimits | None) -> None:
     """Load the model, check the user's images, open the pool and the CLIP that scores."""
     t = run.stage("validate")
     config = run.config
-    run.components = load_components(config.model)
-    # No recipe sets a resolution: it is the config's, else the model's own.
-    run.resolution = config.train.get("resolution") or run.components.spec.resolution
+    # The memory profile (dtype, a 4-bit base) shapes the load; bitsandbytes is checked first.
+    train = config.train_config()
+    check_environment(train, config.preset)
+    run.components = load_components(config.model, **load_settings(train))
+    # No recipe sets a resolution: it is the config's (or its memory profile's), else the model's own.
+    run.resolution = train.resolution or run.components.spec.resolution
     report = load_user_images(images if isinstance(images, (str, Path)) else [Path(p) for p in images],
                               limits=limits or IntakeLimits(), resolution=run.resolution)
     run.images = report.images

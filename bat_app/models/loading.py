@@ -1,7 +1,10 @@
 """Load the components of a backbone (any family in ``families/``) from a hub id or a folder.
 
 The family (SD 1.x/2.x, ...) comes from the preset or from the folder's ``model_index.json``;
-it says which parts to load. Every failure becomes a :class:`ModelLoadError` that says which model, why, and what to do.
+it says which parts to load. A preset's ``vae`` (or ``load_components(..., vae=...)``) names a
+VAE loaded in place of the model's own, from a hub id or a folder by the same code as the model
+(SDXL's fp16 fix: SDXL base's own VAE overflows in fp16). Every failure becomes a
+:class:`ModelLoadError` that says which model, why, and what to do.
 
     >>> comps = load_components(resolve_model("shapes"))      # doctest: +SKIP
     >>> pipe = build_pipeline(comps)                          # doctest: +SKIP
@@ -9,6 +12,7 @@ it says which parts to load. Every failure becomes a :class:`ModelLoadError` tha
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass
@@ -19,7 +23,7 @@ from transformers import CLIPTokenizer
 
 from ..errors import ModelLoadError
 from .families import Family, family_for_pipeline, get_family, supported_pipelines
-from .presets import ModelSpec, resolve_model
+from .presets import ModelSpec, resolve_model, resolve_vae
 from .tokenizer import offline_clip_tokenizer
 
 log = logging.getLogger(__name__)
@@ -78,6 +82,8 @@ def load_components(
     spec: ModelSpec | str | None = None,
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
+    quantize: str | None = None,
+    vae: str | Path | None = None,
 ) -> Components:
     """Load tokenizer, text encoder, VAE, UNet and noise scheduler of ``spec``, frozen, in eval mode.
 
@@ -86,37 +92,33 @@ def load_components(
         device: where the weights go (default: CUDA if available, else CPU).
         dtype: weight dtype of the frozen parts ("auto": bf16/fp16 on CUDA, fp32 on CPU). LoRA
             parameters are always kept in fp32 by the trainer.
+        quantize: "nf4" loads the denoiser 4-bit through bitsandbytes (CUDA only; a memory
+            profile's ``quantize``, ``bat_app.models.memory``), computing in ``dtype``.
+        vae: a VAE to load in place of the model's own: a hub id, a VAE folder or a diffusers
+            model folder (its ``vae/``). Default: the preset's ``vae``, where it names one.
     """
     spec = spec if isinstance(spec, ModelSpec) else resolve_model(spec)
+    if vae is not None:
+        spec = dataclasses.replace(spec, vae=resolve_vae(vae))
     device = pick_device(device)
     dtype = pick_dtype(device, dtype)
-    source = str(spec.source)
-    # A hub model already in the cache loads without touching the network; only a cache miss
-    # goes online, and only after a quick reachability check (the hub client otherwise retries
-    # for ~30 s on an offline machine before failing).
-    local_only = spec.is_local or _in_hub_cache(source)
-    if not spec.is_local and not local_only and not _hub_reachable():
-        raise ModelLoadError(
-            f"Could not load model {spec.name!r}: it is not in the local Hugging Face cache and the Hub "
-            f"cannot be reached (offline). On a machine with internet run `hf download {source}` (or "
-            f"copy its folder here and pass the folder), or use the offline `shapes` preset.")
-
+    local_only = _local_only(spec)
     family = family_of(spec, local_only)
     if spec.is_local:
         _check_local_folder(spec, family)
-
-    def load(cls, subfolder, **kw):
-        try:
-            return cls.from_pretrained(source, subfolder=subfolder, local_files_only=local_only, **kw)
-        except (OSError, ValueError, EnvironmentError) as exc:
-            raise _explain_failure(spec, subfolder, exc) from exc
+    load = _loader(spec, local_only)
 
     loaded = {}
     for part in family.parts():
         kwargs = dict(part.kwargs)
         if part.weights:  # diffusers models take torch_dtype, transformers models dtype
             kwargs["torch_dtype" if part.cls.__module__.startswith("diffusers") else "dtype"] = dtype
-        loaded[part.attr] = load(part.cls, part.subfolder, **kwargs)
+        if quantize and part.attr == "denoiser":
+            kwargs["quantization_config"] = _quantization(spec, quantize, device, dtype)
+        if part.attr == "vae" and spec.vae is not None:
+            loaded[part.attr] = _load_other_vae(spec, part, load, **kwargs)
+        else:
+            loaded[part.attr] = load(part.cls, part.subfolder, **kwargs)
     noise_scheduler = load(family.scheduler_class(), "scheduler")
 
     def tokenizer(subfolder: str, text_encoder):
@@ -129,6 +131,69 @@ def load_components(
         model.to(device)
     return Components(spec, family, fields["tokenizers"], fields["text_encoders"], fields["vae"],
                       fields["denoiser"], noise_scheduler, dtype, device)
+
+
+def _quantization(spec: ModelSpec, quantize: str, device: torch.device, dtype: torch.dtype):
+    if device.type != "cuda":
+        raise ModelLoadError(f"Model {spec.name!r}: a {quantize.upper()} (4-bit) base needs a CUDA GPU (bitsandbytes); "
+                             f"this load is on {device.type}. Use a memory profile without `quantize`.")
+    from .memory import quantization_config
+
+    return quantization_config(quantize, dtype)
+
+
+def _local_only(spec: ModelSpec, marker: str = "model_index.json") -> bool:
+    """Whether ``spec`` loads from local files only: a folder, or a hub repository already in the
+    cache (found by its ``marker`` file), which loads without touching the network. Only a cache
+    miss goes online, and only after a quick reachability check (the hub client otherwise
+    retries for ~30 s on an offline machine before failing)."""
+    source = str(spec.source)
+    local_only = spec.is_local or _in_hub_cache(source, marker)
+    if not local_only and not _hub_reachable():
+        raise ModelLoadError(
+            f"Could not load model {spec.name!r}: it is not in the local Hugging Face cache and the Hub "
+            f"cannot be reached (offline). On a machine with internet run `hf download {source}` (or "
+            f"copy its folder here and pass the folder), or use the offline `shapes` preset.")
+    return local_only
+
+
+def _loader(spec: ModelSpec, local_only: bool):
+    """``load(cls, subfolder, **kwargs)``: ``cls.from_pretrained`` (or another ``method``, e.g.
+    ``load_config``) from ``spec``'s hub id or folder, failures explained (:func:`_explain_failure`)."""
+    def load(cls, subfolder, method: str = "from_pretrained", **kwargs):
+        try:
+            return getattr(cls, method)(str(spec.source), subfolder=subfolder, local_files_only=local_only, **kwargs)
+        except (OSError, ValueError, EnvironmentError) as exc:
+            raise _explain_failure(spec, subfolder or "vae", exc) from exc
+
+    return load
+
+
+def _load_other_vae(spec: ModelSpec, part, load_own, **kwargs):
+    """The VAE ``spec.vae`` names, loaded like the model: a hub id or a folder, the whole of it
+    or, for a diffusers model folder or a cached hub model, its ``vae/``. It must fit the model:
+    as many latent channels as the model's own VAE (whose config alone is read)."""
+    vae_spec = ModelSpec(str(spec.vae), spec.vae)
+    try:
+        if vae_spec.is_local:
+            local_only, subfolder = True, ("vae" if (Path(spec.vae) / "vae" / "config.json").is_file() else None)
+            if subfolder is None and not (Path(spec.vae) / "config.json").is_file():
+                raise ModelLoadError(f"{spec.vae} has no config.json (nor vae/config.json): give a diffusers VAE "
+                                     f"folder (AutoencoderKL.save_pretrained) or model folder.")
+        else:
+            whole_model = _in_hub_cache(str(spec.vae))
+            local_only, subfolder = whole_model or _local_only(vae_spec, "config.json"), ("vae" if whole_model else None)
+        vae = _loader(vae_spec, local_only)(part.cls, subfolder, **kwargs)
+    except ModelLoadError as exc:
+        raise ModelLoadError(f"{exc} (This is the VAE that model {spec.name!r} loads in place of its own: the "
+                             f"preset's `vae` or --vae.)") from exc
+    own = load_own(part.cls, part.subfolder, method="load_config")
+    if vae.config.latent_channels != own.get("latent_channels"):
+        raise ModelLoadError(
+            f"VAE {str(spec.vae)!r} has {vae.config.latent_channels} latent channels but model {spec.name!r}'s own VAE "
+            f"has {own.get('latent_channels')}: it does not fit this model. Give a VAE made for it.")
+    log.info("%s: VAE %s in place of the model's own", spec.name, spec.vae)
+    return vae
 
 
 def build_pipeline(components: Components, scheduler=None):
@@ -172,11 +237,11 @@ def _pipeline_class(spec: ModelSpec, local_only: bool) -> str | None:
         raise ModelLoadError(f"Model {spec.name!r}: {index} is not valid JSON ({exc}).") from exc
 
 
-def _in_hub_cache(repo_id: str) -> bool:
+def _in_hub_cache(repo_id: str, marker: str = "model_index.json") -> bool:
     try:
         from huggingface_hub import try_to_load_from_cache
 
-        found = try_to_load_from_cache(repo_id, "model_index.json")
+        found = try_to_load_from_cache(repo_id, marker)
         return isinstance(found, str)
     except Exception:  # malformed id etc.: let the real load report it
         return False

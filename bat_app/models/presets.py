@@ -34,6 +34,7 @@ class ModelSpec:
     preset: str | None = None
     family: str | None = None  # a preset's model family; None: read from model_index.json
     license: str | None = None  # the base model's licence (Hub license id), when the preset says
+    vae: str | Path | None = None  # a VAE loaded in place of the model's own (hub id or folder), e.g. SDXL's fp16 fix
 
     @property
     def is_local(self) -> bool:
@@ -61,8 +62,9 @@ def resolve_model(spec: str | Path | None = None) -> ModelSpec:
             source = assets_dir() / source.removeprefix("assets:")
         elif Path(source).is_absolute():
             source = Path(source)
+        vae = resolve_vae(preset["vae"]) if preset.get("vae") else None
         return ModelSpec(name, source, preset["resolution"], dict(preset["sampling"]), preset=name,
-                         family=preset.get("family"), license=preset.get("license"))
+                         family=preset.get("family"), license=preset.get("license"), vae=vae)
 
     path = Path(name).expanduser()
     if path.exists():
@@ -74,6 +76,25 @@ def resolve_model(spec: str | Path | None = None) -> ModelSpec:
         f"Model {name!r} is neither a preset ({', '.join(presets())}), an existing folder, nor a "
         f"hub id of the form 'org/name'. Check the spelling or the path."
     )
+
+
+def resolve_vae(vae: str | Path) -> str | Path:
+    """A VAE named by a preset's ``vae`` or ``--vae``: an existing folder (a VAE folder, or a
+    diffusers model folder whose ``vae/`` is used), ``assets:<path>``, or a hub id.
+
+    >>> resolve_vae("madebyollin/sdxl-vae-fp16-fix")
+    'madebyollin/sdxl-vae-fp16-fix'
+    """
+    name = str(vae)
+    if name.startswith("assets:"):
+        return assets_dir() / name.removeprefix("assets:")
+    path = Path(name).expanduser()
+    if path.exists():
+        return path.resolve()
+    if name.count("/") == 1 and not name.startswith((".", "/", "~")):
+        return name
+    raise ModelLoadError(f"VAE {name!r} is neither an existing folder nor a hub id of the form 'org/name'. "
+                         f"Check the spelling or the path.")
 
 
 def _native_resolution(folder: Path) -> int:
@@ -97,17 +118,18 @@ def license_line(name: str) -> str:
 
 def model_table() -> str:
     """The README's model table, made from ``presets.json`` (a test keeps the README equal to it):
-    family, licence, resolution, the GPU memory the preset needs and its measured speed."""
-    rows = ["| preset | family | model | licence | resolution | GPU memory | measured speed |",
+    family, licence, resolution, the GPU memory of each memory profile and the measured speed."""
+    from .memory import profiles
+
+    rows = ["| preset | family | model | licence | resolution | GPU memory (memory profiles) | measured speed |",
             "|---|---|---|---|---|---|---|"]
     for name, preset in presets().items():
         memory = preset.get("memory", {})
         if memory.get("cpu"):
             need = "none: runs on CPU"
-        elif memory.get("min_gpu_gb"):
-            need = f"~{memory['min_gpu_gb']} GB" + ("" if memory.get("measured") else " (typical, not measured here)")
-            if memory.get("quantized_base_for_24gb"):
-                need += f"; 24 GB with a {memory['quantized_base_for_24gb']} base (not wired yet)"
+        elif profiles(name):
+            need = "; ".join(f"`{p.name}` (from {p.min_gpu_gb:g} GB): {p.summary()}" for p in reversed(profiles(name)))
+            need += "" if memory.get("measured") else " (typical, not measured here)"
         else:
             need = "not known"
         speed = preset.get("speed") or "not measured yet"

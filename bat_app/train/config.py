@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from ..errors import InputError
 
 PRECISIONS = ("auto", "no", "fp16", "bf16")
+OPTIMIZERS = ("adamw", "adamw8bit")
+QUANTIZATIONS = ("nf4",)
 LR_SCHEDULES = ("constant", "constant_with_warmup", "cosine", "linear")
 
 
@@ -68,6 +70,12 @@ class TrainConfig:
     mixed_precision: str = "auto"      # auto: bf16/fp16 on CUDA, fp32 on CPU
     gradient_checkpointing: bool | None = None  # None: on for CUDA, off on CPU
 
+    # --- memory and speed: a preset's memory profile sets these (bat_app/models/memory.py) --
+    memory_profile: str | None = None  # the profile they came from; for_model: a name, or "auto" (fits this GPU)
+    optimizer: str = "adamw"           # adamw8bit: bitsandbytes' 8-bit AdamW (needs it and CUDA)
+    quantize: str | None = None        # nf4: the denoiser loaded 4-bit through bitsandbytes (Flux on 24 GB)
+    compile: bool = False              # torch.compile the denoiser (pays back only on long runs)
+
     def __post_init__(self):
         self.validate()
 
@@ -102,6 +110,16 @@ class TrainConfig:
             raise InputError(f"`resolution` must be a multiple of 8 (e.g. 512), got {self.resolution!r}.")
         if self.mixed_precision not in PRECISIONS:
             raise InputError(f"`mixed_precision` must be one of {PRECISIONS}, got {self.mixed_precision!r}.")
+        if self.optimizer not in OPTIMIZERS:
+            raise InputError(f"`optimizer` must be one of {OPTIMIZERS}, got {self.optimizer!r}.")
+        if self.quantize not in (None, *QUANTIZATIONS):
+            raise InputError(f"`quantize` must be one of {QUANTIZATIONS} or null, got {self.quantize!r}.")
+        for name in ("gradient_checkpointing", "compile"):
+            value = getattr(self, name)
+            if not isinstance(value, bool) and not (value is None and name == "gradient_checkpointing"):
+                raise InputError(f"`{name}` must be true or false, got {value!r}.")
+        if self.memory_profile is not None and not isinstance(self.memory_profile, str):
+            raise InputError(f"`memory_profile` must be a profile name or null, got {self.memory_profile!r}.")
         if self.lr_schedule not in LR_SCHEDULES:
             raise InputError(f"`lr_schedule` must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}.")
         if self.target_modules is not None and not self.target_modules:
@@ -135,12 +153,15 @@ class TrainConfig:
 
     @classmethod
     def for_model(cls, model: str | None, n_images: int | None = None, **settings) -> "TrainConfig":
-        """The preset's recipe for ``n_images`` photos (``bat_app.models.recipe``), then ``settings``
-        on top (None values are ignored: "not given")."""
+        """The preset's recipe for ``n_images`` photos (``bat_app.models.recipe``), its memory profile
+        ``settings["memory_profile"]`` (a name or "auto"), then ``settings`` on top (None values are
+        ignored: "not given")."""
+        from ..models.memory import profile_settings
         from ..models.recipe import recipe_for
 
         given = {k: v for k, v in settings.items() if v is not None}
-        return cls.from_dict({**recipe_for(model).train_settings(n_images), **given})
+        profile = profile_settings(model, given.pop("memory_profile")) if "memory_profile" in given else {}
+        return cls.from_dict({**recipe_for(model).train_settings(n_images), **profile, **given})
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
@@ -152,6 +173,10 @@ class TrainConfig:
 
     def fingerprint(self, *ignore: str) -> str:
         """Hash of the settings that change the result (checkpoints refuse a different one)."""
+        # memory_profile and compile do not change the result; settings added later hash only when
+        # set, so checkpoints made before them still resume.
+        later = {"optimizer": "adamw", "quantize": None}
         data = {k: v for k, v in self.to_dict().items()
-                if k not in ignore and k not in ("checkpoint_every", "keep_checkpoints")}
+                if k not in ignore and k not in ("checkpoint_every", "keep_checkpoints", "memory_profile", "compile")
+                and not (k in later and v == later[k])}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]

@@ -4,7 +4,8 @@ The frozen VAE and text encoder never change during LoRA training, so re-encodin
 (as diffusers' reference DreamBooth script does) is wasted work. The latent *distribution*
 (mean, std) is cached, not one sample of it, so each step still draws a fresh latent exactly
 as ``latent_dist.sample()`` would. Cache files are keyed by the VAE's identity, resolution and
-the image's pixel hash, so an unchanged image is never encoded twice, across runs and jobs.
+the image's pixel hash (and, for a family with aspect-ratio buckets, the bucket's shape), so an
+unchanged image is never encoded twice, across runs and jobs.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..images import prepare_for_training
+from ..images.buckets import Placement, bucket_sizes, fit_to_bucket, place, split_by_bucket
 from ..models import Components
 from ..models.families import Cond, unbatch_cond
 from .data import Example
@@ -34,32 +36,57 @@ def vae_fingerprint(components: Components) -> str:
     return h.hexdigest()[:16]
 
 
-def to_pixels(example: Example, resolution: int) -> torch.Tensor:
-    """PIL -> (3, r, r) float tensor in [-1, 1] (SD's VAE input range)."""
-    image = prepare_for_training(example.image, resolution)
+def to_pixels(example: Example, resolution: int, placement: Placement | None = None) -> torch.Tensor:
+    """PIL -> (3, h, w) float tensor in [-1, 1] (SD's VAE input range): the centre-cropped
+    ``resolution`` square, or with a ``placement`` the image fitted to its bucket."""
+    image = prepare_for_training(example.image, resolution) if placement is None \
+        else fit_to_bucket(example.image, placement)
     array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
     return torch.from_numpy(array).permute(2, 0, 1)
 
 
 class LatentCache:
-    """(mean, std) of each example's VAE latent at one resolution, on disk and in memory."""
+    """(mean, std) of each example's VAE latent at one resolution, on disk and in memory.
 
-    def __init__(self, components: Components, resolution: int, root: Path | None):
+    With ``buckets`` (the trainer passes ``family.uses_buckets``) each image is encoded at the
+    aspect-ratio bucket closest to its shape (:meth:`placement`) instead of as a centre-cropped
+    square, and the bucket's (h, w) is part of its cache key: ``<pixel hash>-<h>x<w>``.
+    """
+
+    def __init__(self, components: Components, resolution: int, root: Path | None, buckets: bool = False):
         self.components = components
         self.resolution = resolution
+        self.buckets = bucket_sizes(resolution, components.family.bucket_step(components)) if buckets else None
         self.folder = None if root is None else Path(root) / "latents" / f"{vae_fingerprint(components)}-{resolution}"
         self.memory: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.encoded = 0  # how many VAE encodes this cache actually ran (tests check reuse)
 
+    def placement(self, example: Example) -> Placement | None:
+        """Where the example's image goes in its bucket (None without buckets: the square crop)."""
+        if self.buckets is None:
+            return None
+        width, height = example.image.size
+        return place(height, width, self.buckets)
+
+    def key(self, example: Example) -> str:
+        placement = self.placement(example)
+        return example.key if placement is None else f"{example.key}-{placement.bucket[0]}x{placement.bucket[1]}"
+
     def get(self, examples: Sequence[Example], batch_size: int = 8,
             progress: Callable[[int, int], None] | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        missing = [e for e in dict((e.key, e) for e in examples).values() if not self._load(e.key)]
-        for start in range(0, len(missing), batch_size):
-            batch = missing[start:start + batch_size]
-            self._encode(batch)
+        keys = [self.key(e) for e in examples]
+        missing = [(k, e) for k, e in dict(zip(keys, examples)).items() if not self._load(k)]
+        # One VAE batch per bucket (a batch stacks images of one shape), at most batch_size each.
+        shapes = [None if p is None else p.bucket for p in (self.placement(e) for _, e in missing)]
+        batches = [group[i:i + batch_size] for group in split_by_bucket(shapes)
+                   for i in range(0, len(group), batch_size)]
+        done = 0
+        for batch in batches:
+            self._encode([missing[i] for i in batch])
+            done += len(batch)
             if progress:
-                progress(min(start + batch_size, len(missing)), len(missing))
-        return [self.memory[e.key] for e in examples]
+                progress(done, len(missing))
+        return [self.memory[k] for k in keys]
 
     def _load(self, key: str) -> bool:
         if key in self.memory:
@@ -77,20 +104,20 @@ class LatentCache:
         return True
 
     @torch.no_grad()
-    def _encode(self, batch: Sequence[Example]) -> None:
+    def _encode(self, batch: Sequence[tuple[str, Example]]) -> None:
         vae = self.components.vae
-        pixels = torch.stack([to_pixels(e, self.resolution) for e in batch])
+        pixels = torch.stack([to_pixels(e, self.resolution, self.placement(e)) for _, e in batch])
         dist = vae.encode(pixels.to(self.components.device, vae.dtype)).latent_dist
         mean, std = dist.mean.float().cpu(), dist.std.float().cpu()
         self.encoded += len(batch)
-        for i, example in enumerate(batch):
+        for i, (key, _) in enumerate(batch):
             entry = (mean[i].contiguous(), std[i].contiguous())
-            self.memory[example.key] = entry
+            self.memory[key] = entry
             if self.folder is not None:
                 self.folder.mkdir(parents=True, exist_ok=True)
-                tmp = self.folder / f".{example.key}.{os.getpid()}.tmp"
+                tmp = self.folder / f".{key}.{os.getpid()}.tmp"
                 save_file({"mean": entry[0], "std": entry[1]}, tmp)
-                os.replace(tmp, self.folder / f"{example.key}.safetensors")  # atomic
+                os.replace(tmp, self.folder / f"{key}.safetensors")  # atomic
 
 
 def latents_from_stats(components: Components, stats: Sequence[tuple[torch.Tensor, torch.Tensor]],

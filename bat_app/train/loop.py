@@ -24,12 +24,14 @@ from diffusers.optimization import get_scheduler
 from peft import LoraConfig, get_peft_model_state_dict, set_peft_model_state_dict
 
 from ..errors import Cancelled, InputError
+from ..images.buckets import bucket_sizes, split_by_bucket
 from ..models import Components, load_components
+from ..models.memory import adamw_class, check_environment, load_settings
 from ..paths import cache_dir
 from . import checkpoint as ckpt
 from .config import TrainConfig
 from .data import Example, ExampleGroup, instance_examples
-from ..models.families import cat_cond, cond_to, stack_cond
+from ..models.families import Cond, cat_cond, cond_to, stack_cond
 from ..models.families.base import split_te_lora, te_lora_prefix
 from .encode import LatentCache, TextCache, sample_latents
 from .objective import draw_noise
@@ -41,7 +43,6 @@ log = logging.getLogger(__name__)
 
 ADAPTER = "bat"
 LOSS_LOG = "loss_log.jsonl"  # one {"step", "loss"} line per step, for live loss curves
-_DTYPES = {"auto": None, "no": "fp32", "fp16": "fp16", "bf16": "bf16"}
 
 
 @dataclass
@@ -62,12 +63,14 @@ class TrainResult:
 class _Encoded:
     """A group ready for training: latent stats, and per example either its cached conditioning
     or (``live``) its token ids per text encoder, encoded every step (a text-encoder LoRA or
-    the pivotal vectors change them)."""
+    the pivotal vectors change them); with aspect-ratio buckets, per example the conditioning
+    its placement adds (SDXL: its time ids)."""
 
     group: ExampleGroup
     latent_stats: list[tuple[torch.Tensor, torch.Tensor]]
     text: list
     live: bool = False
+    image_cond: list[Cond] = field(default_factory=list)
 
 
 def train_lora(
@@ -100,7 +103,9 @@ def train_lora(
         export: write the diffusers/kohya files and the model card at the end.
     """
     started = time.perf_counter()
-    components = model if isinstance(model, Components) else load_components(model, dtype=_DTYPES[config.mixed_precision])
+    # 8-bit Adam and a 4-bit base need bitsandbytes and CUDA: say so before any weights load
+    check_environment(config, model.spec.preset if isinstance(model, Components) else model)
+    components = model if isinstance(model, Components) else load_components(model, **load_settings(config))
     config = config.resolve_targets(components.family)
     out_dir = Path(out_dir)
     cache_root = Path(cache_root) if cache_root is not None else cache_dir()
@@ -115,6 +120,8 @@ def train_lora(
         encoded = encode_groups(components, groups, config, resolution, cache_root, emit, pivotal)
         torch.manual_seed(config.seed)  # LoRA A matrices are drawn from the global RNG
         unet_params, te_params = add_adapters(components, config)
+        if config.compile:  # in place, after the adapters: module names and state dicts stay as they are
+            components.denoiser.compile()
         optimizer, lr_scheduler = make_optimizer(unet_params, te_params, config, pivotal)
         generator = torch.Generator().manual_seed(config.seed)
         fingerprint = config.fingerprint()
@@ -190,6 +197,8 @@ def check_inputs(components: Components, images: Sequence, config: TrainConfig, 
         raise InputError("No instance images: give at least one image of the subject.")
     if resolution % 8:
         raise InputError(f"`resolution` has to be divisible by 8 but is {resolution}.")
+    if components.family.uses_buckets:
+        bucket_sizes(resolution, components.family.bucket_step(components))  # InputError if too small
     if config.pivotal and not components.family.supports_pivotal:
         raise InputError(f"Pivotal tuning is not supported for {components.family.display_name} models yet: "
                          f"turn it off (--no-pivotal, or pivotal: false).")
@@ -223,7 +232,8 @@ def add_pivotal_tokens(components: Components, config: TrainConfig) -> PivotalTo
 
 
 def encode_groups(components, groups, config, resolution, cache_root, emit, pivotal=None) -> list[_Encoded]:
-    latents = LatentCache(components, resolution, cache_root)
+    family = components.family
+    latents = LatentCache(components, resolution, cache_root, buckets=family.uses_buckets)
     texts = TextCache(components)
     encoded = []
     for group in groups:
@@ -240,7 +250,9 @@ def encode_groups(components, groups, config, resolution, cache_root, emit, pivo
             text = [[per_encoder[i] for per_encoder in ids] for i in range(len(captions))]
         else:
             text = texts.get(captions)
-        encoded.append(_Encoded(group, stats, text, live))
+        image_cond = [family.placement_cond(latents.placement(e)) for e in group.examples] \
+            if latents.buckets else []
+        encoded.append(_Encoded(group, stats, text, live, image_cond if any(image_cond) else []))
     return encoded
 
 
@@ -260,7 +272,7 @@ def add_adapters(components: Components, config: TrainConfig) -> tuple[list, lis
         # Frozen weights may be bf16/fp16 on CUDA; trainable LoRA weights stay fp32.
         p.data = p.data.float()
         p.requires_grad_(True)
-    if components.device.type == "cuda" and config.gradient_checkpointing is not False:
+    if config.gradient_checkpointing or (config.gradient_checkpointing is None and components.device.type == "cuda"):
         unet.enable_gradient_checkpointing()
         if config.train_text_encoder:
             for te in _lora_text_encoders(components):
@@ -275,7 +287,7 @@ def make_optimizer(unet_params, te_params, config: TrainConfig, pivotal: Pivotal
     if pivotal is not None:
         # No weight decay: it would pull the trigger towards the zero vector, a dead token.
         groups.append({"params": list(pivotal.params), "lr": config.embedding_lr, "weight_decay": 0.0})
-    optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
+    optimizer = adamw_class(config.optimizer)(groups, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
     scheduler = get_scheduler(config.lr_schedule, optimizer=optimizer, num_warmup_steps=config.warmup_steps,
                               num_training_steps=config.steps)
     return optimizer, scheduler
@@ -283,26 +295,44 @@ def make_optimizer(unet_params, te_params, config: TrainConfig, pivotal: Pivotal
 
 def training_step(components: Components, config: TrainConfig, encoded: list[_Encoded],
                   generator: torch.Generator) -> torch.Tensor:
-    """One step: ``batch_size`` examples from each group, one UNet pass, weighted group losses."""
+    """One step: ``batch_size`` examples from each group, weighted group losses. The denoiser
+    sees one batch per aspect-ratio bucket among the step's examples (``split_by_bucket``):
+    a batch never mixes shapes. Without buckets that is one pass over all of them."""
     picks = [torch.randint(len(e.group.examples), (config.batch_size,), generator=generator) for e in encoded]
-    stats = [e.latent_stats[i] for e, idx in zip(encoded, picks) for i in idx.tolist()]
-    family = components.family
-    latents = sample_latents(components, stats, generator)
-    noise, timesteps = draw_noise(latents.shape, generator, family.num_timesteps(components))
-    device = components.device
+    chosen = [e.latent_stats[i] for e, idx in zip(encoded, picks) for i in idx.tolist()]
+    family, device = components.family, components.device
+    cond = step_cond(components, encoded, picks)
+    batches = split_by_bucket([tuple(mean.shape) for mean, _ in chosen])
+    parts = []
+    for positions in batches:
+        latents = sample_latents(components, [chosen[p] for p in positions], generator)
+        noise, timesteps = draw_noise(latents.shape, generator, family.num_timesteps(components))
+        index = torch.tensor(positions, device=device)
+        part_cond = cond if len(batches) == 1 else {k: v.index_select(0, index) for k, v in cond.items()}
+        parts.append(family.loss(components, latents.to(device), part_cond, noise.to(device), timesteps.to(device)))
+    losses = parts[0] if len(batches) == 1 else \
+        torch.cat(parts)[torch.argsort(torch.tensor([p for b in batches for p in b], device=device))]
+    per_group = losses.view(len(encoded), config.batch_size).mean(dim=1)
+    weights = torch.tensor([e.group.weight for e in encoded], device=per_group.device)
+    return (per_group * weights).sum()
+
+
+def step_cond(components: Components, encoded: list[_Encoded], picks: list[torch.Tensor]) -> Cond:
+    """The conditioning of a step's picks, group after group: cached text conditionings, or the
+    live ones encoded now, plus each example's placement conditioning (SDXL's time ids)."""
+    family, device = components.family, components.device
     conds = []
     for e, idx in zip(encoded, picks):
         items = [e.text[i] for i in idx.tolist()]
         if e.live:
             ids = [torch.stack([item[j] for item in items]) for j in range(len(items[0]))]
-            conds.append(family.encode(components, ids))
+            cond = family.encode(components, ids)
         else:
-            conds.append(cond_to(stack_cond(items), device))
-    cond = {k: v.float() if v.is_floating_point() else v for k, v in cat_cond(conds).items()}
-    losses = family.loss(components, latents.to(device), cond, noise.to(device), timesteps.to(device))
-    per_group = losses.view(len(encoded), config.batch_size).mean(dim=1)
-    weights = torch.tensor([e.group.weight for e in encoded], device=per_group.device)
-    return (per_group * weights).sum()
+            cond = cond_to(stack_cond(items), device)
+        if e.image_cond:
+            cond = cond | cond_to(stack_cond([e.image_cond[i] for i in idx.tolist()]), device)
+        conds.append(cond)
+    return {k: v.float() if v.is_floating_point() else v for k, v in cat_cond(conds).items()}
 
 
 def lora_state_dicts(components: Components, config: TrainConfig):
@@ -346,6 +376,8 @@ def remove_adapters(components: Components) -> None:
             p.requires_grad_(False)
         if hasattr(model, "disable_gradient_checkpointing") and getattr(model, "is_gradient_checkpointing", False):
             model.disable_gradient_checkpointing()
+        if getattr(model, "_compiled_call_impl", None) is not None:  # nn.Module.compile(): undone too
+            model._compiled_call_impl = None
 
 
 # --- helpers -----------------------------------------------------------------------------

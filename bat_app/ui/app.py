@@ -133,7 +133,7 @@ def train_tab(ui) -> None:
                 steps = gr.Number(adv["steps"], label="steps", precision=0, info=info("steps"))
                 rank = gr.Number(adv["rank"], label="LoRA rank", precision=0, info=info("rank"))
                 lr = gr.Number(adv["lr"], label="learning rate", info=f"more than 0, at most {limits.lr:g}")
-                resolution = gr.Number(adv["resolution"], label="resolution (0 = the model's)", precision=0,
+                resolution = gr.Number(adv["resolution"], label="resolution (0 = the model's, or its memory profile's)", precision=0,
                                        info="a multiple of 8, at most twice the model's")
             with gr.Row():
                 seed = gr.Number(adv["seed"], label="seed", precision=0, info=info("seed"))

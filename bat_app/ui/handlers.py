@@ -21,6 +21,8 @@ from ..compare.pools import GENERATED
 from ..errors import ImageError, InputError
 from ..images import IntakeLimits, load_user_images
 from ..limits import Limits, check_field, check_text
+from ..models import memory as gpu
+from ..models.memory import choose, parse_profiles
 from ..models.presets import presets
 from .defaults import suggested_settings
 from .public import scrub
@@ -124,21 +126,39 @@ def model_note(model: str | None) -> str:
 
 
 def fit_note(memory: dict, gpu_gb: float | None = None) -> str:
-    """Whether a preset fits this machine, from its ``memory`` block and the GPU found
-    (``gpu_gb``: None = detect; 0 = no CUDA GPU)."""
+    """Whether a preset fits this machine and, for a preset with memory profiles, which profile a
+    job here uses and why, from its ``memory`` block and the GPU found (``gpu_gb``: None = detect;
+    0 = no CUDA GPU)."""
     if memory.get("cpu"):
         return " Runs on the CPU."
-    need = memory.get("min_gpu_gb")
+    options = parse_profiles(memory)
+    need = options[-1].min_gpu_gb if options else memory.get("min_gpu_gb")
     if not need:
         return ""
     if gpu_gb is None:
-        import torch
-
-        gpu_gb = torch.cuda.get_device_properties(0).total_memory / 2**30 if torch.cuda.is_available() else 0
+        gpu_gb = gpu.gpu_memory_gb()
     if not gpu_gb:
-        return f" Needs a CUDA GPU with ~{need} GB; none was found here, so it will not train on this server."
-    verdict = "fits" if gpu_gb >= need else "does not fit: pick a smaller model"
-    return f" Needs ~{need} GB of GPU memory; this GPU has {gpu_gb:.0f} GB: {verdict}."
+        return f" Needs a CUDA GPU with ~{need:g} GB; none was found here, so it will not train on this server."
+    if not options:
+        verdict = "fits" if gpu_gb >= need else "does not fit: pick a smaller model"
+        return f" Needs ~{need:g} GB of GPU memory; this GPU has {gpu_gb:.0f} GB: {verdict}."
+    choice = choose(options, gpu_gb)
+    if choice.profile is None:
+        return (f" Needs ~{need:g} GB of GPU memory (its smallest memory profile, '{options[-1].name}'); "
+                f"this GPU has {gpu_gb:.0f} GB: does not fit: pick a smaller model.")
+    profile = choice.profile
+    missing = (" It needs bitsandbytes, which this server does not have installed."
+               if profile.needs_bitsandbytes and gpu.bitsandbytes_version() is None else "")
+    return f" Trains with the **{profile.name}** memory profile: {profile.summary()}, because {choice.reason}.{missing}"
+
+
+def memory_profile(model: str | None) -> str | None:
+    """The memory profile a job for preset ``model`` uses on this machine's GPU (None: the
+    preset has none, or none fits; the model note says why)."""
+    if model not in presets():
+        return None
+    profile = gpu.pick_profile(model, gpu.gpu_memory_gb()).profile
+    return profile.name if profile else None
 
 
 def pool_offers(settings: AppSettings, model: str | None) -> list[Offer]:
@@ -326,12 +346,18 @@ def build_config(settings: AppSettings, *, token: str = "sks", class_noun: str =
             raise InputError(f"pivotal must be true or false, got {pivotal!r}.")
         train["pivotal"] = pivotal
     train["checkpoint_every"] = max(1, train["steps"] // 4)
-    return CompareConfig.from_dict({
+    # The preset's memory profile for this server's GPU (the model note says which and why).
+    if (profile := memory_profile(preset)) is not None:
+        train["memory_profile"] = profile
+    config = CompareConfig.from_dict({
         "token": token, "class_noun": class_noun, "model": model, "pool": pool,
         "clip_model": settings.clip_model, "methods": methods, "train": train,
         "selection": {"k": values["k"], "m": values["m"]},
         "seeds": list(settings.seeds), "num_prompts": settings.preview_prompts,
     })
+    if profile is not None:  # e.g. Flux on 24 GB without bitsandbytes: refused now, not after the queue
+        gpu.check_environment(config.train_config(), preset)
+    return config
 
 
 def start_job(settings: AppSettings, images, client: str | None = None, **form) -> dict:

@@ -55,6 +55,10 @@ class Family:
     # Pivotal tuning: (text encoder index, key in the ``<trigger>.safetensors`` embeddings file)
     # per encoder that gets the trigger's own vectors (SD: ``emb_params``; SDXL: ``clip_l``, ``clip_g``).
     pivotal_embedding_keys: ClassVar[tuple[tuple[int, str], ...]] = ((0, "emb_params"),)
+    # Aspect-ratio buckets (bat_app/images/buckets.py): the trainer encodes each image at the
+    # bucket closest to its shape instead of a centre-cropped square, and adds what
+    # ``placement_cond`` returns to that example's conditioning. Off: the square crop.
+    uses_buckets: ClassVar[bool] = False
 
     # --- loading ----------------------------------------------------------------------
     def parts(self) -> tuple[Part, ...]:
@@ -83,6 +87,20 @@ class Family:
         raise NotImplementedError
 
     # --- latents and the objective ------------------------------------------------------
+    def vae_scale_factor(self, components) -> int:
+        """Image pixels per latent pixel (8 for SD, SDXL and Flux; 2 for the tiny test VAEs)."""
+        return 2 ** (len(components.vae.config.block_out_channels) - 1)
+
+    def bucket_step(self, components) -> int:
+        """Bucket sides are multiples of this many pixels: 8 latent pixels (kohya's 64 px at a VAE
+        factor of 8), which also keeps Flux's 2x2 packing and the UNets' down-sampling whole."""
+        return 8 * self.vae_scale_factor(components)
+
+    def placement_cond(self, placement) -> Cond:
+        """Per-example conditioning from where a bucketed image came from (a
+        :class:`~bat_app.images.buckets.Placement`): nothing by default; SDXL's time ids."""
+        return {}
+
     def scale_latents(self, components, latents: torch.Tensor) -> torch.Tensor:
         """A VAE sample -> what the denoiser is trained on (SD: times the scaling factor)."""
         config = components.vae.config

@@ -69,6 +69,9 @@ class Flux(Family):
     lora_targets = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
                     "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2", "proj_mlp", "proj_out")
     supports_pivotal = False  # the trigger lives in T5; pivotal tuning trains CLIP's embeddings only
+    # Aspect-ratio buckets as SDXL's (64 px sides: even latents, as the 2x2 packing needs); Flux
+    # has no size conditioning, so nothing is added to the conditioning.
+    uses_buckets = True
 
     # --- loading ----------------------------------------------------------------------
     def parts(self) -> tuple[Part, ...]:

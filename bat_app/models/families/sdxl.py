@@ -5,10 +5,12 @@ Conditioning follows ``StableDiffusionXLPipeline.encode_prompt`` and diffusers'
 ``examples/dreambooth/train_dreambooth_lora_sdxl.py``: the penultimate hidden states of both
 encoders, concatenated on the feature axis (``hidden``), and ``text_encoder_2``'s projected
 pooled output (``pooled``). The UNet also gets ``time_ids`` = (original_h, original_w,
-crop_top, crop_left, target_h, target_w): by default a square, uncropped image of the latent
-size times the VAE's scale factor (what our centre-cropped, resized training images are); a
-conditioning may carry its own ``time_ids`` (batch, 6) instead. Epsilon or v-prediction on DDPM
-timesteps, as SD.
+crop_top, crop_left, target_h, target_w). SDXL trains on aspect-ratio buckets
+(``uses_buckets``, ``bat_app/images/buckets.py``): each training example's conditioning carries
+its own time ids (``placement_cond``: the photo's size, the crop of its bucket, the bucket), as
+the reference script records them. A conditioning without them (ALBAT's scoring, which encodes
+square crops) gets a square, uncropped image of the latent size times the VAE's scale factor.
+Epsilon or v-prediction on DDPM timesteps, as SD.
 
 Files:
 
@@ -41,6 +43,7 @@ class StableDiffusionXL(StableDiffusion):
     kohya_te_prefixes = {}  # diffusers' converter already writes lora_te1_ / lora_te2_ (SD's to_kohya)
     text_encoder_lora_indices = (0, 1)
     pivotal_embedding_keys = ((0, "clip_l"), (1, "clip_g"))
+    uses_buckets = True
 
     def parts(self) -> tuple[Part, ...]:
         from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -65,8 +68,9 @@ class StableDiffusionXL(StableDiffusion):
         return {"hidden": torch.cat(hidden, dim=-1), "pooled": out.text_embeds}
 
     # --- the objective ------------------------------------------------------------------
-    def vae_scale_factor(self, components) -> int:
-        return 2 ** (len(components.vae.config.block_out_channels) - 1)
+    def placement_cond(self, placement) -> Cond:
+        """The example's own time ids: original (h, w), crop (top, left), bucket (h, w)."""
+        return {"time_ids": torch.tensor(placement.time_ids, dtype=torch.float32)}
 
     def default_time_ids(self, components, latents: torch.Tensor) -> torch.Tensor:
         """(batch, 6): original size, crop (0, 0), target size, for a square uncropped image."""
