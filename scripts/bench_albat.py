@@ -212,7 +212,8 @@ class ScoreMemo:
 
     def __call__(self, ctx, examples, surrogate):
         p = ctx.params
-        key = (tuple(e.key for e in examples), p.draws, p.score_seed, p.standardise, p.batch_size)
+        key = (tuple(e.key for e in examples), p.draws, p.score_seed, p.standardise, p.batch_size, p.race,
+               p.m, p.negative_fraction)
         if key not in self.memo:
             self.memo[key] = self.inner(ctx, examples, surrogate)
         return self.memo[key]

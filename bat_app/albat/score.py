@@ -28,6 +28,7 @@ Scores (SelectionParams.score):
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol, Sequence
@@ -43,6 +44,7 @@ from ..models.families import cond_to, stack_cond
 from ..train.encode import LatentCache, TextCache, latents_from_stats
 from ..progress import ProgressEvent
 from .draws import IndependentDraws, SharedDraws
+from .racing import planned_passes, race
 
 SURROGATE = "albat-surrogate"
 REFERENCE = "albat-reference"
@@ -71,11 +73,12 @@ def loss_matrix(components, examples: Sequence[Example], resolution: int, surrog
                 config: TrainConfig, *, draws: int = 8, seed: int = 0,
                 reference: dict[str, torch.Tensor] | None = None, captions: Sequence[str] | None = None,
                 independent: bool = False, batch_size: int = 32, cache_root: Path | None = None,
-                progress: Callable | None = None, cancel: Callable[[], bool] | None = None
-                ) -> tuple[np.ndarray, list[int]]:
-    """(d, timesteps): d[r, i] = l_r(ref) - l_r(surrogate) for example i with its own caption
-    (or ``captions[i]``), shape (draws, N), float64. ``independent`` uses the former unshared,
-    unstratified draws (for measurements only)."""
+                rows: Sequence[int] | None = None, progress: Callable | None = None,
+                cancel: Callable[[], bool] | None = None) -> tuple[np.ndarray, list[int]]:
+    """(d, timesteps): d[j, i] = l_r(ref) - l_r(surrogate) for draw r = rows[j] (default: all
+    ``draws``) and example i with its own caption (or ``captions[i]``), shape (len(rows), N),
+    float64. A draw is the same whichever rows are asked for. ``independent`` uses the former
+    unshared, unstratified draws (for measurements only)."""
     emit = progress or (lambda e: None)
     stats = LatentCache(components, resolution, cache_root).get(
         examples, progress=lambda d, t: emit(ProgressEvent("encode", d, t, message="candidates")))
@@ -86,27 +89,28 @@ def loss_matrix(components, examples: Sequence[Example], resolution: int, surrog
     shape = tuple(stats[0][0].shape) if stats else (0,)
     plan = IndependentDraws(draws, shape, total_t, seed, len(examples)) if independent \
         else SharedDraws.make(draws, shape, total_t, seed)
+    rows = list(range(draws)) if rows is None else list(rows)
     adapters = _load_adapters(unet, config.resolve_targets(components.family), surrogate, reference)
-    out = np.zeros((draws, len(examples)), dtype=np.float64)
+    out = np.zeros((len(rows), len(examples)), dtype=np.float64)
     try:
         for lo in range(0, len(examples), batch_size):
             if cancel is not None and cancel():
                 raise Cancelled("Cancelled while scoring candidates.")
             hi = min(lo + batch_size, len(examples))
             cond = cond_to(stack_cond(texts[lo:hi]), device)
-            for r in range(draws):
+            for j, r in enumerate(rows):
                 t, noise, eps = plan.batch(r, lo, hi)
                 latents = latents_from_stats(components, stats[lo:hi], eps).to(device)
                 noise, t = noise.to(device), t.to(device)
                 ref_loss = _loss_with(components, adapters["reference"], latents, cond, noise, t)
                 adapted_loss = _loss_with(components, adapters["surrogate"], latents, cond, noise, t)
-                out[r, lo:hi] = (ref_loss - adapted_loss).double().cpu().numpy()
+                out[j, lo:hi] = (ref_loss - adapted_loss).double().cpu().numpy()
             emit(ProgressEvent("score", hi, len(examples)))
     finally:
         for name in (SURROGATE, REFERENCE):
             if name in (getattr(unet, "peft_config", None) or {}):
                 unet.delete_adapters(name)
-    timesteps = plan.timesteps.tolist() if not independent else []
+    timesteps = plan.timesteps[rows].tolist() if not independent else []
     return out, timesteps
 
 
@@ -125,17 +129,31 @@ def standardise_strata(matrix: np.ndarray) -> np.ndarray:
 
     The sign of every entry is kept (no centring), so a positive mean still means "lowered on
     balance". A row without spread (one candidate, or identical adapters) is left as it is.
+    Entries not scored (NaN, racing.py) are left out of the spread.
     """
     if matrix.shape[1] < 2:
         return matrix.copy()
-    scale = matrix.std(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a row nobody was scored on: NaN spread
+        scale = np.nanstd(matrix, axis=1, keepdims=True)
     return matrix / np.where(scale > 0, scale, 1.0)
+
+
+def aggregate(matrix: np.ndarray, standardise: bool) -> np.ndarray:
+    """One value per candidate from a (R, N) per-draw matrix: the mean over the draws it was
+    scored on (all of them unless it was raced out early), each stratum first divided by its
+    spread when ``standardise``."""
+    return np.nanmean(standardise_strata(matrix) if standardise else matrix, axis=0)
 
 
 # --- the scores ---------------------------------------------------------------------------
 
 class LossReductionScore:
-    """Delta over the shared stratified draws; ``prompt_specific`` subtracts the empty-caption part."""
+    """Delta over the shared stratified draws; ``prompt_specific`` subtracts the empty-caption part.
+
+    With ``params.race`` the draws are spent by successive halving (racing.py): the candidates
+    that cannot reach the top m stop being scored early, for half the passes.
+    """
 
     def __init__(self, prompt_specific: bool = False):
         self.prompt_specific = prompt_specific
@@ -144,18 +162,44 @@ class LossReductionScore:
     def __call__(self, ctx, examples: Sequence[Example], surrogate: dict[str, torch.Tensor]) -> ScoreResult:
         p = ctx.params
         resolution = ctx.config.resolution or ctx.components.spec.resolution
-        common = dict(draws=p.draws, seed=p.score_seed, batch_size=p.batch_size, cache_root=ctx.cache_root,
-                      progress=ctx.progress, cancel=ctx.cancel)
-        matrix, timesteps = loss_matrix(ctx.components, examples, resolution, surrogate, ctx.config, **common)
-        delta = matrix.mean(axis=0)
-        passes = 2 * p.draws * len(examples)
-        if self.prompt_specific:
-            unconditional, _ = loss_matrix(ctx.components, examples, resolution, surrogate, ctx.config,
-                                           captions=[""] * len(examples), **common)
-            matrix = matrix - unconditional
-            passes *= 2
-        values = (standardise_strata(matrix) if p.standardise else matrix).mean(axis=0)
-        return ScoreResult(values, delta, passes, {"timesteps": timesteps})
+        emit = ctx.progress or (lambda e: None)
+        n = len(examples)
+        total = planned_passes(n, p.draws, p.m) if p.race else p.draws * n
+        done = [0]
+        raw = np.full((p.draws, n), np.nan)  # Delta's per-draw entries, before any subtraction
+        timesteps = [0] * p.draws
+
+        def evaluate(rows: list[int], idx: np.ndarray) -> np.ndarray:
+            subset = [examples[i] for i in idx]
+
+            def progress(event):  # this round's candidates -> the whole scoring's bar
+                if event.stage == "score":
+                    event = ProgressEvent("score", done[0] + event.step * len(rows), total,
+                                          message=f"{len(idx)} candidates x {len(rows)} draws")
+                emit(event)
+
+            common = dict(draws=p.draws, seed=p.score_seed, batch_size=p.batch_size, cache_root=ctx.cache_root,
+                          rows=rows, progress=progress, cancel=ctx.cancel)
+            part, ts = loss_matrix(ctx.components, subset, resolution, surrogate, ctx.config, **common)
+            raw[np.ix_(rows, idx)] = part
+            for r, t in zip(rows, ts):
+                timesteps[r] = t
+            if self.prompt_specific:
+                unconditional, _ = loss_matrix(ctx.components, subset, resolution, surrogate, ctx.config,
+                                               captions=[""] * len(subset), **common)
+                part = part - unconditional
+            done[0] += len(rows) * len(idx)
+            return part
+
+        rank = lambda matrix: aggregate(matrix, p.standardise)  # noqa: E731
+        if p.race:
+            matrix = race(evaluate, n, p.draws, p.m, rank, p.negative_fraction)
+        else:
+            matrix = evaluate(list(range(p.draws)), np.arange(n))
+        passes = 2 * int((~np.isnan(raw)).sum()) * (2 if self.prompt_specific else 1)
+        full = int((~np.isnan(raw)).all(axis=0).sum())
+        return ScoreResult(rank(matrix), np.nanmean(raw, axis=0), passes,
+                           {"timesteps": timesteps, "raced": p.race, "fully_scored": full})
 
 
 SCORES: dict[str, Score] = {s.name: s for s in (LossReductionScore(), LossReductionScore(prompt_specific=True))}

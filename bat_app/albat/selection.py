@@ -84,6 +84,9 @@ class SelectionParams:
     draws: int = 16                  # ALBAT: R (t, noise) draws, the same for every candidate. 16 from the
     #                                  measured stability curve: two score seeds agree at rank corr ~0.91
     #                                  and top-10% Jaccard ~0.67, against ~0.73-0.82 and 0.43-0.55 at 8
+    race: bool = True                # ALBAT: successive halving over the draws (racing.py): half the
+    #                                  passes; measured to change the selected set less than the score
+    #                                  seed does (docs/albat.md, "Racing")
     score: str = "loss_reduction"    # ALBAT: which score ranks the candidates (score.SCORES)
     standardise: bool = False        # ALBAT: divide each draw's differences by their spread over candidates;
     #                                  off: measured no more stable (less on dot_star) (docs/albat.md)
@@ -112,8 +115,9 @@ class SelectionParams:
             raise InputError(f"`dedupe` must be a cosine in (0, 1], got {self.dedupe!r}; 1 disables it.")
         if self.score not in SCORE_NAMES:
             raise InputError(f"Unknown ALBAT score {self.score!r}; choose one of {', '.join(SCORE_NAMES)}.")
-        if not isinstance(self.standardise, bool):
-            raise InputError(f"`standardise` must be true or false, got {self.standardise!r}.")
+        for name in ("standardise", "race"):
+            if not isinstance(getattr(self, name), bool):
+                raise InputError(f"`{name}` must be true or false, got {getattr(self, name)!r}.")
         if not isinstance(self.negative_fraction, (int, float)) or not 0 <= self.negative_fraction <= 1:
             raise InputError(f"`negative_fraction` must be in [0, 1], got {self.negative_fraction!r}.")
 

@@ -19,7 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .score import standardise_strata
+from .score import aggregate
 
 
 def rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
@@ -37,11 +37,6 @@ def top_m(values: np.ndarray, m: int) -> set[int]:
 def jaccard(a: Sequence, b: Sequence) -> float:
     a, b = set(a), set(b)
     return len(a & b) / len(a | b) if a or b else 1.0
-
-
-def aggregate(matrix: np.ndarray, standardise: bool) -> np.ndarray:
-    """The score from a (R, N) per-draw matrix, as LossReductionScore forms it."""
-    return (standardise_strata(matrix) if standardise else matrix).mean(axis=0)
 
 
 def substrata_pick(r_max: int, r: int, rng: np.random.Generator) -> np.ndarray:
