@@ -119,6 +119,8 @@ def _add_selection_args(p, required: bool) -> None:
     g.add_argument("--draws", type=int, default=None, help="ALBAT (t, noise) draws shared by all candidates (default 16)")
     g.add_argument("--score-seed", type=int, default=None,
                    help="ALBAT seed of the scoring draws, apart from the training seed (default 0)")
+    g.add_argument("--no-race", dest="race", action="store_false",
+                   help="ALBAT: score every candidate with every draw (default: successive halving, half the passes)")
     g.add_argument("--surrogate-steps", type=int, default=None,
                    help="ALBAT surrogate steps (default: 25%% of --steps)")
     g.add_argument("--aug-weight", type=float, default=None, help="lambda: loss weight of backbone items (default 1)")
@@ -131,7 +133,7 @@ def _selection_params(args, n_images: int | None = None):
     recipe = recipe_for(args.model).selection_settings(n_images)
     optional = {k: v for k, v in (("draws", args.draws), ("score_seed", args.score_seed)) if v is not None}
     return SelectionParams(m=args.m or recipe["m"], k=args.k or recipe["k"], surrogate_steps=args.surrogate_steps,
-                           seed=args.seed or 0, **optional)
+                           seed=args.seed or 0, race=getattr(args, "race", True), **optional)
 
 
 def train_config_from_args(args, n_images: int | None = None):

@@ -24,6 +24,7 @@ QUICK = [
     pytest.param("gpu_check.py", "gpu_check: 15 measurements", id="gpu_check"),
     pytest.param("shapes_personalize.py", "lora_trait_mean", id="shapes_personalize"),
     pytest.param("bench_selection.py", "Mean over subjects", id="bench_selection"),
+    pytest.param("bench_racing.py", "| checkered_square |", id="bench_racing"),
     pytest.param("bench_compare.py", "Convergence", id="bench_compare", marks=pytest.mark.slow),
     pytest.param("bench_jobs.py", "kill_heartbeat_only", id="bench_jobs", marks=pytest.mark.slow),
     pytest.param("take_screenshots.py", "quick: page loaded and example applied", id="take_screenshots",
@@ -49,7 +50,7 @@ def test_scripts_use_the_installed_package():
 
 @pytest.mark.parametrize(("script", "expected"), QUICK)
 def test_quick_mode_runs(script, expected, tmp_path):
-    if script in ("shapes_personalize.py", "bench_selection.py", "bench_compare.py"):
+    if script in ("shapes_personalize.py", "bench_selection.py", "bench_compare.py", "bench_racing.py"):
         from bat_app.paths import assets_dir
 
         if not (assets_dir() / "shapes" / "backbone" / "model_index.json").is_file():

@@ -32,24 +32,48 @@ def shapes_pool_size() -> int:
     return SHAPES_POOL_SIZE or int(os.environ.get("BAT_SHAPES_POOL_SIZE", 10_000))
 
 
-def shapes_pool_dir(n: int | None = None) -> Path:
-    return data_dir() / "pools" / f"shapes-{n or shapes_pool_size()}"
+def shapes_pool_dir(n: int | None = None, root: Path | None = None) -> Path:
+    return (root or data_dir()) / "pools" / f"shapes-{n or shapes_pool_size()}"
 
 
-def ensure_shapes_pool(n: int | None = None, progress=None) -> Path:
-    """Render the first n pretraining items and index them with the shapes CLIP (once).
+def ensure_shapes_pool(n: int | None = None, progress=None, root: Path | None = None) -> Path:
+    """Render the first n pretraining items and index them with the shapes CLIP (once), in the
+    data dir ``root`` (default: $BAT_HOME's).
 
     ``progress`` gets ProgressEvents of stage "pool" ("building the shapes pool: rendering
     2,500/10,000"), so a first job shows what it waits for instead of sitting at "validate".
+    One process builds at a time (a file lock; the app starts a build when it starts, and a job
+    or the Pools tab may ask at the same moment): the others wait and then use its result.
     """
-    from ..pool import build_pool, load_embedder
-    from ..shapes.pool import write_pool
+    from filelock import FileLock, Timeout
+
     from ..progress import ProgressEvent
 
     n = n or shapes_pool_size()
-    out = shapes_pool_dir(n)
+    out = shapes_pool_dir(n, root)
     if (out / "manifest.json").is_file():
         return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(out.parent / f".shapes-{n}.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        if progress:
+            progress(ProgressEvent("pool", 0, 1, message="waiting for the shapes pool, which another process is building"))
+        lock.acquire()
+    try:
+        if not (out / "manifest.json").is_file():  # built while we waited
+            _build_shapes_pool(out, n, progress)
+    finally:
+        lock.release()
+    return out
+
+
+def _build_shapes_pool(out: Path, n: int, progress) -> None:
+    from ..pool import build_pool, load_embedder
+    from ..progress import ProgressEvent
+    from ..shapes.pool import write_pool
+
     source = out.parent / f".shapes-{n}-images"
     if not (source / "shapes_attributes.jsonl").is_file() or len(list(source.glob("*.png"))) < n:
         shutil.rmtree(source, ignore_errors=True)
@@ -64,7 +88,6 @@ def ensure_shapes_pool(n: int | None = None, progress=None) -> Path:
 
     build_pool(source, out, load_embedder("shapes"), batch_size=256, progress=indexed)
     shutil.rmtree(source, ignore_errors=True)  # the pool keeps its own copy of every image
-    return out
 
 
 GENERATED = "generated"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import threading
 
 from ..errors import BatError
 from .settings import AppSettings
@@ -30,11 +31,31 @@ def serve(settings: AppSettings | None = None, *, host: str | None = None, port:
     settings = settings or AppSettings.from_env()
     worker = start_embedded_worker(settings.jobs) if settings.embedded_worker else None
     _say(settings, worker, quiet)
+    if settings.prepare_pool and settings.pool == "shapes" and worker is not None:
+        prepare_shapes_pool(settings)
     demo = build_app(settings)
     demo.queue(default_concurrency_limit=8)
     demo.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block, quiet=quiet,
                 **launch_options(settings))
     return demo, worker
+
+
+def prepare_shapes_pool(settings: AppSettings) -> threading.Thread:
+    """Build the default shapes pool in the background while the user uploads photos, so that
+    the first job does not spend its first minute on it (a job that starts sooner waits for
+    this build instead of starting its own: ensure_shapes_pool's lock)."""
+    from ..compare.pools import ensure_shapes_pool
+
+    def build() -> None:
+        try:
+            folder = ensure_shapes_pool(root=settings.jobs.data_dir)
+            log.info("shapes pool ready: %s", folder)
+        except Exception as exc:  # noqa: BLE001 - the first job builds it again and reports the error
+            log.warning("building the shapes pool at start failed (%s); the first job will try again", exc)
+
+    thread = threading.Thread(target=build, name="bat-shapes-pool", daemon=True)
+    thread.start()
+    return thread
 
 
 def _say(settings: AppSettings, worker, quiet: bool) -> None:

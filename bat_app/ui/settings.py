@@ -12,6 +12,7 @@
 | BAT_PREVIEW_PROMPTS | preview_prompts | every prompt of the set |
 | BAT_HOME, BAT_REDIS_URL, ... | jobs | see bat_app.jobs.settings |
 | BAT_EMBEDDED_WORKER | embedded_worker | 1 (the app runs jobs itself; 0 with separate workers) |
+| BAT_PREPARE_POOL | prepare_pool | 1: with the shapes pool as default, the app builds it when it starts (0: the first job does) |
 | BAT_ALLOWED_MODELS | allowed_models | none: web users pick a preset or the default model |
 | BAT_ALLOWED_POOLS | allowed_pools | none: web users pick the default pool or one in $BAT_HOME/pools |
 | BAT_PROXY_HOPS | proxy_hops | 1 on a Hugging Face Space (SPACE_ID set), else 0 |
@@ -41,6 +42,7 @@ class AppSettings:
     preview_prompts: int | None = None  # first N prompts of the preview set (None: all)
     seeds: tuple[int, ...] = (0, 1)     # preview seeds, the same in every column
     embedded_worker: bool = True        # run jobs in this process's worker thread
+    prepare_pool: bool = True           # build the default shapes pool at start, not in the first job
     allowed_models: tuple[str, ...] = ()  # more models web users may pick (folders or hub ids)
     allowed_pools: tuple[str, ...] = ()   # more pool folders web users may pick
     proxy_hops: int = 0                 # reverse proxies that append to X-Forwarded-For (a Space: 1)
@@ -59,6 +61,7 @@ class AppSettings:
             "subjects_dir": Path(env.get("BAT_SUBJECTS") or assets_dir() / "subjects"),
             "preview_prompts": _int_or_none("BAT_PREVIEW_PROMPTS"),
             "embedded_worker": env.get("BAT_EMBEDDED_WORKER", "1") not in ("0", "false", "no"),
+            "prepare_pool": env.get("BAT_PREPARE_POOL", "1") not in ("0", "false", "no"),
             "allowed_models": _list("BAT_ALLOWED_MODELS"),
             "allowed_pools": _list("BAT_ALLOWED_POOLS"),
             "proxy_hops": _int_or_none("BAT_PROXY_HOPS") if env.get("BAT_PROXY_HOPS") else
