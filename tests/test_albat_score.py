@@ -145,3 +145,19 @@ def test_surrogate_is_cached(comps, images, tmp_path, monkeypatch):
     monkeypatch.setattr(surrogate, "train_lora", lambda *a, **k: pytest.fail("surrogate retrained"))
     again = train_surrogate(comps, images, CONFIG, 3, tmp_path)
     assert all(torch.equal(first[k], again[k]) for k in first)
+
+
+def test_surrogate_cache_tells_vaes_apart(comps, images, tmp_path, monkeypatch):
+    """Another VAE (a preset's `vae`, SDXL's fp16 fix) gives other latents: another surrogate."""
+    import dataclasses
+
+    from bat_app.albat import surrogate
+
+    train_surrogate(comps, images, CONFIG, 3, tmp_path)
+    trained = []
+    real = surrogate.train_lora
+    monkeypatch.setattr(surrogate, "train_lora", lambda *a, **k: trained.append(1) or real(*a, **k))
+    other = dataclasses.replace(comps, spec=dataclasses.replace(comps.spec, vae="some/other-vae"))
+    train_surrogate(other, images, CONFIG, 3, tmp_path)
+    train_surrogate(comps, images, CONFIG, 3, tmp_path)
+    assert trained == [1]

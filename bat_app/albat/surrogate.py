@@ -35,6 +35,8 @@ def train_surrogate(components, images, config: TrainConfig, steps: int, cache_r
     cfg = surrogate_config(config, steps)
     key = hashlib.sha256(json.dumps({
         "model": str(components.spec.source), "config": cfg.fingerprint(),
+        # another VAE (SDXL's fp16 fix) gives other latents, so another surrogate
+        **({"vae": str(components.spec.vae)} if components.spec.vae is not None else {}),
         "images": [Example(u.image, "").key for u in images]}, sort_keys=True).encode()).hexdigest()[:16]
     path = Path(cache_root) / "surrogates" / f"{key}.safetensors"
     if path.is_file():

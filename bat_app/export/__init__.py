@@ -56,6 +56,8 @@ def export_lora(components, config, out_dir, unet_lora, te_lora, *, losses=(), m
     except OSError as exc:
         raise ExportError(f"Could not write the LoRA files to {out_dir}: {exc}. Check the folder and free space.") from exc
     card = out_dir / "README.md"
+    if components.spec.vae is not None:  # trained on another VAE's latents: the card says which
+        extra = {**(extra or {}), "vae": str(components.spec.vae)}
     card.write_text(model_card(config, base, kohya_name, method=method, extra=extra,
                                pipeline=family.pipeline_class().__name__))
     files["card"] = card

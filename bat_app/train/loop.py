@@ -34,6 +34,7 @@ from .data import Example, ExampleGroup, instance_examples
 from ..models.families import Cond, cat_cond, cond_to, stack_cond
 from ..models.families.base import split_te_lora, te_lora_prefix
 from .encode import LatentCache, TextCache, sample_latents
+from .offload import idle_text_encoders_offloaded
 from .objective import draw_noise
 from .pivotal import PivotalTokens
 from .prior import ensure_class_images, load_class_images
@@ -142,29 +143,31 @@ def train_lora(
             for te in _lora_text_encoders(components):
                 te.train()
         params = unet_params + te_params + (pivotal.params if pivotal else [])
-        for step in range(start_step + 1, config.steps + 1):
-            if cancel is not None and cancel():
-                _checkpoint(components, config, out_dir, step - 1, fingerprint, losses, optimizer, lr_scheduler,
-                            generator, pivotal)
-                raise Cancelled(f"Training cancelled at step {step - 1}/{config.steps}; "
-                                f"a checkpoint is kept in {out_dir / 'checkpoints'} (resume with --resume).")
-            with autocast:
-                loss = training_step(components, config, encoded, generator)
-            scaler.scale(loss).backward()
-            if config.max_grad_norm > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
-            lr_scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            losses.append(float(loss.detach()))
-            loss_log.append(step, losses[-1])
-            if config.checkpoint_every and (step % config.checkpoint_every == 0 or step == config.steps):
-                _checkpoint(components, config, out_dir, step, fingerprint, losses, optimizer, lr_scheduler,
-                            generator, pivotal)
-            emit(ProgressEvent("train", step, config.steps, loss=losses[-1],
-                               it_per_s=meter.rate(step), eta_s=meter.eta(step, config.steps)))
+        # Conditioning computed once before the loop: the frozen encoders wait on the CPU meanwhile
+        with idle_text_encoders_offloaded(components, needed=any(e.live for e in encoded)):
+            for step in range(start_step + 1, config.steps + 1):
+                if cancel is not None and cancel():
+                    _checkpoint(components, config, out_dir, step - 1, fingerprint, losses, optimizer, lr_scheduler,
+                                generator, pivotal)
+                    raise Cancelled(f"Training cancelled at step {step - 1}/{config.steps}; "
+                                    f"a checkpoint is kept in {out_dir / 'checkpoints'} (resume with --resume).")
+                with autocast:
+                    loss = training_step(components, config, encoded, generator)
+                scaler.scale(loss).backward()
+                if config.max_grad_norm > 0:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+                scaler.step(optimizer)
+                scaler.update()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                losses.append(float(loss.detach()))
+                loss_log.append(step, losses[-1])
+                if config.checkpoint_every and (step % config.checkpoint_every == 0 or step == config.steps):
+                    _checkpoint(components, config, out_dir, step, fingerprint, losses, optimizer, lr_scheduler,
+                                generator, pivotal)
+                emit(ProgressEvent("train", step, config.steps, loss=losses[-1],
+                                   it_per_s=meter.rate(step), eta_s=meter.eta(step, config.steps)))
 
         components.denoiser.eval()
         for te in components.text_encoders:
