@@ -24,7 +24,7 @@ def test_every_preset_has_a_complete_recipe():
     for name in PRESETS:
         assert "recipe" in presets_data()[name], name
         Recipe.from_dict(presets_data()[name]["recipe"])  # unknown or missing keys raise
-    with pytest.raises(ValueError, match="unknown recipe key"):
+    with pytest.raises(ValueError, match="a recipe: unknown key"):
         Recipe.from_dict({**presets_data()["shapes"]["recipe"], "lerning_rate": 1})
 
 

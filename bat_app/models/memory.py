@@ -78,11 +78,9 @@ class MemoryProfile:
 
     @classmethod
     def from_dict(cls, data: dict) -> "MemoryProfile":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = [k for k in data if k not in known]
-        if unknown:
-            raise InputError(f"Memory profile {data.get('name')!r}: unknown key(s) {unknown}; known: {sorted(known)}.")
-        return cls(**data)
+        from .presets import from_known_keys
+
+        return from_known_keys(cls, data, f"Memory profile {data.get('name')!r}", InputError)
 
     @property
     def needs_bitsandbytes(self) -> bool:

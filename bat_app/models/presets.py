@@ -10,6 +10,8 @@ A model spec is a preset name (``shapes``, ``sd15``), a local diffusers folder, 
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -138,3 +140,13 @@ def model_table() -> str:
         rows.append(f"| `{name}` | {preset.get('family', 'sd')} | {model} | {preset.get('license', 'not stated')} | "
                     f"{preset['resolution']} px | {need} | {speed} |")
     return "\n".join(rows)
+
+
+def from_known_keys(cls, data: dict, what: str, error: type[Exception] = ValueError):
+    """``cls(**data)`` for a dataclass read from presets.json, refusing keys it does not know
+    (a typo there would otherwise be silently ignored): ``what`` names the block in the message."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = [k for k in data if k not in known]
+    if unknown:
+        raise error(f"{what}: unknown key(s) {unknown}; known: {sorted(known)}.")
+    return cls(**data)

@@ -14,12 +14,11 @@ a hub id) gets the recipe of the preset named by ``_default_recipe`` (Stable-Dif
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass
 from functools import lru_cache
 
-from .presets import PRESETS_FILE
+from .presets import PRESETS_FILE, from_known_keys
 
 # The photo counts the image intake accepts; the recipe plans for this range.
 MIN_PHOTOS, MAX_PHOTOS = 3, 10
@@ -52,11 +51,7 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, data: dict) -> "Recipe":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = [k for k in data if k not in known]
-        if unknown:
-            raise ValueError(f"presets.json: unknown recipe key(s) {unknown}; known: {sorted(known)}.")
-        return cls(**data)
+        return from_known_keys(cls, data, "presets.json, a recipe")
 
     @staticmethod
     def photos(n_images: int | None) -> int:
