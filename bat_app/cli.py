@@ -300,6 +300,8 @@ def _add_compare(sub) -> None:
     p.add_argument("--m", type=int, default=None, help="items ALBAT may select (others get as many as it kept)")
     p.add_argument("--seeds", default=None, help="comma-separated preview seeds (default 0,1)")
     p.add_argument("--num-prompts", type=int, default=None, help="use only N prompts of the set")
+    p.add_argument("--no-safety-checker", dest="safety_checker", action="store_false", default=None,
+                   help="show previews as drawn, not through the model's safety checker (when it has one)")
     p.add_argument("--config", type=Path, help="a job/compare config JSON (flags override it)")
     _add_memory_profile(p)
     p.set_defaults(func=run_compare_cmd)
@@ -309,7 +311,7 @@ def run_compare_cmd(args) -> int:
     from .compare import CompareConfig, run_compare
 
     data = CompareConfig.from_file(args.config).to_dict() if args.config else {}
-    for key in ("class_noun", "token", "model", "pool", "num_prompts"):
+    for key in ("class_noun", "token", "model", "pool", "num_prompts", "safety_checker"):
         if getattr(args, key) is not None:
             data[key] = getattr(args, key)
     if args.methods:

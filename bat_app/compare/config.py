@@ -35,6 +35,7 @@ class CompareConfig:
     prompt_set: str | None = None      # preview prompt set (default: chosen from the model/class)
     seeds: list[int] = field(default_factory=lambda: [0, 1])  # preview seeds, same for every column
     num_prompts: int | None = None     # use only the first N prompts of the set (quick runs)
+    safety_checker: bool = True        # previews through the model's safety checker, if it has one
 
     def __post_init__(self):
         if not isinstance(self.methods, list) or not self.methods:
@@ -48,6 +49,8 @@ class CompareConfig:
             raise InputError(f"`seeds` must be a non-empty list of integers, got {self.seeds!r}.")
         if self.num_prompts is not None and (not isinstance(self.num_prompts, int) or self.num_prompts < 1):
             raise InputError(f"`num_prompts` must be a positive integer or null, got {self.num_prompts!r}.")
+        if not isinstance(self.safety_checker, bool):
+            raise InputError(f"`safety_checker` must be true or false, got {self.safety_checker!r}.")
         if not isinstance(self.train, dict) or not isinstance(self.selection, dict):
             raise InputError("`train` and `selection` must be JSON objects of settings.")
         self.train_config()  # validates the nested settings now, at the door

@@ -105,13 +105,15 @@ def generated_pool_cost(spec, n: int) -> str:
             f"{n * steps:,} denoiser passes with guidance), once per model and class")
 
 
-def ensure_generated_pool(components, class_noun: str, n: int, embedder, progress=None) -> Path:
-    """The backbone's own n samples of ``class_noun`` as a pool (drawn and indexed once)."""
+def ensure_generated_pool(components, class_noun: str, n: int, embedder, progress=None,
+                          safety_checker: bool = True) -> Path:
+    """The backbone's own n samples of ``class_noun`` as a pool (drawn and indexed once); with
+    ``safety_checker``, what the model's checker flags is scored unsafe (never selected)."""
     from ..pool.generate import generate_pool
     from ..preview.sample import backbone_sampler
     from ..progress import ProgressEvent
 
-    sampler, model_key = backbone_sampler(components)
+    sampler, model_key = backbone_sampler(components, safety_checker=safety_checker)
     out = generated_pool_dir(model_key, class_noun, n)
     if (out / "manifest.json").is_file():
         return out

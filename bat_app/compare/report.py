@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..preview.safety import describe_safety
+
 METRIC_LABELS = {
     "clip_i": "CLIP-I ↑", "clip_t": "CLIP-T ↑", "dino": "DINO ↑", "diversity": "diversity ↑",
     "subject_fidelity": "subject fidelity ↑", "prompt_fidelity": "prompt fidelity ↑",
@@ -30,6 +32,9 @@ def write_report(out: Path, config, metrics: dict, timings: dict, outputs: dict)
              f"seeds {config.seeds}; every method trained with the same settings: `{config.train}`.", "",
              *metrics_table(metrics), ""]
     lines += [f"> {note}" for note in metrics.get("notes", [])]
+    if "safety_checker" in metrics:
+        safety = metrics["safety_checker"]
+        lines += ["", f"Safety checker: {describe_safety(safety['enabled'], safety['present'], safety['hidden'])}."]
     if "grid" in outputs:
         lines += ["", f"![comparison grid]({outputs['grid']})", ""]
     lines += ["## Cost (wall time per stage)", "", "| stage | seconds |", "|---|---:|"]

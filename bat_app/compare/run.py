@@ -30,6 +30,7 @@ from ..images import IntakeLimits, load_user_images
 from ..models import load_components
 from ..models.memory import check_environment, load_settings
 from ..preview import comparison_grid, default_prompt_set, load_prompt_set, sample_images
+from ..preview.safety import check_rows, has_safety_checker
 from ..progress import ProgressEvent
 from .config import BASE, CompareConfig
 from .report import write_report
@@ -67,6 +68,7 @@ class CompareRun:
     pool: object = None
     embedder: object = None
     inputs: dict = field(default_factory=dict)   # what every stage key includes: model, images
+    safety: dict = field(default_factory=dict)   # the preview safety check: enabled, present, hidden
 
     def stage(self, name: str) -> float:
         """Announce a stage (after checking for a cancel); returns its start time."""
@@ -183,12 +185,18 @@ def preview(run: CompareRun, loras: dict[str, tuple[Path | None, str]]):
     prompts = prompt_set.prompts(config.token, config.class_noun, limit=config.num_prompts)
     prompts.append(("class", prompt_set.class_text(config.class_noun)))  # class-prior check, no token
     texts = [p for _, p in prompts]
+    present = has_safety_checker(spec)
+    check = config.safety_checker and present
+    run.safety = {"enabled": config.safety_checker, "present": present, "hidden": {}}
     columns, seconds = {}, 0.0
     for method, (lora, lora_key) in loras.items():
+        # Checked columns are other results than unchecked ones (their hidden cells are grey).
         key = stage_key(stage="preview", lora=lora_key, prompts=texts, seeds=config.seeds,
-                        sampling=spec.sampling, resolution=spec.resolution, **run.inputs)
-        columns[method], cost = _samples(run, StageRecord(run.out / "previews" / "samples" / method), key,
-                                         texts, lora, run.tagged(method))
+                        sampling=spec.sampling, resolution=spec.resolution, **run.inputs,
+                        **({"safety": "checked"} if check else {}))
+        columns[method], cost, hidden = _samples(run, StageRecord(run.out / "previews" / "samples" / method), key,
+                                                 texts, lora, run.tagged(method), check)
+        run.safety["hidden"][method] = hidden
         seconds += cost
     grid = comparison_grid(columns, texts, cell=64 if run.resolution <= 64 else 128)
     grid.save(run.out / "previews" / f"grid_{set_name}.png")
@@ -208,6 +216,7 @@ def measure(run: CompareRun, columns, prompts, set_name: str, selections) -> dic
                               run.config.class_noun, subject=subject, classifier=classifier)
     metrics["counts"] = {m: len(selections[m][0]) for m in run.config.methods}
     metrics["prompt_set"] = set_name
+    metrics["safety_checker"] = run.safety
     write_metrics(run.out / "metrics.json", metrics)
     run.result.metrics = metrics = json_safe(metrics)  # what the file says, also in memory
     run.result.outputs["metrics"] = "metrics.json"
@@ -244,7 +253,7 @@ def _pool_and_embedder(config: CompareConfig, components, emit=None, n_images: i
 
         embedder = default_embedder(components, config.clip_model, config.clip_pretrained)
         pool = Pool.open(ensure_generated_pool(components, config.class_noun, config.selection_params(n_images).k,
-                                               embedder, emit))
+                                               embedder, emit, safety_checker=config.safety_checker))
         pool.check_embedder(embedder)
         return pool, embedder
     pool_dir = resolve_pool(config.pool, components, emit)
@@ -256,23 +265,28 @@ def _pool_and_embedder(config: CompareConfig, components, emit=None, n_images: i
     return open_pool(pool_dir, config.clip_model, config.clip_pretrained)
 
 
-def _samples(run: CompareRun, record: StageRecord, key: str, prompts: list[str], lora, emit):
-    """(images, seconds drawing them): one column of previews, read back when still valid."""
+def _samples(run: CompareRun, record: StageRecord, key: str, prompts: list[str], lora, emit, check: bool):
+    """(images, seconds drawing them, how many the safety checker hid): one column of previews,
+    read back when still valid. With ``check``, flagged images are never written, only grey ones."""
     seeds = run.config.seeds
     paths = [[record.folder / f"p{p:02d}_s{seed}.png" for seed in seeds] for p in range(len(prompts))]
     done = record.finished(key) if run.resume else None
     if done and all(path.is_file() for row in paths for path in row):
-        return [[Image.open(path).convert("RGB") for path in row] for row in paths], done["seconds"]
+        return ([[Image.open(path).convert("RGB") for path in row] for row in paths], done["seconds"],
+                done.get("hidden", 0))
     if run.cancel is not None and run.cancel():
         raise Cancelled("Cancelled while rendering previews.")
     t = time.perf_counter()
     record.start(key, resume=False)  # samples are drawn whole: nothing partial to keep
     images = sample_images(run.components, prompts, seeds, lora,
                            progress=lambda d, total: emit(ProgressEvent("preview", d, total)))
+    hidden = 0
+    if check:
+        images, hidden = check_rows(run.components, images)
     for row, row_paths in zip(images, paths):
         for image, path in zip(row, row_paths):
             image.save(path)
-    return images, record.finish(key, time.perf_counter() - t)["seconds"]
+    return images, record.finish(key, time.perf_counter() - t, hidden=hidden)["seconds"], hidden
 
 
 def _shapes_judges(components, config):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -47,6 +47,8 @@ class Components:
     noise_scheduler: object  # the training scheduler (same config as the sampling one)
     dtype: torch.dtype
     device: torch.device
+    # The model's safety checker, loaded on first use by bat_app.preview.safety (None: not yet).
+    safety: object = field(default=None, repr=False, compare=False)
 
     @property
     def tokenizer(self):
@@ -218,6 +220,13 @@ def family_of(spec: ModelSpec, local_only: bool = True) -> Family:
 
 
 def _pipeline_class(spec: ModelSpec, local_only: bool) -> str | None:
+    index = model_index(spec, local_only)
+    return (index or {}).get("_class_name") or None
+
+
+def model_index(spec: ModelSpec, local_only: bool = True) -> dict | None:
+    """The model's ``model_index.json`` (which parts it has), or None when it has none or the hub
+    cannot say (not cached / offline: the real load reports it)."""
     if spec.is_local:
         if not Path(spec.source).is_dir():
             raise ModelLoadError(f"Model {spec.name!r}: {spec.source} is not a folder.")
@@ -232,9 +241,12 @@ def _pipeline_class(spec: ModelSpec, local_only: bool) -> str | None:
         except Exception:  # not cached / offline / no such file: the real load reports it
             return None
     try:
-        return json.loads(index.read_text()).get("_class_name") or None
+        data = json.loads(index.read_text())
     except ValueError as exc:
         raise ModelLoadError(f"Model {spec.name!r}: {index} is not valid JSON ({exc}).") from exc
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"Model {spec.name!r}: {index} is not a JSON object.")
+    return data
 
 
 def _in_hub_cache(repo_id: str, marker: str = "model_index.json") -> bool:

@@ -111,6 +111,9 @@ def register(subparsers) -> None:
                    help="the pool's CLIP (default: shapes for the shapes backbone, else ViT-B-32)")
     g.add_argument("--clip-pretrained", default=None, help="with --clip-model: pretrained tag or weights file")
     g.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    g.add_argument("--no-safety-checker", dest="safety_checker", action="store_false",
+                   help="keep samples the model's safety checker would flag (default: such samples are "
+                        "stored grey and scored unsafe, so never selected)")
     g.set_defaults(func=run_generate)
     p.set_defaults(func=lambda args: p.print_help() or 1)
 
@@ -214,7 +217,7 @@ def run_generate(args: argparse.Namespace) -> int:
         embedder = load_embedder(args.clip_model or DEFAULT_MODEL,
                                  args.clip_pretrained or (None if args.clip_model else DEFAULT_PRETRAINED),
                                  device=args.device)
-    sampler, model_key = backbone_sampler(components, args.steps)
+    sampler, model_key = backbone_sampler(components, args.steps, args.safety_checker)
     steps = json.loads(model_key)["steps"]
     bar = tqdm(total=args.n, desc="sample", unit="image", dynamic_ncols=True)
 

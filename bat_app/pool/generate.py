@@ -16,7 +16,9 @@ folder source, itself resumable).
 
 ``sampler(captions, seeds) -> list[PIL.Image]`` is the backbone: the CLI wires a diffusers
 pipeline (bat_app.models); tests pass a function. Keeping it a callable keeps the pool layer
-free of model loading.
+free of model loading. A sampler that runs a safety checker returns ``(images, flags)``: each
+image then gets a ``.json`` with ``punsafe`` 1.0 (flagged) or 0.0, which the pool build reads
+as the item's unsafe score, so flagged samples are never selected (docs/pool.md).
 """
 
 from __future__ import annotations
@@ -93,10 +95,13 @@ def sample_images(sampler: Sampler, captions: list[str], folder: Path, seed: int
     for start in range(0, len(missing), batch_size):
         chunk = missing[start:start + batch_size]
         images = sampler([captions[i] for i in chunk], [seed + i for i in chunk])
-        if len(images) != len(chunk):
+        images, flags = images if isinstance(images, tuple) else (images, None)
+        if len(images) != len(chunk) or (flags is not None and len(flags) != len(chunk)):
             raise PoolError(f"The sampler returned {len(images)} images for {len(chunk)} captions.")
-        for i, image in zip(chunk, images):
+        for j, (i, image) in enumerate(zip(chunk, images)):
             (folder / f"{i:06d}.txt").write_text(captions[i] + "\n")
+            if flags is not None:  # the safety checker's verdict: the pool's unsafe score
+                store.write_json(folder / f"{i:06d}.json", {"punsafe": 1.0 if flags[j] else 0.0})
             tmp = folder / f".{i:06d}.{os.getpid()}.png"
             image.save(tmp)
             os.replace(tmp, folder / f"{i:06d}.png")

@@ -75,24 +75,35 @@ def unload_trigger_embeddings(components: Components, pipe) -> None:
                                       text_encoder=components.text_encoders[index])
 
 
-def backbone_sampler(components: Components, steps: int | None = None):
+def backbone_sampler(components: Components, steps: int | None = None, safety_checker: bool = True):
     """(sampler, model_key): ``sampler(captions, seeds) -> images`` draws from the backbone as it
     is (no LoRA) with the preset's sampling settings; ``model_key`` names those settings (a
-    generated pool's cache key). What ``pool generate`` and a job's generated pool use."""
+    generated pool's cache key). What ``pool generate`` and a job's generated pool use.
+
+    With ``safety_checker`` on and a model that has one, the sampler returns ``(images, flags)``:
+    flagged images grey (:mod:`bat_app.preview.safety`), their flags the pool's ``unsafe`` scores."""
+    from .safety import flag_images, has_safety_checker, hidden_image
+
     spec = components.spec
     pipe = build_pipeline(components)
     steps = steps or spec.sampling.get("steps", 30)
     guidance = spec.sampling.get("guidance_scale", 7.5)
+    check = safety_checker and has_safety_checker(spec)
 
     def sampler(captions, seeds):
         generators = [torch.Generator().manual_seed(s) for s in seeds]
         with torch.no_grad():
-            return pipe(list(captions), height=spec.resolution, width=spec.resolution, num_inference_steps=steps,
-                        guidance_scale=guidance, generator=generators).images
+            images = pipe(list(captions), height=spec.resolution, width=spec.resolution, num_inference_steps=steps,
+                          guidance_scale=guidance, generator=generators).images
+        if not check:
+            return images
+        flags = flag_images(components, images)
+        return [hidden_image(im.size) if flag else im for im, flag in zip(images, flags)], flags
 
-    key = json.dumps({"model": str(spec.source), "resolution": spec.resolution, "steps": steps,
-                      "guidance": guidance}, sort_keys=True)
-    return sampler, key
+    settings = {"model": str(spec.source), "resolution": spec.resolution, "steps": steps, "guidance": guidance}
+    if check:  # checked samples are other files than unchecked ones
+        settings["safety"] = "checked"
+    return sampler, json.dumps(settings, sort_keys=True)
 
 
 def comparison_grid(columns: dict[str, list[list[Image.Image]]], prompts: Sequence[str], cell: int = 96) -> Image.Image:

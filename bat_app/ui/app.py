@@ -249,8 +249,11 @@ def progress_events(ui, demo) -> None:
 def results_tab(ui) -> None:
     with gr.Tab("Results", id="results"):
         ui.show = gr.Button("Show results of the current job", elem_id="show-results")
-        ui.grids = gr.Image(label="Side by side: one column per method (the base model first), same seeds",
-                            type="filepath", interactive=False, elem_id="grids", buttons=["download", "fullscreen"])
+        # The caption sits above the grid, not on it: Gradio draws an image's label over its top
+        # left corner, which hid the first column's header ("base").
+        gr.Markdown("**Side by side:** one column per method (the base model first), the same prompts and seeds.")
+        ui.grids = gr.Image(label="Side by side", show_label=False, type="filepath", interactive=False,
+                            elem_id="grids", buttons=["download", "fullscreen"])
         ui.metrics = gr.Dataframe(label="Metrics", interactive=False, elem_id="metrics")
         ui.downloads = gr.File(label="Downloads: diffusers / kohya .safetensors, zip with model card and samples",
                                file_count="multiple", interactive=False, elem_id="downloads", buttons=[])

@@ -354,6 +354,7 @@ def build_config(settings: AppSettings, *, token: str = "sks", class_noun: str =
         "clip_model": settings.clip_model, "methods": methods, "train": train,
         "selection": {"k": values["k"], "m": values["m"]},
         "seeds": list(settings.seeds), "num_prompts": settings.preview_prompts,
+        "safety_checker": settings.safety_checker,  # the operator's, never the web user's
     })
     if profile is not None:  # e.g. Flux on 24 GB without bitsandbytes: refused now, not after the queue
         gpu.check_environment(config.train_config(), preset)

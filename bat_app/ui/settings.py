@@ -16,6 +16,7 @@
 | BAT_ALLOWED_MODELS | allowed_models | none: web users pick a preset or the default model |
 | BAT_ALLOWED_POOLS | allowed_pools | none: web users pick the default pool or one in $BAT_HOME/pools |
 | BAT_PROXY_HOPS | proxy_hops | 1 on a Hugging Face Space (SPACE_ID set), else 0 |
+| BAT_SAFETY_CHECKER | safety_checker | 1: previews and "Try it" go through the model's safety checker when it has one (web users cannot turn it off) |
 | BAT_LIMIT_* | (bat_app.limits) | bounds on every job field; see docs/security.md |
 
 ``allowed_models`` / ``allowed_pools``: comma-separated folders or hub ids an operator offers to
@@ -46,6 +47,7 @@ class AppSettings:
     allowed_models: tuple[str, ...] = ()  # more models web users may pick (folders or hub ids)
     allowed_pools: tuple[str, ...] = ()   # more pool folders web users may pick
     proxy_hops: int = 0                 # reverse proxies that append to X-Forwarded-For (a Space: 1)
+    safety_checker: bool = True         # the model's safety checker on previews (operator's choice only)
     jobs: JobSettings = field(default_factory=JobSettings.from_env)
 
     @classmethod
@@ -64,6 +66,7 @@ class AppSettings:
             "prepare_pool": env.get("BAT_PREPARE_POOL", "1") not in ("0", "false", "no"),
             "allowed_models": _list("BAT_ALLOWED_MODELS"),
             "allowed_pools": _list("BAT_ALLOWED_POOLS"),
+            "safety_checker": env.get("BAT_SAFETY_CHECKER", "1") not in ("0", "false", "no"),
             "proxy_hops": _int_or_none("BAT_PROXY_HOPS") if env.get("BAT_PROXY_HOPS") else
             (1 if env.get("SPACE_ID") else 0),
         }

@@ -29,8 +29,10 @@ def _components(model: str):
 
 def try_prompt(settings: AppSettings, job_id: str, method: str, prompt: str, seed: int | float | None = 0
                ) -> tuple[Image.Image, Image.Image]:
-    """(base image, LoRA image) for ``prompt`` with the same seed, i.e. the same initial noise."""
+    """(base image, LoRA image) for ``prompt`` with the same seed, i.e. the same initial noise;
+    through the model's safety checker when the operator's setting has it on (and the model has one)."""
     from ..preview import sample_images
+    from ..preview.safety import check_images
 
     if not (prompt or "").strip():
         raise InputError("The prompt is empty: write one, and include the trigger (e.g. 'a sks dog on the beach').")
@@ -42,6 +44,8 @@ def try_prompt(settings: AppSettings, job_id: str, method: str, prompt: str, see
         components = _components(config["model"])
         base = sample_images(components, [prompt], [seed])[0][0]
         tuned = sample_images(components, [prompt], [seed], folder)[0][0]
+        if settings.safety_checker:
+            (base, tuned), _ = check_images(components, [base, tuned])
     return _enlarge(base), _enlarge(tuned)
 
 
