@@ -254,7 +254,7 @@ def test_the_sdxl_preset():
 def test_kohya_text_encoder_keys_carry_text_model(model, prefixes, request):
     """transformers 5's CLIPTextModel has no ``text_model`` level; the kohya file still names it
     (``lora_te1_text_model_encoder_layers_0_self_attn_q_proj``), or A1111/ComfyUI would not match it."""
-    from bat_app.train.loop import add_adapters, lora_state_dicts, remove_adapters
+    from bat_app.train.adapters import add_adapters, lora_state_dicts, remove_adapters
 
     comps = load_components(str(request.getfixturevalue(model)))
     config = TrainConfig(train_text_encoder=True).resolve_targets(comps.family)

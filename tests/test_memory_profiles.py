@@ -14,7 +14,7 @@ from bat_app.models import load_components, presets
 from bat_app.models import memory
 from bat_app.models.memory import MemoryProfile, apply_profile, check_environment, pick_profile, profiles
 from bat_app.train import TrainConfig, train_lora
-from bat_app.ui import handlers
+from bat_app.ui import handlers, model_note
 from bat_app.ui.settings import AppSettings
 
 GPU_PRESETS = [name for name, p in presets().items() if not p.get("memory", {}).get("cpu")]
@@ -229,16 +229,16 @@ def test_the_cli_takes_a_memory_profile_and_checks_it_before_loading(subject_dir
 
 def test_the_model_note_says_which_profile_and_why(no_bitsandbytes):
     flux = presets()["flux-dev"]["memory"]
-    note = handlers.fit_note(flux, gpu_gb=24)
+    note = model_note.fit_note(flux, gpu_gb=24)
     assert note.startswith(" Trains with the **24 GB** memory profile: NF4 base + 8-bit Adam + gradient "
                            "checkpointing, bf16, 512 px, because this GPU has 24 GB (the '40 GB' profile needs 38 GB).")
     assert note.endswith("It needs bitsandbytes, which this server does not have installed.")
     assert "**80 GB** memory profile: gradient checkpointing, bf16, because this GPU has 141 GB." in \
-        handlers.fit_note(flux, gpu_gb=141)
-    assert handlers.fit_note(flux, gpu_gb=12) == (" Needs ~22 GB of GPU memory (its smallest memory profile, "
+        model_note.fit_note(flux, gpu_gb=141)
+    assert model_note.fit_note(flux, gpu_gb=12) == (" Needs ~22 GB of GPU memory (its smallest memory profile, "
                                                   "'24 GB'); this GPU has 12 GB: does not fit: pick a smaller model.")
-    assert handlers.fit_note(flux, gpu_gb=0).startswith(" Needs a CUDA GPU with ~22 GB; none was found")
-    assert "**12 GB** memory profile: no gradient checkpointing" in handlers.fit_note(presets()["sd15"]["memory"], 16)
+    assert model_note.fit_note(flux, gpu_gb=0).startswith(" Needs a CUDA GPU with ~22 GB; none was found")
+    assert "**12 GB** memory profile: no gradient checkpointing" in model_note.fit_note(presets()["sd15"]["memory"], 16)
 
 
 def test_the_submitted_job_uses_the_profile_of_this_gpu(tmp_path, tiny_model_dir, fake_gpu, no_bitsandbytes,
@@ -246,7 +246,7 @@ def test_the_submitted_job_uses_the_profile_of_this_gpu(tmp_path, tiny_model_dir
     settings = AppSettings.from_env(model=str(tiny_model_dir), pool=None,
                                     jobs=jobs.JobSettings.from_env(data_dir=tmp_path / "home"))
     fake_gpu(16)
-    assert "**12 GB** memory profile" in handlers.model_note("sd15")
+    assert "**12 GB** memory profile" in model_note.model_note("sd15")
     cfg = handlers.build_config(settings, class_noun="dog", model="sd15", methods=["none"], n_images=4)
     assert cfg.train["memory_profile"] == "12 GB" and cfg.train_config(4).gradient_checkpointing is False
     fake_gpu(8)

@@ -12,7 +12,7 @@ from PIL import Image
 from bat_app import jobs
 from bat_app.errors import ImageError, InputError
 from bat_app.models.presets import presets
-from bat_app.ui import handlers, views
+from bat_app.ui import handlers, model_note, views
 from bat_app.ui.defaults import suggested_settings
 from bat_app.ui.settings import AppSettings
 from conftest import make_subject_images
@@ -365,10 +365,10 @@ def test_settings_and_cli(monkeypatch, tmp_path):
 
 
 def test_the_model_note_says_licence_and_whether_it_fits():
-    assert "Runs on the CPU" in handlers.model_note("shapes")
-    note = handlers.model_note("flux-dev")
+    assert "Runs on the CPU" in model_note.model_note("shapes")
+    note = model_note.model_note("flux-dev")
     assert "Licence: flux-1-dev-non-commercial" in note
-    assert handlers.fit_note({"min_gpu_gb": 16}, gpu_gb=0).startswith(" Needs a CUDA GPU with ~16 GB; none")
-    assert handlers.fit_note({"min_gpu_gb": 16}, gpu_gb=24).endswith("this GPU has 24 GB: fits.")
-    assert "does not fit" in handlers.fit_note({"min_gpu_gb": 40}, gpu_gb=24)
-    assert handlers.model_note("/some/folder") == ""
+    assert model_note.fit_note({"min_gpu_gb": 16}, gpu_gb=0).startswith(" Needs a CUDA GPU with ~16 GB; none")
+    assert model_note.fit_note({"min_gpu_gb": 16}, gpu_gb=24).endswith("this GPU has 24 GB: fits.")
+    assert "does not fit" in model_note.fit_note({"min_gpu_gb": 40}, gpu_gb=24)
+    assert model_note.model_note("/some/folder") == ""

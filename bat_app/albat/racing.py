@@ -21,7 +21,7 @@ seeds agreed as well as before (64% against 61%).
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 
@@ -96,7 +96,3 @@ def planned_passes(candidates: int, draws: int, m: int) -> int:
             alive = keep_count(alive, m)
     return total
 
-
-def scored(matrix: np.ndarray) -> Sequence[int]:
-    """How many draws each candidate got."""
-    return (~np.isnan(matrix)).sum(axis=0)

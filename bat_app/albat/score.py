@@ -165,16 +165,17 @@ class LossReductionScore:
         emit = ctx.progress or (lambda e: None)
         n = len(examples)
         total = planned_passes(n, p.draws, p.m) if p.race else p.draws * n
-        done = [0]
+        done = 0  # (draw, candidate) pairs scored so far
         raw = np.full((p.draws, n), np.nan)  # Delta's per-draw entries, before any subtraction
         timesteps = [0] * p.draws
 
         def evaluate(rows: list[int], idx: np.ndarray) -> np.ndarray:
+            nonlocal done
             subset = [examples[i] for i in idx]
 
             def progress(event):  # this round's candidates -> the whole scoring's bar
                 if event.stage == "score":
-                    event = ProgressEvent("score", done[0] + event.step * len(rows), total,
+                    event = ProgressEvent("score", done + event.step * len(rows), total,
                                           message=f"{len(idx)} candidates x {len(rows)} draws")
                 emit(event)
 
@@ -188,7 +189,7 @@ class LossReductionScore:
                 unconditional, _ = loss_matrix(ctx.components, subset, resolution, surrogate, ctx.config,
                                                captions=[""] * len(subset), **common)
                 part = part - unconditional
-            done[0] += len(rows) * len(idx)
+            done += len(rows) * len(idx)
             return part
 
         rank = lambda matrix: aggregate(matrix, p.standardise)  # noqa: E731

@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 
 import torch
 from diffusers.optimization import get_scheduler
-from peft import LoraConfig, get_peft_model_state_dict, set_peft_model_state_dict
+from peft import set_peft_model_state_dict
 
 from ..errors import Cancelled, InputError
 from ..images.buckets import bucket_sizes, split_by_bucket
@@ -29,10 +29,11 @@ from ..models import Components, load_components
 from ..models.memory import adamw_class, check_environment, load_settings
 from ..paths import cache_dir
 from . import checkpoint as ckpt
+from .adapters import ADAPTER, add_adapters, lora_state_dicts, lora_text_encoders, remove_adapters
 from .config import TrainConfig
 from .data import Example, ExampleGroup, instance_examples
 from ..models.families import Cond, cat_cond, cond_to, stack_cond
-from ..models.families.base import split_te_lora, te_lora_prefix
+from ..models.families.base import split_te_lora
 from .encode import LatentCache, TextCache, sample_latents
 from .offload import idle_text_encoders_offloaded
 from .objective import draw_noise
@@ -42,7 +43,6 @@ from ..progress import ProgressCallback, ProgressEvent, RateMeter
 
 log = logging.getLogger(__name__)
 
-ADAPTER = "bat"
 LOSS_LOG = "loss_log.jsonl"  # one {"step", "loss"} line per step, for live loss curves
 
 
@@ -140,7 +140,7 @@ def train_lora(
         scaler = torch.amp.GradScaler("cuda", enabled=components.dtype == torch.float16)
         components.denoiser.train()
         if config.train_text_encoder:
-            for te in _lora_text_encoders(components):
+            for te in lora_text_encoders(components):
                 te.train()
         params = unet_params + te_params + (pivotal.params if pivotal else [])
         # Conditioning computed once before the loop: the frozen encoders wait on the CPU meanwhile
@@ -259,30 +259,6 @@ def encode_groups(components, groups, config, resolution, cache_root, emit, pivo
     return encoded
 
 
-def add_adapters(components: Components, config: TrainConfig) -> tuple[list, list]:
-    remove_adapters(components)
-    unet = components.denoiser
-    unet.add_adapter(LoraConfig(r=config.rank, lora_alpha=config.lora_alpha, init_lora_weights="gaussian",
-                                target_modules=list(config.target_modules)), adapter_name=ADAPTER)
-    te_params = []
-    if config.train_text_encoder:
-        for te in _lora_text_encoders(components):  # SD: the one encoder; SDXL: both
-            te.add_adapter(LoraConfig(r=config.rank, lora_alpha=config.lora_alpha, init_lora_weights="gaussian",
-                                      target_modules=list(config.text_encoder_targets)), adapter_name=ADAPTER)
-            te_params += [p for n, p in te.named_parameters() if "lora_" in n]
-    unet_params = [p for n, p in unet.named_parameters() if "lora_" in n]
-    for p in unet_params + te_params:
-        # Frozen weights may be bf16/fp16 on CUDA; trainable LoRA weights stay fp32.
-        p.data = p.data.float()
-        p.requires_grad_(True)
-    if config.gradient_checkpointing or (config.gradient_checkpointing is None and components.device.type == "cuda"):
-        unet.enable_gradient_checkpointing()
-        if config.train_text_encoder:
-            for te in _lora_text_encoders(components):
-                te.gradient_checkpointing_enable()
-    return unet_params, te_params
-
-
 def make_optimizer(unet_params, te_params, config: TrainConfig, pivotal: PivotalTokens | None = None):
     groups = [{"params": unet_params, "lr": config.lr}]
     if te_params:
@@ -338,18 +314,6 @@ def step_cond(components: Components, encoded: list[_Encoded], picks: list[torch
     return {k: v.float() if v.is_floating_point() else v for k, v in cat_cond(conds).items()}
 
 
-def lora_state_dicts(components: Components, config: TrainConfig):
-    unet_lora = {k: v.detach().float().cpu().clone()
-                 for k, v in get_peft_model_state_dict(components.denoiser, adapter_name=ADAPTER, save_embedding_layers=False).items()}
-    te_lora = {}
-    if config.train_text_encoder:  # one dict; encoder i > 0's keys prefixed (SD: the encoder's own keys)
-        for index in components.family.text_encoder_lora_indices:
-            te = components.text_encoders[index]
-            te_lora |= {te_lora_prefix(index) + k: v.detach().float().cpu().clone()
-                        for k, v in get_peft_model_state_dict(te, adapter_name=ADAPTER, save_embedding_layers=False).items()}
-    return unet_lora, te_lora
-
-
 def restore(components, config, path, fingerprint, optimizer, lr_scheduler, generator,
             pivotal: PivotalTokens | None = None) -> tuple[int, list[float]]:
     lora, state = ckpt.load_checkpoint(path, fingerprint)
@@ -367,20 +331,6 @@ def restore(components, config, path, fingerprint, optimizer, lr_scheduler, gene
     if state.cuda_rng is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state.cuda_rng)
     return state.step, list(state.losses)
-
-
-def remove_adapters(components: Components) -> None:
-    """Take the training adapter off the shared modules (they may serve another run next)."""
-    for model in (components.denoiser, *components.text_encoders):
-        config = getattr(model, "peft_config", None) or {}
-        if ADAPTER in config:
-            model.delete_adapters(ADAPTER) if hasattr(model, "delete_adapters") else model.delete_adapter(ADAPTER)
-        for p in model.parameters():
-            p.requires_grad_(False)
-        if hasattr(model, "disable_gradient_checkpointing") and getattr(model, "is_gradient_checkpointing", False):
-            model.disable_gradient_checkpointing()
-        if getattr(model, "_compiled_call_impl", None) is not None:  # nn.Module.compile(): undone too
-            model._compiled_call_impl = None
 
 
 # --- helpers -----------------------------------------------------------------------------
@@ -412,11 +362,6 @@ class _LossLog:
     def append(self, step: int, loss: float) -> None:
         with open(self.path, "a") as f:
             f.write(f'{{"step": {step}, "loss": {loss!r}}}\n')
-
-
-def _lora_text_encoders(components: Components) -> list:
-    """The text encoders a text-encoder LoRA goes on (the family says which)."""
-    return [components.text_encoders[i] for i in components.family.text_encoder_lora_indices]
 
 
 def _strip(state: dict, prefix: str) -> dict:

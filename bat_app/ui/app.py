@@ -26,6 +26,7 @@ from ..limits import SEED_MAX, Limits, bounds, check_range, check_text, env_name
 from ..models.presets import presets
 from . import browse, handlers, served, tryit, views
 from .defaults import suggested_settings
+from .model_note import model_note
 from .public import client_id, public_message, scrub
 from .settings import AppSettings
 
@@ -117,7 +118,7 @@ def train_tab(ui) -> None:
                 # names the choices (Gradio's own says only "not in the list of choices")
                 ui.model = gr.Dropdown(handlers.model_choices(ui.settings), value=form.model, label="Model preset",
                                        allow_custom_value=True, info="the backbones this server offers")
-                ui.model_info = gr.Markdown(handlers.model_note(form.model), elem_id="model-note")
+                ui.model_info = gr.Markdown(model_note(form.model), elem_id="model-note")
                 ui.pool = gr.Dropdown(form.pools, value=form.pool, label="Backbone pool", allow_custom_value=True,
                                       info="the backbone's pretraining data; 'generated': its own samples of your "
                                            "class, drawn once (slow); 'none' without one")
@@ -166,7 +167,7 @@ def train_events(ui, demo) -> None:
         choices = handlers.pool_choices(settings, model_name)
         d = suggested_settings(len(handlers.image_paths(value)), _preset_of(model_name))
         return [gr.Dropdown(choices=choices, value=handlers.default_pool(settings, model_name)),
-                handlers.model_note(model_name), *[d[key] for key in ADVANCED]]
+                model_note(model_name), *[d[key] for key in ADVANCED]]
 
     ui.model.change(on_model, [ui.model, ui.images], [ui.pool, ui.model_info, *ui.advanced],
                     api_visibility="private")

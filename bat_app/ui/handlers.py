@@ -21,10 +21,10 @@ from ..compare.pools import GENERATED
 from ..errors import ImageError, InputError
 from ..images import IntakeLimits, load_user_images
 from ..limits import Limits, check_field, check_text
-from ..models import memory as gpu
-from ..models.memory import choose, parse_profiles
+from ..models.memory import check_environment
 from ..models.presets import presets
 from .defaults import suggested_settings
+from .model_note import memory_profile
 from .public import scrub
 from .settings import AppSettings
 
@@ -110,55 +110,6 @@ def generated_pool_note(config: CompareConfig, n_images: int) -> str:
     k = config.selection_params(n_images).k
     return (f"The 'generated' pool is drawn before selection if no earlier job drew it for this model and "
             f"class: {generated_pool_cost(resolve_model(config.model), k)}.")
-
-
-def model_note(model: str | None) -> str:
-    """One line under the model picker: what a preset is and its licence (nothing for others:
-    a folder or hub id the operator allowed speaks for itself)."""
-    from ..models.presets import license_line
-
-    preset = presets().get(model or "")
-    if not preset:
-        return ""
-    licence = license_line(model)
-    return (f"{preset['description']}" + (f" **{licence[0].upper()}{licence[1:]}.**" if licence else "")
-            + fit_note(preset.get("memory", {})))
-
-
-def fit_note(memory: dict, gpu_gb: float | None = None) -> str:
-    """Whether a preset fits this machine and, for a preset with memory profiles, which profile a
-    job here uses and why, from its ``memory`` block and the GPU found (``gpu_gb``: None = detect;
-    0 = no CUDA GPU)."""
-    if memory.get("cpu"):
-        return " Runs on the CPU."
-    options = parse_profiles(memory)
-    need = options[-1].min_gpu_gb if options else memory.get("min_gpu_gb")
-    if not need:
-        return ""
-    if gpu_gb is None:
-        gpu_gb = gpu.gpu_memory_gb()
-    if not gpu_gb:
-        return f" Needs a CUDA GPU with ~{need:g} GB; none was found here, so it will not train on this server."
-    if not options:
-        verdict = "fits" if gpu_gb >= need else "does not fit: pick a smaller model"
-        return f" Needs ~{need:g} GB of GPU memory; this GPU has {gpu_gb:.0f} GB: {verdict}."
-    choice = choose(options, gpu_gb)
-    if choice.profile is None:
-        return (f" Needs ~{need:g} GB of GPU memory (its smallest memory profile, '{options[-1].name}'); "
-                f"this GPU has {gpu_gb:.0f} GB: does not fit: pick a smaller model.")
-    profile = choice.profile
-    missing = (" It needs bitsandbytes, which this server does not have installed."
-               if profile.needs_bitsandbytes and gpu.bitsandbytes_version() is None else "")
-    return f" Trains with the **{profile.name}** memory profile: {profile.summary()}, because {choice.reason}.{missing}"
-
-
-def memory_profile(model: str | None) -> str | None:
-    """The memory profile a job for preset ``model`` uses on this machine's GPU (None: the
-    preset has none, or none fits; the model note says why)."""
-    if model not in presets():
-        return None
-    profile = gpu.pick_profile(model, gpu.gpu_memory_gb()).profile
-    return profile.name if profile else None
 
 
 def pool_offers(settings: AppSettings, model: str | None) -> list[Offer]:
@@ -357,7 +308,7 @@ def build_config(settings: AppSettings, *, token: str = "sks", class_noun: str =
         "safety_checker": settings.safety_checker,  # the operator's, never the web user's
     })
     if profile is not None:  # e.g. Flux on 24 GB without bitsandbytes: refused now, not after the queue
-        gpu.check_environment(config.train_config(), preset)
+        check_environment(config.train_config(), preset)
     return config
 
 
