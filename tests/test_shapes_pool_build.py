@@ -53,3 +53,19 @@ def test_the_app_builds_the_pool_at_start_and_a_job_waits_for_it(tmp_path, monke
     thread.join(60), job.join(60)
     assert got == [tmp_path / "pools" / "shapes-120"] and (got[0] / "manifest.json").is_file()
     assert builds == [got[0]]
+
+
+def test_a_pool_embedded_by_an_earlier_shapes_clip_is_rebuilt(tmp_path):
+    import json
+
+    folder = ensure_shapes_pool(40, root=tmp_path)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["model_id"] = "shapes-clip"  # what the first shapes CLIP's pools recorded
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    events = []
+    assert ensure_shapes_pool(40, progress=events.append, root=tmp_path) == folder
+    assert events, "the stale pool was used as it was"
+    from bat_app.pool import Pool
+    from bat_app.pool.embedder import SHAPES_MODEL_ID
+
+    assert Pool.open(folder).model_id == SHAPES_MODEL_ID

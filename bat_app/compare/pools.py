@@ -51,7 +51,7 @@ def ensure_shapes_pool(n: int | None = None, progress=None, root: Path | None = 
 
     n = n or shapes_pool_size()
     out = shapes_pool_dir(n, root)
-    if (out / "manifest.json").is_file():
+    if _current(out):
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(out.parent / f".shapes-{n}.lock"))
@@ -62,11 +62,21 @@ def ensure_shapes_pool(n: int | None = None, progress=None, root: Path | None = 
             progress(ProgressEvent("pool", 0, 1, message="waiting for the shapes pool, which another process is building"))
         lock.acquire()
     try:
-        if not (out / "manifest.json").is_file():  # built while we waited
+        if not _current(out):  # not built while we waited
+            if (out / "manifest.json").is_file():  # embedded by an earlier shapes CLIP
+                shutil.rmtree(out)
             _build_shapes_pool(out, n, progress)
     finally:
         lock.release()
     return out
+
+
+def _current(out: Path) -> bool:
+    """A finished shapes pool embedded by the shipped shapes CLIP."""
+    from ..pool.embedder import SHAPES_MODEL_ID
+
+    manifest = out / "manifest.json"
+    return manifest.is_file() and json.loads(manifest.read_text()).get("model_id") == SHAPES_MODEL_ID
 
 
 def _build_shapes_pool(out: Path, n: int, progress) -> None:

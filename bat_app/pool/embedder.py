@@ -26,7 +26,9 @@ from bat_app.errors import BatError
 from bat_app.errors import PoolError
 
 SHAPES_NAME = "shapes"
-SHAPES_MODEL_ID = "shapes-clip"
+# Names the shipped CLIP's version: a pool embedded with an earlier shapes CLIP is refused
+# (Pool.check_embedder) and the app's own shapes pool is rebuilt, never silently mixed.
+SHAPES_MODEL_ID = "shapes-clip-v2"
 PRUNED_TOKEN_KEY = "token_embedding.kept_ids"  # bat_app.shapes.clip.save_clip's token table
 _SHAPES_DIGESTS: dict = {}  # shapes CLIP folder -> its digest (the folder is read once)
 

@@ -77,20 +77,25 @@ def images_to_pixels(images: np.ndarray) -> torch.Tensor:
 
 
 def train_vae(images: np.ndarray, steps: int = 1500, batch_size: int = 24, lr: float = 1e-3,
-              kl_weight: float = 1e-6, seed: int = 0, progress: bool = True):
+              kl_weight: float = 1e-6, seed: int = 0, progress: bool = True, device: str = "cpu"):
+    """Returns the VAE (on the CPU, in eval mode) and its final reconstruction MSE.
+
+    Random draws come from one CPU generator whatever ``device`` is, so the sampled
+    batches are the same on every device.
+    """
     from tqdm.auto import tqdm
 
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    vae = make_vae()
-    x_all = images_to_pixels(images)
+    vae = make_vae().to(device)
+    x_all = images_to_pixels(images).to(device)
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     sched = warmup_cosine(opt, steps, int(steps * 0.05))
     vae.train()
     bar = tqdm(range(steps), desc="vae", disable=not progress, mininterval=10)
     mses = []
     for step in bar:
-        x = x_all[torch.randint(0, len(x_all), (batch_size,), generator=gen)]
+        x = x_all[torch.randint(0, len(x_all), (batch_size,), generator=gen).to(device)]
         posterior = vae.encode(x).latent_dist
         rec = vae.decode(posterior.sample(generator=gen)).sample
         mse = F.mse_loss(rec, x)
@@ -99,19 +104,21 @@ def train_vae(images: np.ndarray, steps: int = 1500, batch_size: int = 24, lr: f
         loss.backward()
         opt.step()
         sched.step()
-        mses.append(mse.item())
+        mses.append(mse.detach())  # read back in groups: a .item() per step stalls a GPU
         if step % 50 == 0:
-            bar.set_postfix(mse=f"{np.mean(mses[-50:]):.4f}")
-    vae.eval()
-    return vae, float(np.mean(mses[-50:]))
+            bar.set_postfix(mse=f"{torch.stack(mses[-50:]).mean().item():.4f}")
+    return vae.cpu().eval(), float(torch.stack(mses[-50:]).mean().item())
 
 
 @torch.no_grad()
-def encode_all(vae, images: np.ndarray, batch_size: int = 512) -> torch.Tensor:
-    """Unscaled latent means (n, 4, 8, 8)."""
+def encode_all(vae, images: np.ndarray, batch_size: int = 512, device: str = "cpu") -> torch.Tensor:
+    """Unscaled latent means (n, LATENT_CHANNELS, 8, 8), on the CPU."""
+    vae = vae.to(device)
     out = []
     for i in range(0, len(images), batch_size):
-        out.append(vae.encode(images_to_pixels(images[i:i + batch_size])).latent_dist.mean)
+        x = images_to_pixels(images[i:i + batch_size]).to(device)
+        out.append(vae.encode(x).latent_dist.mean.cpu())
+    vae.cpu()
     return torch.cat(out)
 
 
@@ -152,12 +159,15 @@ def train_unet(latents: torch.Tensor, captions: list[str], text_encoder, tokeniz
                uncond_prob: float = 0.1, ema_decay: float = 0.998, eval_fn=None,
                eval_every: int = 0, time_budget_s: float | None = None,
                progress: bool = True, log=print, init_unet=None, step_offset: int = 0,
-               warmup: int | None = None):
+               warmup: int | None = None, device: str = "cpu"):
     """Zero-terminal-SNR v-prediction training on precomputed (scaled) latents.
 
     ``eval_fn(unet, step)`` is called every ``eval_every`` steps with the EMA weights (the
     prompt-following grid); ``time_budget_s`` stops early. ``init_unet`` continues from
     given weights (a second cosine cycle: warm restart), ``step_offset`` numbers its steps.
+    The frozen text tower encodes each distinct caption once, up front (the world has far
+    fewer captions than images); random draws come from one CPU generator on every device.
+    Returns the EMA UNet on the CPU.
     """
     from diffusers import DDPMScheduler
     from tqdm.auto import tqdm
@@ -169,27 +179,28 @@ def train_unet(latents: torch.Tensor, captions: list[str], text_encoder, tokeniz
     unet = make_unet(text_encoder.config.hidden_size)
     if init_unet is not None:
         unet.load_state_dict(init_unet.state_dict())
-    unet.train()
+    unet.to(device).train()
     ema = copy.deepcopy(unet).eval().requires_grad_(False)
     opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.01)
     sched = warmup_cosine(opt, steps, warmup if warmup is not None else min(200, steps // 10),
                           floor=0.1)
-    uncond_ids = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length,
-                           return_tensors="pt").input_ids
+    distinct, caption_row = np.unique(np.asarray(captions), return_inverse=True)
+    table = torch.cat([encode_text(text_encoder, tokenizer, list(distinct[i:i + 2048]))
+                       for i in range(0, len(distinct), 2048)]).to(device)
+    uncond = encode_text(text_encoder, tokenizer, [""]).to(device)
+    caption_row = torch.from_numpy(caption_row.reshape(-1)).to(device)
+    latents = latents.to(device)
     t0 = time.time()
     losses = []
     bar = tqdm(range(steps), desc="unet", disable=not progress, mininterval=10)
     for step in bar:
-        idx = torch.randint(0, len(latents), (batch_size,), generator=gen)
+        idx = torch.randint(0, len(latents), (batch_size,), generator=gen).to(device)
         x0 = latents[idx]
-        caps = [captions[i] if torch.rand(1, generator=gen).item() >= uncond_prob else ""
-                for i in idx.tolist()]
-        with torch.no_grad():
-            ids = tokenizer(caps, padding="max_length", truncation=True,
-                            max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
-            emb = text_encoder(ids)[0]
-        noise = torch.randn(x0.shape, generator=gen)
-        t = torch.randint(0, noise_sched.config.num_train_timesteps, (batch_size,), generator=gen)
+        dropped = (torch.rand(batch_size, generator=gen) < uncond_prob).to(device)
+        emb = torch.where(dropped[:, None, None], uncond, table[caption_row[idx]])
+        noise = torch.randn(x0.shape, generator=gen).to(device)
+        t = torch.randint(0, noise_sched.config.num_train_timesteps, (batch_size,),
+                          generator=gen).to(device)
         noisy = noise_sched.add_noise(x0, noise, t)
         target = noise_sched.get_velocity(x0, noise, t)
         pred = unet(noisy, t, emb).sample
@@ -201,19 +212,19 @@ def train_unet(latents: torch.Tensor, captions: list[str], text_encoder, tokeniz
         sched.step()
         with torch.no_grad():
             d = ema_decay if init_unet is not None else min(ema_decay, (1 + step) / (10 + step))
-            for pe, p in zip(ema.parameters(), unet.parameters()):
-                pe.lerp_(p, 1 - d)
-        losses.append(loss.item())
+            torch._foreach_lerp_(list(ema.parameters()), list(unet.parameters()), 1 - d)
+        losses.append(loss.detach())  # read back in groups: a .item() per step stalls a GPU
         if step % 50 == 0:
-            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+            bar.set_postfix(loss=f"{torch.stack(losses[-50:]).mean().item():.4f}")
         if eval_fn is not None and eval_every and (step + 1) % eval_every == 0:
             eval_fn(ema, step_offset + step + 1)
         if time_budget_s is not None and time.time() - t0 > time_budget_s:
             log(f"unet: time budget reached at step {step + 1}")
             break
-    del uncond_ids
-    return ema, {"steps_done": step_offset + step + 1, "final_loss": float(np.mean(losses[-100:])),
-                 "train_seconds": round(time.time() - t0, 1)}
+    return ema.cpu(), {"steps_done": step_offset + step + 1,
+                       "final_loss": float(torch.stack(losses[-100:]).mean().item()),
+                       "train_seconds": round(time.time() - t0, 1), "batch_size": batch_size,
+                       "lr": lr, "device": str(device)}
 
 
 # ---------------------------------------------------------------------------- the folder

@@ -16,6 +16,7 @@ deterministic for these ops). Budget on a 2-core CPU: about 40 minutes in all.
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -35,20 +36,29 @@ class BuildConfig:
     seed: int = 0
     n_train: int = 60000  # pretraining images (= `shapes pool --n 60000 --seed <seed>`)
     classifier_steps: int = 1500
+    classifier_n: int = 40000  # the judge's training images (full attribute space)
+    classifier_test_n: int = 4000
     vae_steps: int = 1500
     clip_steps: int = 1000
     unet_steps: int = 1500  # first cosine cycle
     unet_more_steps: int = 1000  # second cycle (warm restart from the first's EMA), 0 = none
     unet_more_lr: float = 3e-4
     unet_batch: int = 64
+    unet_lr: float = 5e-4
+    vae_batch: int = 24
+    clip_batch: int = 256
+    classifier_batch: int = 128
     eval_every: int = 250  # prompt-following grid during UNet training (0 = never)
     threads: int = 2
+    # Where the training runs ("cpu", "cuda"). Random draws come from CPU generators on every
+    # device, so the batches are the same; the arithmetic (and so the weights) is not bit-equal.
+    device: str = "cpu"
     # Continue training the backbone already in OUT/backbone for this many more steps (a
     # further warm-restart cycle on the same data, VAE and text tower) instead of building
     # it; 0 = off. How v2 of the shipped backbone was made (docs/shapes.md).
     continue_steps: int = 0
     continue_lr: float = 3e-4
-    time_budget_min: float | None = None  # stop the continued cycle early (EMA is saved)
+    time_budget_min: float | None = None  # stop the (first or continued) UNet cycle early
 
     def __post_init__(self):
         self.out, self.subjects_out, self.work = Path(self.out), Path(self.subjects_out), Path(self.work)
@@ -57,21 +67,54 @@ class BuildConfig:
                 raise ValueError(f"BuildConfig.{name} must be positive, got {getattr(self, name)}.")
 
 
+def config_from_json(path: Path) -> BuildConfig:
+    """A BuildConfig from a JSON object of its fields (values may be strings, as the
+    ``build`` block of a backbone's bat_shapes.json stores them)."""
+    from dataclasses import fields
+
+    raw = json.loads(Path(path).read_text())
+    known = {f.name: f for f in fields(BuildConfig)}
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise ValueError(f"{path}: unknown build settings {unknown}; known: {sorted(known)}.")
+    defaults = BuildConfig()
+    values = {}
+    for key, value in raw.items():
+        default = getattr(defaults, key)
+        if isinstance(value, str) and value == "None":
+            value = None
+        elif isinstance(value, str) and isinstance(default, (bool, int, float)):
+            value = {"True": True, "False": False}.get(value, value)
+            value = type(default)(value) if not isinstance(value, bool) else value
+        elif default is None and isinstance(value, str):
+            value = float(value)
+        values[key] = value
+    return BuildConfig(**values)
+
+
 def _log(msg: str) -> None:
     print(f"[shapes build {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def stage_data(cfg: BuildConfig):
+def rendered(work: Path, seed: int, n: int, pretraining: bool = True):
+    """``sample_arrays(seed, n, pretraining)``, cached in WORK (rendering 60,000 images takes
+    two CPU-minutes; a build on a GPU machine brings the cache along instead)."""
     from bat_app.shapes.world import sample_arrays
 
-    path = cfg.work / f"data-seed{cfg.seed}-n{cfg.n_train}.npz"
+    path = Path(work) / f"data-seed{seed}-n{n}{'' if pretraining else '-full'}.npz"
     if path.exists():
         d = np.load(path, allow_pickle=False)
-        return d["images"], list(d["captions"])
-    _log(f"rendering {cfg.n_train} pretraining images (seed {cfg.seed})")
-    images, captions, _ = sample_arrays(cfg.seed, cfg.n_train, progress=True)
-    cfg.work.mkdir(parents=True, exist_ok=True)
-    np.savez(path, images=images, captions=np.array(captions))
+        return d["images"], list(d["captions"]), json.loads(str(d["attributes"]))
+    _log(f"rendering {n} {'pretraining' if pretraining else 'full-space'} images (seed {seed})")
+    images, captions, attributes = sample_arrays(seed, n, pretraining=pretraining, progress=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, images=images, captions=np.array(captions),
+                        attributes=np.array(json.dumps(attributes)))
+    return images, captions, attributes
+
+
+def stage_data(cfg: BuildConfig):
+    images, captions, _ = rendered(cfg.work, cfg.seed, cfg.n_train)
     return images, captions
 
 
@@ -82,7 +125,10 @@ def stage_classifier(cfg: BuildConfig, vae) -> None:
     if (folder / "model.safetensors").exists():
         return _log("classifier: exists, skipped")
     _log("classifier: training (renders + VAE reconstructions)")
-    meta = build_classifier(folder, cfg.seed, steps=cfg.classifier_steps, vae=vae)
+    meta = build_classifier(folder, cfg.seed, n_train=cfg.classifier_n,
+                            n_test=cfg.classifier_test_n, steps=cfg.classifier_steps, vae=vae,
+                            batch_size=cfg.classifier_batch, device=cfg.device,
+                            render=lambda seed, n: rendered(cfg.work, seed, n, pretraining=False))
     _log(f"classifier: held-out accuracy {meta['held_out_accuracy']}, through the VAE "
          f"{meta['held_out_accuracy_through_vae']}")
 
@@ -100,17 +146,20 @@ def stage_vae(cfg: BuildConfig, images: np.ndarray):
         AutoencoderKL.from_pretrained(shipped).float().save_pretrained(folder, safe_serialization=True)
     if not (folder / "config.json").exists():
         _log("vae: training")
-        vae, mse = train_vae(images, steps=cfg.vae_steps, seed=cfg.seed)
-        lat = encode_all(vae, images[:4000])
+        vae, mse = train_vae(images, steps=cfg.vae_steps, seed=cfg.seed, batch_size=cfg.vae_batch,
+                             device=cfg.device)
+        lat = encode_all(vae, images[:4000], device=cfg.device)
         vae.register_to_config(scaling_factor=float(1.0 / lat.std()))
         vae.save_pretrained(folder, safe_serialization=True)
-        (folder / "train.json").write_text(json.dumps({"mse": mse, "steps": cfg.vae_steps}))
+        (folder / "train.json").write_text(json.dumps({"mse": mse, "steps": cfg.vae_steps,
+                                                       "batch_size": cfg.vae_batch,
+                                                       "device": cfg.device}))
         _log(f"vae: mse {mse:.4f}, scaling_factor {vae.config.scaling_factor:.4f}")
     vae = AutoencoderKL.from_pretrained(folder).eval()
     lat_path = cfg.work / f"latents-seed{cfg.seed}-n{cfg.n_train}.pt"
     if not lat_path.exists():
         _log("vae: encoding the pretraining images")
-        torch.save(encode_all(vae, images) * vae.config.scaling_factor, lat_path)
+        torch.save(encode_all(vae, images, device=cfg.device) * vae.config.scaling_factor, lat_path)
     return vae, torch.load(lat_path)
 
 
@@ -121,7 +170,8 @@ def stage_clip(cfg: BuildConfig, images: np.ndarray, captions: list[str]) -> Non
     if (folder / "open_clip_model.safetensors").exists():
         return _log("clip: exists, skipped")
     _log("clip: training")
-    meta = build_clip(folder, images, captions, cfg.seed, steps=cfg.clip_steps)
+    meta = build_clip(folder, images, captions, cfg.seed, steps=cfg.clip_steps,
+                      batch_size=cfg.clip_batch, device=cfg.device)
     _log(f"clip: {meta}")
 
 
@@ -132,6 +182,8 @@ def _grid_eval(cfg: BuildConfig, vae, text_encoder, tokenizer, classifier, histo
     def eval_fn(unet, step):
         if classifier is None:
             return
+        if next(unet.parameters()).device.type != "cpu":  # the grid and the save run on the CPU
+            unet = copy.deepcopy(unet).cpu()
         score = grid_prompt_following(unet, vae, text_encoder, tokenizer, classifier,
                                       n_prompts=32, seeds=(0,),
                                       grid_path=cfg.work / f"grid-{step:05d}.png")
@@ -165,8 +217,10 @@ def stage_unet(cfg: BuildConfig, vae, latents: torch.Tensor, captions: list[str]
 
     _log(f"unet: training {cfg.unet_steps} steps")
     unet, info = train_unet(latents, captions, text_encoder, tokenizer, steps=cfg.unet_steps,
-                            batch_size=cfg.unet_batch, seed=cfg.seed, eval_fn=eval_fn,
-                            eval_every=cfg.eval_every, log=_log)
+                            batch_size=cfg.unet_batch, lr=cfg.unet_lr, seed=cfg.seed,
+                            eval_fn=eval_fn, eval_every=cfg.eval_every, log=_log,
+                            device=cfg.device,
+                            time_budget_s=cfg.time_budget_min * 60 if cfg.time_budget_min else None)
     _log(f"unet: {info}")
     infos = [info]
     if cfg.unet_more_steps:
@@ -178,7 +232,7 @@ def stage_unet(cfg: BuildConfig, vae, latents: torch.Tensor, captions: list[str]
                                 steps=cfg.unet_more_steps, batch_size=cfg.unet_batch,
                                 lr=cfg.unet_more_lr, seed=cfg.seed + 1, eval_fn=eval_fn,
                                 eval_every=cfg.eval_every, log=_log, init_unet=unet,
-                                step_offset=cfg.unet_steps, warmup=50)
+                                step_offset=cfg.unet_steps, warmup=50, device=cfg.device)
         _log(f"unet: {info}")
         infos.append(info)
     save_pipeline(folder, vae, text_encoder, tokenizer, unet,
@@ -215,7 +269,7 @@ def stage_unet_continue(cfg: BuildConfig, vae, latents: torch.Tensor, captions: 
                             batch_size=cfg.unet_batch, lr=cfg.continue_lr,
                             seed=cfg.seed + len(meta["unet_train"]), eval_fn=eval_fn,
                             eval_every=cfg.eval_every, log=_log, init_unet=start,
-                            step_offset=done, warmup=50,
+                            step_offset=done, warmup=50, device=cfg.device,
                             time_budget_s=cfg.time_budget_min * 60 if cfg.time_budget_min else None)
     _log(f"unet: {info}")
     builds = meta.get("builds", [meta.get("build")])

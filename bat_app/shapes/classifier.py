@@ -67,8 +67,8 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     n = x.shape[0]
     blurred = F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
     w = (torch.rand(n, 1, 1, 1, generator=gen) * 0.6) * (torch.rand(n, 1, 1, 1, generator=gen) < 0.5)
-    x = x * (1 - w) + blurred * w
-    return x + 0.04 * torch.randn(x.shape, generator=gen)
+    x = x * (1 - w.to(x.device)) + blurred * w.to(x.device)
+    return x + 0.04 * torch.randn(x.shape, generator=gen).to(x.device)
 
 
 class AttributeClassifier:
@@ -99,20 +99,22 @@ def accuracy(clf: AttributeClassifier, images, attributes: list[dict]) -> dict[s
 
 def train_classifier(images: np.ndarray, attributes: list[dict], steps: int = 1500,
                      batch_size: int = 128, lr: float = 2e-3, seed: int = 0,
-                     progress: bool = True) -> AttributeClassifier:
+                     progress: bool = True, device: str = "cpu") -> AttributeClassifier:
+    """Returns the classifier on the CPU; random draws come from one CPU generator."""
     from tqdm.auto import tqdm
 
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    net = AttributeNet()
-    labels = {k: torch.tensor([HEADS[k].index(a[k]) for a in attributes]) for k in HEADS}
-    x_all = to_tensor(images)
+    net = AttributeNet().to(device)
+    labels = {k: torch.tensor([HEADS[k].index(a[k]) for a in attributes], device=device)
+              for k in HEADS}
+    x_all = to_tensor(images).to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     sched = warmup_cosine(opt, steps, int(steps * 0.1))
     net.train()
     bar = tqdm(range(steps), desc="classifier", disable=not progress, mininterval=10)
     for step in bar:
-        idx = torch.randint(0, len(x_all), (batch_size,), generator=gen)
+        idx = torch.randint(0, len(x_all), (batch_size,), generator=gen).to(device)
         logits = net(_augment(x_all[idx], gen))
         loss = sum(F.cross_entropy(logits[k], labels[k][idx]) for k in HEADS)
         opt.zero_grad()
@@ -121,7 +123,7 @@ def train_classifier(images: np.ndarray, attributes: list[dict], steps: int = 15
         sched.step()
         if step % 100 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}")
-    return AttributeClassifier(net, HEADS)
+    return AttributeClassifier(net.cpu(), HEADS)
 
 
 def save_classifier(clf: AttributeClassifier, folder: Path, meta: dict) -> None:
@@ -149,38 +151,49 @@ def load_classifier(folder: Path) -> AttributeClassifier:
 
 
 @torch.no_grad()
-def _through_vae(vae, images: np.ndarray, batch_size: int = 500) -> np.ndarray:
+def _through_vae(vae, images: np.ndarray, batch_size: int = 500, device: str = "cpu") -> np.ndarray:
     """Encode and decode with the backbone's VAE: what its samples look like at best."""
+    vae = vae.to(device)
     out = []
     for i in range(0, len(images), batch_size):
         x = torch.from_numpy(images[i:i + batch_size]).permute(0, 3, 1, 2).float() / 127.5 - 1
-        rec = vae.decode(vae.encode(x).latent_dist.mean).sample
+        rec = vae.decode(vae.encode(x.to(device)).latent_dist.mean).sample.cpu()
         out.append(((rec.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy())
+    vae.cpu()
     return np.concatenate(out)
 
 
+def _render_full_space(seed: int, n: int):
+    from bat_app.shapes.world import sample_arrays
+
+    return sample_arrays(seed, n, pretraining=False, progress=True)
+
+
 def build_classifier(folder: Path, seed: int, n_train: int = 40000, n_test: int = 4000,
-                     steps: int = 1500, vae=None) -> dict:
+                     steps: int = 1500, vae=None, batch_size: int = 128, device: str = "cpu",
+                     render=_render_full_space) -> dict:
     """Train on the full attribute space, measure held-out per-attribute accuracy, save.
 
     With ``vae``, half the training images are replaced by their VAE reconstructions, so
     that the judge reads decoded samples (softer patterns, shifted colours) as well as renders.
+    ``render(seed, n) -> (images, captions, attributes)`` draws the judge's stream (a build
+    passes a cached one: rendering is the slow part on a GPU machine).
     """
-    from bat_app.shapes.world import sample_arrays
-
     t0 = time.time()
-    images, _, attrs = sample_arrays(seed + 101, n_train, pretraining=False, progress=True)
+    images, _, attrs = render(seed + 101, n_train)
     if vae is not None:
         half = n_train // 2
-        images = np.concatenate([images[:half], _through_vae(vae, images[half:])])
-    clf = train_classifier(images, attrs, steps=steps, seed=seed)
-    test_images, _, test_attrs = sample_arrays(seed + 202, n_test, pretraining=False)
+        images = np.concatenate([images[:half], _through_vae(vae, images[half:], device=device)])
+    clf = train_classifier(images, attrs, steps=steps, seed=seed, batch_size=batch_size,
+                           device=device)
+    test_images, _, test_attrs = render(seed + 202, n_test)
     acc = accuracy(clf, test_images, test_attrs)
     meta = {"held_out_accuracy": acc, "held_out_n": n_test, "train_n": n_train,
-            "steps": steps, "seed": seed, "train_seconds": round(time.time() - t0, 1)}
+            "steps": steps, "batch_size": batch_size, "seed": seed, "device": str(device),
+            "train_seconds": round(time.time() - t0, 1)}
     if vae is not None:
-        meta["held_out_accuracy_through_vae"] = accuracy(clf, _through_vae(vae, test_images),
-                                                         test_attrs)
+        meta["held_out_accuracy_through_vae"] = accuracy(
+            clf, _through_vae(vae, test_images, device=device), test_attrs)
         meta["vae_reconstructions"] = "half of the training images"
     save_classifier(clf, folder, meta)
     return meta

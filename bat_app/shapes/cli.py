@@ -12,7 +12,6 @@ import argparse
 import json
 from pathlib import Path
 
-from bat_app.shapes import paths
 
 
 def register(subparsers) -> None:
@@ -22,20 +21,24 @@ def register(subparsers) -> None:
     sub = p.add_subparsers(title="shapes commands", metavar="SHAPES_COMMAND")
 
     b = sub.add_parser("build", help="pretrain classifier, VAE, CLIP and UNet (seeded)")
-    b.add_argument("--out", type=Path, default=paths.SHAPES_DIR, help="default: assets/shapes")
-    b.add_argument("--subjects-out", type=Path, default=paths.SUBJECTS_DIR,
-                   help="default: assets/subjects")
-    b.add_argument("--work", type=Path, default=Path("build/shapes"),
+    # Every flag defaults to None: unset flags keep BuildConfig's value (or --config's).
+    b.add_argument("--config", type=Path, default=None,
+                   help="a JSON file of BuildConfig fields, e.g. assets/shapes/build.json (how "
+                        "the shipped backbone was built); flags given explicitly override it")
+    b.add_argument("--out", type=Path, default=None, help="default: assets/shapes")
+    b.add_argument("--subjects-out", type=Path, default=None, help="default: assets/subjects")
+    b.add_argument("--work", type=Path, default=None,
                    help="caches (rendered data, VAE, latents); default build/shapes")
-    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--seed", type=int, default=None, help="default 0")
     b.add_argument("--unet-steps", type=int, default=None, help="default 1500")
-    b.add_argument("--threads", type=int, default=2)
-    b.add_argument("--continue-steps", type=int, default=0,
+    b.add_argument("--threads", type=int, default=None, help="default 2")
+    b.add_argument("--device", default=None, help="cpu (default) or cuda")
+    b.add_argument("--continue-steps", type=int, default=None,
                    help="train the existing OUT/backbone this many more steps (warm restart)")
-    b.add_argument("--continue-lr", type=float, default=3e-4)
+    b.add_argument("--continue-lr", type=float, default=None, help="default 3e-4")
     b.add_argument("--time-budget-min", type=float, default=None,
-                   help="stop the continued cycle after this many minutes")
-    b.add_argument("--eval-every", type=int, default=250)
+                   help="stop the UNet cycle after this many minutes")
+    b.add_argument("--eval-every", type=int, default=None, help="default 250")
     b.set_defaults(func=_run_build)
 
     q = sub.add_parser("pool", help="write N pretraining samples as image + .txt caption")
@@ -54,14 +57,14 @@ def register(subparsers) -> None:
 
 
 def _run_build(args: argparse.Namespace) -> int:
-    from bat_app.shapes.build import BuildConfig, build
+    from bat_app.shapes.build import BuildConfig, build, config_from_json
 
-    cfg = BuildConfig(out=args.out, subjects_out=args.subjects_out, work=args.work,
-                      seed=args.seed, threads=args.threads, continue_steps=args.continue_steps,
-                      continue_lr=args.continue_lr, time_budget_min=args.time_budget_min,
-                      eval_every=args.eval_every)
-    if args.unet_steps:
-        cfg.unet_steps = args.unet_steps
+    cfg = config_from_json(args.config) if args.config else BuildConfig()
+    for key in ("out", "subjects_out", "work", "seed", "unet_steps", "threads", "device",
+                "continue_steps", "continue_lr", "time_budget_min", "eval_every"):
+        if getattr(args, key) is not None:
+            setattr(cfg, key, getattr(args, key))
+    cfg.__post_init__()
     build(cfg)
     return 0
 

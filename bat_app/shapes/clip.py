@@ -73,15 +73,17 @@ def images_to_tensor(images: np.ndarray) -> torch.Tensor:
 
 
 def train_clip(images: np.ndarray, captions: list[str], steps: int = 1200,
-               batch_size: int = 256, lr: float = 1e-3, seed: int = 0, progress: bool = True):
+               batch_size: int = 256, lr: float = 1e-3, seed: int = 0, progress: bool = True,
+               device: str = "cpu"):
+    """Contrastive training on the stream; returns the model (CPU, eval) and the final loss."""
     from tqdm.auto import tqdm
 
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    model = create_clip()
+    model = create_clip().to(device)
     tokenizer = ShapesTokenizer()
-    tokens = tokenizer(captions)
-    x_all = images_to_tensor(images)
+    tokens = tokenizer(captions).to(device)
+    x_all = images_to_tensor(images).to(device)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
     rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
@@ -91,20 +93,20 @@ def train_clip(images: np.ndarray, captions: list[str], steps: int = 1200,
     bar = tqdm(range(steps), desc="clip", disable=not progress, mininterval=10)
     losses = []
     for step in bar:
-        idx = torch.randint(0, len(x_all), (batch_size,), generator=gen)
+        idx = torch.randint(0, len(x_all), (batch_size,), generator=gen).to(device)
         img = model.encode_image(x_all[idx], normalize=True)
         txt = model.encode_text(tokens[idx], normalize=True)
         logits = model.logit_scale.exp().clamp(max=100) * img @ txt.T
-        target = torch.arange(batch_size)
+        target = torch.arange(batch_size, device=device)
         loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
         opt.zero_grad()
         loss.backward()
         opt.step()
         sched.step()
-        losses.append(loss.item())
+        losses.append(loss.detach())  # read back in groups: a .item() per step stalls a GPU
         if step % 50 == 0:
-            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
-    return model.eval(), float(np.mean(losses[-50:]))
+            bar.set_postfix(loss=f"{torch.stack(losses[-50:]).mean().item():.3f}")
+    return model.cpu().eval(), float(torch.stack(losses[-50:]).mean().item())
 
 
 def vocabulary_ids(captions: list[str]) -> list[int]:
@@ -230,10 +232,12 @@ def text_tower_to_transformers(model):
 
 
 def build_clip(folder: Path, images: np.ndarray, captions: list[str], seed: int,
-               steps: int = 1200) -> dict:
+               steps: int = 1200, batch_size: int = 256, device: str = "cpu") -> dict:
     t0 = time.time()
-    model, loss = train_clip(images, captions, steps=steps, seed=seed)
-    meta = {"final_loss": round(loss, 4), "steps": steps, "seed": seed,
+    model, loss = train_clip(images, captions, steps=steps, seed=seed, batch_size=batch_size,
+                             device=device)
+    meta = {"final_loss": round(loss, 4), "steps": steps, "seed": seed, "batch_size": batch_size,
+            "device": str(device),
             "train_seconds": round(time.time() - t0, 1)}
     save_clip(model, folder, meta, keep_token_ids=vocabulary_ids(captions))
     return meta
