@@ -8,7 +8,7 @@ that was actually run is written to ``OUT/build.json``, so ``shapes build --conf
 OUT/build.json --device cuda`` repeats it without probing.
 
     python scripts/gpu_shapes_build.py --work .gpubuild/work --minutes 7.5     # on the GPU
-    python scripts/gpu_shapes_build.py --work /tmp/w --minutes 0.3 --device cpu --quick
+    python scripts/gpu_shapes_build.py --quick      # a smoke run on the CPU, toy sizes, temporary folder
 
 The rendered data must be in WORK already (``bat_app.shapes.build.rendered``): rendering is
 single-threaded Python, two CPU-minutes for 60,000 images, so it is done beforehand and carried.
@@ -23,6 +23,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+
+from bat_app.shapes.build import rendered
 
 # Shares of the training budget (the UNet is what prompt following needs; the VAE's sharpness
 # is what the patterns need; CLIP's retrieval was just short of its target).
@@ -75,19 +77,35 @@ def probe_seconds_per_step(stage: str, batch: int, images, captions, full_space,
 
 
 def main(argv=None) -> int:
-    from bat_app.shapes.build import BuildConfig, build, rendered, stage_data
+    from bat_app.shapes.build import BuildConfig, build, stage_data
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--work", type=Path, required=True, help="holds the rendered data; caches")
+    ap.add_argument("--work", type=Path, default=None,
+                    help="holds the rendered data; caches (required unless --quick)")
     ap.add_argument("--out", type=Path, default=None, help="default: WORK/shapes")
-    ap.add_argument("--minutes", type=float, required=True, help="training budget, all stages")
-    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--minutes", type=float, default=None,
+                    help="training budget, all stages (required unless --quick)")
+    ap.add_argument("--device", default=None, help="default: cuda (cpu with --quick)")
     ap.add_argument("--evals", type=int, default=6, help="prompt-following grids during the UNet")
-    ap.add_argument("--n-train", type=int, default=60000, help="pretraining images (the pool's)")
-    ap.add_argument("--classifier-n", type=int, default=40000)
+    ap.add_argument("--n-train", type=int, default=None, help="pretraining images (default 60,000: the pool's)")
+    ap.add_argument("--classifier-n", type=int, default=None, help="the judge's images (default 40,000)")
     ap.add_argument("--quick", action="store_true",
-                    help="a smoke test: batches of 8, step floors of 10, a 400-image judge test set")
+                    help="a smoke test: 64 images, batches of 8, 10 steps per stage, a 400-image judge "
+                         "test set; renders its own data (into a temporary folder unless --work)")
     args = ap.parse_args(argv)
+    if args.quick:
+        import tempfile
+
+        args.work = args.work or Path(tempfile.mkdtemp(prefix="bat-gpu-build-quick-"))
+        args.minutes, args.device = args.minutes or 0.001, args.device or "cpu"
+        args.n_train, args.classifier_n = args.n_train or 64, args.classifier_n or 64
+        rendered(args.work, 0, args.n_train)
+        rendered(args.work, 101, args.classifier_n, pretraining=False)
+        rendered(args.work, 202, 400, pretraining=False)
+    elif args.work is None or args.minutes is None:
+        ap.error("--work and --minutes are required (or --quick for a smoke run)")
+    args.device = args.device or "cuda"
+    args.n_train, args.classifier_n = args.n_train or 60000, args.classifier_n or 40000
     batch = {stage: 8 for stage in BATCH} if args.quick else dict(BATCH)
     probe_steps = 3 if args.quick else PROBE_STEPS
     out = args.out or args.work / "shapes"
@@ -122,6 +140,7 @@ def main(argv=None) -> int:
     (out / "build.json").write_text(json.dumps(record, indent=2) + "\n")
     _log(f"steps {steps}; config in {out / 'build.json'}")
     timings = build(cfg)
+    _log(f"backbone written to {out / 'backbone'}")
     (out / "gpu_build.json").write_text(json.dumps(
         {"seconds_per_step": per_step, "probe_seconds": round(probe_s, 1), "steps": steps,
          "timings": timings, "device": torch.cuda.get_device_name()

@@ -11,7 +11,9 @@ Stages, in order (each skipped when its output exists, so an interrupted build r
     subjects    held-out subjects' example uploads                  -> SUBJECTS/<name>/
 
 Everything is seeded; with the same torch build the result is the same (CPU kernels are
-deterministic for these ops). Budget on a 2-core CPU: about 40 minutes in all.
+deterministic for these ops). Budget on a 2-core CPU: about 40 minutes in all. The shipped
+backbone (v2) was built on a GPU by scripts/gpu_shapes_build.py with far more steps; its
+config is assets/shapes/build.json (``shapes build --config assets/shapes/build.json``).
 """
 
 from __future__ import annotations
