@@ -25,6 +25,7 @@ QUICK = [
     pytest.param("shapes_personalize.py", "lora_trait_mean", id="shapes_personalize"),
     pytest.param("bench_selection.py", "Mean over subjects", id="bench_selection"),
     pytest.param("bench_racing.py", "| checkered_square |", id="bench_racing"),
+    pytest.param("bench_generated_pool.py", "generated - real over 1 pairs", id="bench_generated_pool"),
     pytest.param("bench_compare.py", "Convergence", id="bench_compare", marks=pytest.mark.slow),
     pytest.param("bench_jobs.py", "kill_heartbeat_only", id="bench_jobs", marks=pytest.mark.slow),
     pytest.param("take_screenshots.py", "quick: page loaded and example applied", id="take_screenshots",
@@ -51,7 +52,8 @@ def test_scripts_use_the_installed_package():
 
 @pytest.mark.parametrize(("script", "expected"), QUICK)
 def test_quick_mode_runs(script, expected, tmp_path):
-    if script in ("shapes_personalize.py", "bench_selection.py", "bench_compare.py", "bench_racing.py"):
+    if script in ("shapes_personalize.py", "bench_selection.py", "bench_compare.py", "bench_racing.py",
+                  "bench_generated_pool.py"):
         from bat_app.paths import assets_dir
 
         if not (assets_dir() / "shapes" / "backbone" / "model_index.json").is_file():
