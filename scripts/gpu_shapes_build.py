@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -130,11 +130,11 @@ def main(argv=None) -> int:
     _log(f"probe ({probe_s:.0f} s): seconds per step {per_step}")
     floor = 10 if args.quick else 500
     steps = {s: max(floor, int(args.minutes * 60 * SHARES[s] / per_step[s])) for s in SHARES}
-    cfg.vae_steps, cfg.classifier_steps = steps["vae"], steps["classifier"]
-    cfg.clip_steps, cfg.unet_steps = steps["clip"], steps["unet"]
-    cfg.eval_every = max(1, cfg.unet_steps // args.evals)
-    # A safety net only: the fitted step count should end well inside it.
-    cfg.time_budget_min = round(args.minutes * SHARES["unet"] * 1.25, 2)
+    # time_budget_min is a safety net only: the fitted step count should end well inside it.
+    cfg = replace(cfg, vae_steps=steps["vae"], classifier_steps=steps["classifier"],
+                  clip_steps=steps["clip"], unet_steps=steps["unet"],
+                  eval_every=max(1, steps["unet"] // args.evals),
+                  time_budget_min=round(args.minutes * SHARES["unet"] * 1.25, 2))
     out.mkdir(parents=True, exist_ok=True)
     record = {k: str(v) for k, v in asdict(cfg).items()}
     (out / "build.json").write_text(json.dumps(record, indent=2) + "\n")

@@ -57,15 +57,15 @@ def register(subparsers) -> None:
 
 
 def _run_build(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from bat_app.shapes.build import BuildConfig, build, config_from_json
 
     cfg = config_from_json(args.config) if args.config else BuildConfig()
-    for key in ("out", "subjects_out", "work", "seed", "unet_steps", "threads", "device",
-                "continue_steps", "continue_lr", "time_budget_min", "eval_every"):
-        if getattr(args, key) is not None:
-            setattr(cfg, key, getattr(args, key))
-    cfg.__post_init__()
-    build(cfg)
+    keys = ("out", "subjects_out", "work", "seed", "unet_steps", "threads", "device",
+            "continue_steps", "continue_lr", "time_budget_min", "eval_every")
+    # replace() re-runs BuildConfig's checks on the merged settings.
+    build(replace(cfg, **{k: getattr(args, k) for k in keys if getattr(args, k) is not None}))
     return 0
 
 
