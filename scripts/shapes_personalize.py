@@ -14,6 +14,7 @@ one picture per subject (base and LoRA rows for every prompt).
 
     python scripts/shapes_personalize.py --grids docs/shapes-personalization   # all subjects
     python scripts/shapes_personalize.py --subjects dot_star --no-pivotal --out /tmp/p.json
+    python scripts/shapes_personalize.py --method albat --lr 1e-3 --out /tmp/a.json   # with ALBAT's items
     python scripts/shapes_personalize.py --quick            # a smoke run: writes nothing
 """
 
@@ -27,6 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bat_app.albat import METHODS, needs_pool
+from bat_app.compare.pools import ensure_shapes_pool
 from bat_app.models import load_components
 from bat_app.shapes import SUBJECTS, get_subject, load_attribute_classifier, shapes_paths
 from bat_app.shapes.personalization import grid_image, measure_subject
@@ -45,6 +48,8 @@ def main(argv=None) -> int:
     p.add_argument("--pivotal", action=argparse.BooleanOptionalAction, default=None,
                    help="pivotal tuning on/off (default: the recipe's)")
     p.add_argument("--embedding-lr", type=float, default=None, help="default: the recipe's")
+    p.add_argument("--method", default="none", choices=METHODS,
+                   help="backbone augmentation as the product runs it (the shapes pool, the recipe's k and m)")
     p.add_argument("--out", type=Path, default=None, help="default: assets/shapes/personalization.json")
     p.add_argument("--grids", type=Path, default=None, help="folder for one sample grid per subject (png)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (1 on a busy machine)")
@@ -59,19 +64,22 @@ def main(argv=None) -> int:
     components = load_components("shapes", device="cpu")
     classifier = load_attribute_classifier(shapes_paths().classifier)
     results, config = {}, None
+    pool_dir = ensure_shapes_pool() if needs_pool(args.method) else None
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.subjects:
             subject = get_subject(name)
             config = TrainConfig.for_model("shapes", args.images, token="sks", class_noun=subject.class_noun,
                                            checkpoint_every=0, seed=0, mixed_precision="no", **overrides)
-            row = measure_subject(name, config, args.images, args.samples, Path(tmp), components, classifier)
+            row = measure_subject(name, config, args.images, args.samples, Path(tmp), components, classifier,
+                                  args.method, pool_dir)
             if args.grids:
                 args.grids.mkdir(parents=True, exist_ok=True)
                 grid_image(row).save(args.grids / f"{name}.png")
             row.pop("_grids")
             results[name] = row
-            print(f"{name}: LoRA {row['lora']}  base {row['base']}  ({row['train_seconds']}s)", flush=True)
-    summary = summarize(results, config, args.images)
+            print(f"{name}: LoRA {row['lora']}  base {row['base']}  (select {row['select_seconds']}s, "
+                  f"train+judge {row['train_seconds']}s)", flush=True)
+    summary = summarize(results, config, args.images, args.method)
     out = args.out or (None if args.quick else shapes_paths().root / "personalization.json")
     if out is not None:
         out.write_text(json.dumps({"summary": summary, "subjects": results}, indent=2) + "\n")
@@ -79,7 +87,7 @@ def main(argv=None) -> int:
     return 0
 
 
-def summarize(results: dict, config: TrainConfig, images: int) -> dict:
+def summarize(results: dict, config: TrainConfig, images: int, method: str = "none") -> dict:
     lora = [r["lora"] for r in results.values()]
     mean = lambda key, rows: round(float(np.mean([r[key] for r in rows])), 3)  # noqa: E731
     return {"lora_trait_mean": mean("trait", lora),
@@ -87,9 +95,9 @@ def summarize(results: dict, config: TrainConfig, images: int) -> dict:
             "lora_recontext_fidelity_mean": mean("recontext_fidelity", lora),
             "subjects_trait_ge_80": sum(r["trait"] >= 0.8 for r in lora),
             "subjects_recontext_ge_70": sum(r["recontext_fidelity"] >= 0.7 for r in lora),
-            "n_subjects": len(results), "images_per_subject": images,
+            "n_subjects": len(results), "images_per_subject": images, "method": method,
             "train": {k: getattr(config, k) for k in ("steps", "lr", "rank", "batch_size", "pivotal",
-                                                       "pivotal_vectors", "embedding_lr")},
+                                                       "pivotal_vectors", "embedding_lr", "aug_weight")},
             "target": "trait >= 0.80 of 'a photo of sks <class>' samples; recontext fidelity >= 0.70"}
 
 

@@ -12,7 +12,7 @@ from PIL import Image
 from bat_app.albat import SelectionContext, SelectionParams, get_score
 from bat_app.albat.draws import SharedDraws, stratified_timesteps
 from bat_app.albat.score import loss_matrix, loss_reduction, standardise_strata
-from bat_app.albat.surrogate import train_surrogate
+from bat_app.albat.surrogate import surrogate_path, surrogate_snapshot, train_surrogate
 from bat_app.train import TrainConfig
 from bat_app.train.data import Example
 
@@ -161,3 +161,30 @@ def test_surrogate_cache_tells_vaes_apart(comps, images, tmp_path, monkeypatch):
     train_surrogate(other, images, CONFIG, 3, tmp_path)
     train_surrogate(comps, images, CONFIG, 3, tmp_path)
     assert trained == [1]
+
+
+def test_a_plain_trainings_first_steps_are_the_surrogate(comps, images, tmp_path):
+    """The compare pipeline takes ALBAT's surrogate from the plain LoRA's step 5: it must be the
+    very adapter that training the surrogate on its own gives."""
+    from dataclasses import replace
+
+    from bat_app.train import train_lora
+
+    config = replace(CONFIG, steps=12)
+    snapshot = surrogate_snapshot(comps, images, config, 5, tmp_path / "a")
+    assert snapshot is not None and snapshot[0] == 5
+    train_lora(comps, images, config, tmp_path / "plain", cache_root=tmp_path / "a", export=False, snapshot=snapshot)
+    taken = surrogate_path(comps, images, config, 5, tmp_path / "a")
+    assert taken.is_file() and surrogate_snapshot(comps, images, config, 5, tmp_path / "a") is None  # cached now
+    alone = train_surrogate(comps, images, config, 5, tmp_path / "b")
+    from safetensors.torch import load_file
+
+    taken = load_file(taken)
+    assert taken.keys() == alone.keys()
+    for key in alone:
+        torch.testing.assert_close(taken[key], alone[key])
+    assert any(v.abs().sum() > 0 for k, v in alone.items() if "lora_B" in k)  # trained, not the zero init
+    # a run whose first steps differ from the surrogate's gives none
+    for other in (replace(config, lr_schedule="cosine"), replace(config, train_text_encoder=True),
+                  replace(config, warmup_steps=2, lr_schedule="constant_with_warmup")):
+        assert surrogate_snapshot(comps, images, other, 5, tmp_path / "c") is None

@@ -27,7 +27,7 @@ from .baselines import _need_pool, _row
 from .retrieval import nearest_items, take_distinct, user_embeddings
 from .score import Score, ScoreResult, get_score
 from .selection import Selection, SelectionContext
-from .surrogate import train_surrogate
+from .surrogate import surrogate_path, train_surrogate
 
 
 class AlbatSelector:
@@ -54,6 +54,8 @@ class AlbatSelector:
 
         start = time.perf_counter()
         steps = p.surrogate_steps or max(1, round(p.surrogate_fraction * ctx.config.steps))
+        # cached: an earlier job on these photos, or this job's plain LoRA (compare.run)
+        cached = surrogate_path(ctx.components, ctx.images, ctx.config, steps, ctx.cache_root).is_file()
         surrogate = train_surrogate(ctx.components, ctx.images, ctx.config, steps, ctx.cache_root, emit)
         timings["surrogate"] = time.perf_counter() - start
 
@@ -69,7 +71,7 @@ class AlbatSelector:
                 for c in chosen]
         stats = {"candidates": len(candidates), "positive": positive, "near_duplicates": dropped,
                  "selected": len(rows), "anchors": int(sum(result.values[by_id[c]] < 0 for c in chosen)),
-                 "surrogate_steps": steps, "score": getattr(score, "name", type(score).__name__),
+                 "surrogate_steps": steps, "surrogate_cached": cached, "score": getattr(score, "name", type(score).__name__),
                  "delta": describe(result.delta), "score_values": describe(result.values),
                  "unet_forward_passes": result.forward_passes, **result.details}
         return Selection(self.name, rows, p.to_dict(), timings, stats)

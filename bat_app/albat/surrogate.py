@@ -29,24 +29,55 @@ def surrogate_config(config: TrainConfig, steps: int) -> TrainConfig:
                    lr_schedule="constant", warmup_steps=0)
 
 
-def train_surrogate(components, images, config: TrainConfig, steps: int, cache_root: Path,
-                    progress: Callable | None = None) -> dict[str, torch.Tensor]:
-    """Train (or reuse from the cache) the surrogate LoRA phi_s on the user images alone."""
+def surrogate_path(components, images, config: TrainConfig, steps: int, cache_root: Path) -> Path:
+    """Where the surrogate for these images and settings is cached: the key is the model, the
+    surrogate's settings and the images' pixel hashes."""
     cfg = surrogate_config(config, steps)
     key = hashlib.sha256(json.dumps({
         "model": str(components.spec.source), "config": cfg.fingerprint(),
         # another VAE (SDXL's fp16 fix) gives other latents, so another surrogate
         **({"vae": str(components.spec.vae)} if components.spec.vae is not None else {}),
         "images": [Example(u.image, "").key for u in images]}, sort_keys=True).encode()).hexdigest()[:16]
-    path = Path(cache_root) / "surrogates" / f"{key}.safetensors"
+    return Path(cache_root) / "surrogates" / f"{key}.safetensors"
+
+
+def train_surrogate(components, images, config: TrainConfig, steps: int, cache_root: Path,
+                    progress: Callable | None = None) -> dict[str, torch.Tensor]:
+    """Train (or reuse from the cache) the surrogate LoRA phi_s on the user images alone."""
+    path = surrogate_path(components, images, config, steps, cache_root)
     if path.is_file():
         return load_file(path)
-    work = path.parent / f"run-{key}"
-    result = train_lora(components, images, cfg, work, progress=_relabel(progress, "surrogate"),
-                        cache_root=cache_root, export=False)
+    work = path.parent / f"run-{path.stem}"
+    result = train_lora(components, images, surrogate_config(config, steps), work,
+                        progress=_relabel(progress, "surrogate"), cache_root=cache_root, export=False)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(result.unet_lora, path)
     return result.unet_lora
+
+
+def surrogate_snapshot(components, images, config: TrainConfig, steps: int, cache_root: Path):
+    """``train_lora``'s ``snapshot`` for a plain training (the user images alone, ``config``) whose
+    first ``steps`` steps *are* the surrogate: (step, save) that caches its UNet LoRA at that step,
+    so ALBAT's selection then finds it instead of training it again. None when the two runs
+    differ (a text-encoder LoRA, prior preservation, a warm-up or a decaying learning rate) or
+    the surrogate is cached already.
+
+    Same settings, seed and images give the same batches, noise and updates up to ``steps``:
+    the constant learning rate does not depend on the run's length.
+    """
+    if surrogate_config(config, steps) != replace(config, steps=steps, checkpoint_every=0):
+        return None
+    path = surrogate_path(components, images, config, steps, cache_root)
+    if path.is_file() or steps > config.steps:
+        return None
+
+    def save(unet_lora: dict[str, torch.Tensor]) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        save_file({k: v.detach().cpu().contiguous() for k, v in unet_lora.items()}, tmp)
+        tmp.replace(path)
+
+    return steps, save
 
 
 def _relabel(progress, stage: str):

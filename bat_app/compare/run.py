@@ -92,8 +92,15 @@ def run_compare(config: CompareConfig, images: Sequence[str | Path] | str | Path
     out.mkdir(parents=True, exist_ok=True)
     run = CompareRun(config, out, progress or (lambda e: None), cancel, resume, CompareResult(out))
     validate(run, images, limits)
-    selections = select(run)
-    loras = train(run, selections)
+    selections: dict[str, tuple[Selection, str]] = {}
+    loras: dict[str, tuple[Path | None, str]] = {BASE: (None, "")}
+    first = _surrogate_from_plain_lora(run)
+    if first is not None:  # the plain LoRA's first steps are ALBAT's surrogate: train it first
+        select(run, selections, ["none"])
+        train(run, selections, loras, ["none"], snapshot=first)
+    select(run, selections)
+    train(run, selections, loras)
+    loras = {BASE: loras[BASE], **{m: loras[m] for m in config.methods}}  # the grid's columns in the asked order
     columns, prompts, set_name = preview(run, loras)
     measure(run, columns, prompts, set_name, selections)
     package(run, loras, selections)
@@ -126,11 +133,12 @@ def validate(run: CompareRun, images, limits: IntakeLimits | None) -> None:
     run.result.timings["validate"] = time.perf_counter() - t
 
 
-def select(run: CompareRun) -> dict[str, tuple[Selection, str]]:
-    """Each method's backbone items: method -> (selection, the key it was made with)."""
-    selections: dict[str, tuple[Selection, str]] = {}
+def select(run: CompareRun, selections: dict[str, tuple[Selection, str]], methods=None) -> None:
+    """Each method's backbone items, into ``selections``: method -> (selection, the key it was
+    made with); ``methods``: only these (default: every method not selected yet)."""
     params = run.config.selection_params(len(run.images))
-    for method in [m for m in ORDER if m in run.config.methods]:
+    wanted = run.config.methods if methods is None else methods
+    for method in [m for m in ORDER if m in wanted and m not in selections]:
         t = run.stage("select")
         m_params = params
         if method != "albat" and "albat" in selections:
@@ -152,13 +160,15 @@ def select(run: CompareRun) -> dict[str, tuple[Selection, str]]:
         selections[method] = (selection, key)
         # A reused stage reports the cost it had when it ran, not the ~0 s of reusing it.
         run.result.timings[f"select:{method}"] = done["seconds"]
-    return selections
 
 
-def train(run: CompareRun, selections: dict[str, tuple[Selection, str]]) -> dict[str, tuple[Path | None, str]]:
-    """One LoRA per method, all with the same settings: method -> (LoRA folder, its key)."""
-    loras: dict[str, tuple[Path | None, str]] = {BASE: (None, "")}
-    for method in run.config.methods:
+def train(run: CompareRun, selections: dict[str, tuple[Selection, str]], loras: dict[str, tuple[Path | None, str]],
+          methods=None, snapshot=None) -> None:
+    """One LoRA per method, all with the same settings, into ``loras``: method -> (LoRA folder,
+    its key); ``methods``: only these (default: every method not trained yet). ``snapshot`` goes
+    to ``train_lora`` (ALBAT's surrogate taken from the plain LoRA)."""
+    wanted = run.config.methods if methods is None else methods
+    for method in [m for m in wanted if m not in loras]:
         t = run.stage("train")
         selection, selection_key = selections[method]
         key = stage_key(stage="train", train=run.train_config.fingerprint(), selection=selection_key, **run.inputs)
@@ -167,11 +177,11 @@ def train(run: CompareRun, selections: dict[str, tuple[Selection, str]]) -> dict
         if not done:
             record.start(key, run.resume)
             train_with_selection(run.components, run.images, run.train_config, selection, record.folder,
-                                 resume=run.resume, progress=run.tagged(method), cancel=run.cancel)
+                                 resume=run.resume, progress=run.tagged(method), cancel=run.cancel,
+                                 snapshot=snapshot)
             done = record.finish(key, time.perf_counter() - t)
         loras[method] = (record.folder, key)
         run.result.timings[f"train:{method}"] = done["seconds"]
-    return loras
 
 
 def preview(run: CompareRun, loras: dict[str, tuple[Path | None, str]]):
@@ -236,6 +246,20 @@ def package(run: CompareRun, loras, selections) -> None:
 
 
 # --- helpers -----------------------------------------------------------------------------
+
+def _surrogate_from_plain_lora(run: CompareRun):
+    """(step, save) when the run trains both the plain LoRA and ALBAT and the plain LoRA's first
+    steps are exactly ALBAT's surrogate (``surrogate_snapshot``): the surrogate then costs
+    nothing. None otherwise (one of them is not asked for, or either is already done)."""
+    from ..albat.surrogate import surrogate_snapshot
+    from ..paths import cache_dir
+
+    if not {"none", "albat"} <= set(run.config.methods):
+        return None
+    params = run.config.selection_params(len(run.images))
+    steps = params.surrogate_steps or max(1, round(params.surrogate_fraction * run.train_config.steps))
+    return surrogate_snapshot(run.components, run.images, run.train_config, steps, cache_dir())
+
 
 def _pool_identity(pool) -> dict | None:
     """A rebuilt pool (new manifest) in the same folder invalidates the selections made from it."""

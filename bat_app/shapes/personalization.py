@@ -73,13 +73,19 @@ def subject_photos_used(name: str, n_images: int) -> list[dict]:
 
 
 def measure_subject(name: str, config, n_images: int = 3, samples: int = 16, work: Path | None = None,
-                    components=None, classifier=None) -> dict:
-    """Train one LoRA for subject ``name`` and measure it against the base model (see module doc)."""
+                    components=None, classifier=None, method: str = "none", pool_dir: Path | None = None) -> dict:
+    """Train one LoRA for subject ``name`` and measure it against the base model (see module doc).
+
+    ``method`` is a selector (``bat_app.albat``): its backbone items from the pool in ``pool_dir``
+    are mixed into the training as the product does, with the recipe's k and m for ``n_images``.
+    """
     import tempfile
 
+    from bat_app.albat import SelectionParams
+    from bat_app.albat.run import run_selection, train_with_selection
     from bat_app.images import load_user_images
     from bat_app.models import load_components
-    from bat_app.train import train_lora
+    from bat_app.models.recipe import recipe_for
 
     components = components or load_components("shapes")
     photos = subject_photos_used(name, n_images)
@@ -87,9 +93,13 @@ def measure_subject(name: str, config, n_images: int = 3, samples: int = 16, wor
     report = load_user_images([folder / p["file"] for p in photos], resolution=components.spec.resolution)
     work = Path(work or tempfile.mkdtemp(prefix="bat-personalize-"))
     t0 = time.perf_counter()
-    result = train_lora(components, report.images, config, work / name)
+    params = SelectionParams(seed=config.seed, **recipe_for("shapes").selection_settings(n_images))
+    selection = run_selection(method, components, report.images, config, pool_dir=pool_dir, params=params)
+    select_seconds = time.perf_counter() - t0
+    result = train_with_selection(components, report.images, config, selection, work / name)
     row = measure_lora(name, result.out_dir, n_images, samples, config.token, components, classifier)
-    row.update(train_seconds=round(time.perf_counter() - t0, 1), steps=config.steps)
+    row.update(method=method, selected=len(selection.rows), select_seconds=round(select_seconds, 1),
+               train_seconds=round(time.perf_counter() - t0 - select_seconds, 1), steps=config.steps)
     return row
 
 

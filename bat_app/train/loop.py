@@ -86,6 +86,7 @@ def train_lora(
     cancel: Callable[[], bool] | None = None,
     cache_root: Path | None = None,
     export: bool = True,
+    snapshot: tuple[int, Callable[[dict[str, torch.Tensor]], None]] | None = None,
 ) -> TrainResult:
     """Train a DreamBooth-LoRA on ``images`` (checked UserImages) plus ``augment`` examples.
 
@@ -102,6 +103,8 @@ def train_lora(
             :class:`~bat_app.errors.Cancelled` is raised.
         cache_root: where encoded latents and class images are cached (default BAT cache).
         export: write the diffusers/kohya files and the model card at the end.
+        snapshot: (step, callback): the UNet LoRA state dict is handed to the callback after
+            that step (ALBAT's surrogate taken from a plain training: ``albat.surrogate``).
     """
     started = time.perf_counter()
     # 8-bit Adam and a 4-bit base need bitsandbytes and CUDA: say so before any weights load
@@ -163,6 +166,8 @@ def train_lora(
                 optimizer.zero_grad(set_to_none=True)
                 losses.append(float(loss.detach()))
                 loss_log.append(step, losses[-1])
+                if snapshot is not None and step == snapshot[0]:
+                    snapshot[1](lora_state_dicts(components, config)[0])
                 if config.checkpoint_every and (step % config.checkpoint_every == 0 or step == config.steps):
                     _checkpoint(components, config, out_dir, step, fingerprint, losses, optimizer, lr_scheduler,
                                 generator, pivotal)
