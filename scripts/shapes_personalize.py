@@ -45,6 +45,8 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=None, help="default: the recipe's")
     p.add_argument("--rank", type=int, default=None, help="default: the recipe's")
     p.add_argument("--batch-size", type=int, default=None, help="default: the recipe's")
+    p.add_argument("--targets", nargs="+", default=None,
+                   help="LoRA target modules (default: the family's, attention projections)")
     p.add_argument("--pivotal", action=argparse.BooleanOptionalAction, default=None,
                    help="pivotal tuning on/off (default: the recipe's)")
     p.add_argument("--embedding-lr", type=float, default=None, help="default: the recipe's")
@@ -60,7 +62,8 @@ def main(argv=None) -> int:
         args.subjects, args.steps, args.samples, args.batch_size = args.subjects[:1], 5, 2, 1
     torch.set_num_threads(args.threads)
     overrides = {"steps": args.steps, "lr": args.lr, "rank": args.rank, "batch_size": args.batch_size,
-                 "pivotal": args.pivotal, "embedding_lr": args.embedding_lr}
+                 "pivotal": args.pivotal, "embedding_lr": args.embedding_lr,
+                 "target_modules": args.targets}
     components = load_components("shapes", device="cpu")
     classifier = load_attribute_classifier(shapes_paths().classifier)
     results, config = {}, None
@@ -97,7 +100,8 @@ def summarize(results: dict, config: TrainConfig, images: int, method: str = "no
             "subjects_recontext_ge_70": sum(r["recontext_fidelity"] >= 0.7 for r in lora),
             "n_subjects": len(results), "images_per_subject": images, "method": method,
             "train": {k: getattr(config, k) for k in ("steps", "lr", "rank", "batch_size", "pivotal",
-                                                       "pivotal_vectors", "embedding_lr", "aug_weight")},
+                                                       "pivotal_vectors", "embedding_lr", "aug_weight",
+                                                       "target_modules")},
             "target": "trait >= 0.80 of 'a photo of sks <class>' samples; recontext fidelity >= 0.70"}
 
 

@@ -61,6 +61,7 @@ def test_quick_mode_runs(script, expected, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env |= {"BAT_HOME": str(tmp_path / "home"), "OMP_NUM_THREADS": "1", "BAT_TORCH_THREADS": "1"}
     args = ["--threads", "1"] if script in ("bench_trainer.py", "shapes_personalize.py", "bench_faiss.py") else []
+    args += ["--shortlist", "5"] if script == "bench_racing.py" else []
     out = subprocess.run([sys.executable, str(SCRIPTS / script), "--quick", *args], capture_output=True, text=True,
                          cwd=tmp_path, env=env, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]

@@ -1,5 +1,8 @@
 """The compare pipeline: validate -> select -> train each method -> preview -> metrics -> package.
 
+(With both `none` and `albat`, `none` is selected and trained first: its early steps are ALBAT's
+surrogate, which the selection then finds cached; see ``_surrogate_from_plain_lora``.)
+
     result = run_compare(CompareConfig(class_noun="star", model="shapes", pool="shapes",
                                        methods=["none", "albat"]), image_paths, "runs/star")
     result.outputs["report"]      # report.md with the table and the cost per stage
