@@ -52,6 +52,8 @@ def main(argv=None) -> int:
     p.add_argument("--embedding-lr", type=float, default=None, help="default: the recipe's")
     p.add_argument("--method", default="none", choices=METHODS,
                    help="backbone augmentation as the product runs it (the shapes pool, the recipe's k and m)")
+    p.add_argument("--fill", action=argparse.BooleanOptionalAction, default=None,
+                   help="ALBAT: fill the m slots when fewer items have Delta > 0 (default: SelectionParams')")
     p.add_argument("--out", type=Path, default=None, help="default: assets/shapes/personalization.json")
     p.add_argument("--grids", type=Path, default=None, help="folder for one sample grid per subject (png)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (1 on a busy machine)")
@@ -74,7 +76,7 @@ def main(argv=None) -> int:
             config = TrainConfig.for_model("shapes", args.images, token="sks", class_noun=subject.class_noun,
                                            checkpoint_every=0, seed=0, mixed_precision="no", **overrides)
             row = measure_subject(name, config, args.images, args.samples, Path(tmp), components, classifier,
-                                  args.method, pool_dir)
+                                  args.method, pool_dir, {} if args.fill is None else {"fill": args.fill})
             if args.grids:
                 args.grids.mkdir(parents=True, exist_ok=True)
                 grid_image(row).save(args.grids / f"{name}.png")
@@ -83,6 +85,7 @@ def main(argv=None) -> int:
             print(f"{name}: LoRA {row['lora']}  base {row['base']}  (select {row['select_seconds']}s, "
                   f"train+judge {row['train_seconds']}s)", flush=True)
     summary = summarize(results, config, args.images, args.method)
+    summary["selection"] = {} if args.fill is None else {"fill": args.fill}
     out = args.out or (None if args.quick else shapes_paths().root / "personalization.json")
     if out is not None:
         out.write_text(json.dumps({"summary": summary, "subjects": results}, indent=2) + "\n")

@@ -248,3 +248,19 @@ def test_each_selector_says_whether_it_needs_the_pool():
     assert CompareConfig(methods=list(METHODS)).pool_methods() == ["random", "clip", "albat"]
     with pytest.raises(InputError, match="Unknown selection method"):
         needs_pool("nearest")
+
+
+def test_fill_takes_the_next_items_by_score_when_few_are_positive():
+    from bat_app.albat.albat import rank_and_pick
+
+    candidates = [10, 11, 12, 13, 14, 15]
+    values = np.array([0.5, -0.1, 0.2, -0.9, -0.05, -0.4])
+    embeddings = np.eye(16, dtype=np.float32)  # all distinct
+    chosen, _, positive = rank_and_pick(candidates, values, embeddings, m=4, dedupe=0.95)
+    assert chosen == [10, 12] and positive == 2
+    chosen, _, _ = rank_and_pick(candidates, values, embeddings, m=4, dedupe=0.95, fill=True)
+    assert chosen == [10, 12, 14, 11]  # the positives, then the closest to 0
+    chosen, _, _ = rank_and_pick(candidates, values, embeddings, m=4, dedupe=0.95, negative_fraction=0.25, fill=True)
+    assert chosen == [10, 12, 14, 13]  # one anchor (the most negative) keeps its slot
+    with pytest.raises(InputError, match="fill"):
+        SelectionParams(fill="yes")

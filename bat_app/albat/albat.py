@@ -65,7 +65,7 @@ class AlbatSelector:
         timings["score"] = time.perf_counter() - start
 
         chosen, dropped, positive = rank_and_pick(candidates, result.values, pool.embeddings(), p.m,
-                                                  p.dedupe, p.negative_fraction)
+                                                  p.dedupe, p.negative_fraction, p.fill)
         by_id = {c: i for i, c in enumerate(candidates)}
         rows = [_row(pool, c, result.values[by_id[c]], _reason(result, by_id[c], sims[by_id[c]]))
                 for c in chosen]
@@ -78,10 +78,11 @@ class AlbatSelector:
 
 
 def rank_and_pick(candidates: list[int], values: np.ndarray, embeddings: np.ndarray, m: int, dedupe: float,
-                  negative_fraction: float = 0.0) -> tuple[list[int], int, int]:
+                  negative_fraction: float = 0.0, fill: bool = False) -> tuple[list[int], int, int]:
     """(chosen pool ids, near-duplicates skipped, number of positives): the positive items in
     decreasing score and, for ``negative_fraction`` of the m slots, the most negative items
-    ("anchors"), each de-duplicated against everything taken before it."""
+    ("anchors"), each de-duplicated against everything taken before it. With ``fill``, slots
+    the positives leave empty take the next items by score (Delta <= 0, closest to 0 first)."""
     values = np.asarray(values)
     order = np.argsort(-values, kind="stable")
     positive = [candidates[i] for i in order if values[i] > 0]
@@ -90,11 +91,16 @@ def rank_and_pick(candidates: list[int], values: np.ndarray, embeddings: np.ndar
     kept: list[np.ndarray] = []
     top, skipped_top = take_distinct(positive, embeddings, m - n_anchor, dedupe, kept)
     anchors, skipped_anchors = take_distinct(negative, embeddings, n_anchor, dedupe, kept)
-    return top + anchors, skipped_top + skipped_anchors, len(positive)
+    filled, skipped_fill = [], 0
+    if fill and len(top) + len(anchors) < m:
+        taken = set(anchors)
+        rest = [candidates[i] for i in order if values[i] <= 0 and candidates[i] not in taken]
+        filled, skipped_fill = take_distinct(rest, embeddings, m - len(top) - len(anchors), dedupe, kept)
+    return top + filled + anchors, skipped_top + skipped_anchors + skipped_fill, len(positive)
 
 
 def _reason(result: ScoreResult, i: int, sim: float) -> str:
-    side = "> 0" if result.values[i] > 0 else "< 0 (anchor)"
+    side = "> 0" if result.values[i] > 0 else "<= 0 (fill or anchor)"
     return f"score {result.values[i]:.4g} {side}, Delta {result.delta[i]:.4g} (CLIP {sim:.3f})"
 
 

@@ -94,6 +94,9 @@ class SelectionParams:
     #                                  that the selected set does not change with the training seed
     negative_fraction: float = 0.0   # ALBAT: share of the m slots given to the most negative Delta
     #                                  ("anchors"); 0 = the design's top-m among Delta > 0, 1 = only anchors
+    fill: bool = False               # ALBAT: when fewer than m items have Delta > 0, fill the other slots
+    #                                  with the next items by score (closest to 0 first), so that a few
+    #                                  positives are not each repeated in every other training step
     dedupe: float = 0.95             # drop an item whose CLIP cosine to a kept one exceeds this
     batch_size: int = 32             # candidates per UNet batch when scoring
     seed: int = 0                    # random draws of the baselines (random, shortlist, prior)
@@ -115,7 +118,7 @@ class SelectionParams:
             raise InputError(f"`dedupe` must be a cosine in (0, 1], got {self.dedupe!r}; 1 disables it.")
         if self.score not in SCORE_NAMES:
             raise InputError(f"Unknown ALBAT score {self.score!r}; choose one of {', '.join(SCORE_NAMES)}.")
-        for name in ("standardise", "race"):
+        for name in ("standardise", "race", "fill"):
             if not isinstance(getattr(self, name), bool):
                 raise InputError(f"`{name}` must be true or false, got {getattr(self, name)!r}.")
         if not isinstance(self.negative_fraction, (int, float)) or not 0 <= self.negative_fraction <= 1:

@@ -73,11 +73,13 @@ def subject_photos_used(name: str, n_images: int) -> list[dict]:
 
 
 def measure_subject(name: str, config, n_images: int = 3, samples: int = 16, work: Path | None = None,
-                    components=None, classifier=None, method: str = "none", pool_dir: Path | None = None) -> dict:
+                    components=None, classifier=None, method: str = "none", pool_dir: Path | None = None,
+                    selection: dict | None = None) -> dict:
     """Train one LoRA for subject ``name`` and measure it against the base model (see module doc).
 
     ``method`` is a selector (``bat_app.albat``): its backbone items from the pool in ``pool_dir``
-    are mixed into the training as the product does, with the recipe's k and m for ``n_images``.
+    are mixed into the training as the product does, with the recipe's k and m for ``n_images``
+    (and ``selection``'s SelectionParams settings on top).
     """
     import tempfile
 
@@ -93,7 +95,8 @@ def measure_subject(name: str, config, n_images: int = 3, samples: int = 16, wor
     report = load_user_images([folder / p["file"] for p in photos], resolution=components.spec.resolution)
     work = Path(work or tempfile.mkdtemp(prefix="bat-personalize-"))
     t0 = time.perf_counter()
-    params = SelectionParams(seed=config.seed, **recipe_for("shapes").selection_settings(n_images))
+    params = SelectionParams(seed=config.seed, **{**recipe_for("shapes").selection_settings(n_images),
+                                                  **(selection or {})})
     selection = run_selection(method, components, report.images, config, pool_dir=pool_dir, params=params)
     select_seconds = time.perf_counter() - t0
     result = train_with_selection(components, report.images, config, selection, work / name)
