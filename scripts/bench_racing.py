@@ -57,7 +57,7 @@ def matrices(subject: str, work: Path, quick: bool = False, k: int | None = None
     images = load_user_images(photos, resolution=comps.spec.resolution).images
     pool = Pool.open(ensure_shapes_pool())
     candidates, _ = nearest_items(pool, user_embeddings(embedder_for_pool(pool), images), params.k)
-    steps = params.surrogate_steps or max(1, round(params.surrogate_fraction * train.steps))
+    steps = params.surrogate_steps_for(train.steps)
     surrogate = train_surrogate(comps, images, train, steps, work / "cache")
     examples = [Example(pool.load_image(i), pool.item(i).caption) for i in candidates]
     out = {}

@@ -53,7 +53,7 @@ class AlbatSelector:
         timings["retrieve"] = time.perf_counter() - start
 
         start = time.perf_counter()
-        steps = p.surrogate_steps or max(1, round(p.surrogate_fraction * ctx.config.steps))
+        steps = p.surrogate_steps_for(ctx.config.steps)
         # cached: an earlier job on these photos, or this job's plain LoRA (compare.run)
         cached = surrogate_path(ctx.components, ctx.images, ctx.config, steps, ctx.cache_root).is_file()
         surrogate = train_surrogate(ctx.components, ctx.images, ctx.config, steps, ctx.cache_root, emit)

@@ -124,6 +124,10 @@ class SelectionParams:
         if not isinstance(self.negative_fraction, (int, float)) or not 0 <= self.negative_fraction <= 1:
             raise InputError(f"`negative_fraction` must be in [0, 1], got {self.negative_fraction!r}.")
 
+    def surrogate_steps_for(self, train_steps: int) -> int:
+        """ALBAT's surrogate length for a final training of ``train_steps`` steps."""
+        return self.surrogate_steps or max(1, round(self.surrogate_fraction * train_steps))
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 

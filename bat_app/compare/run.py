@@ -260,7 +260,7 @@ def _surrogate_from_plain_lora(run: CompareRun):
     if not {"none", "albat"} <= set(run.config.methods):
         return None
     params = run.config.selection_params(len(run.images))
-    steps = params.surrogate_steps or max(1, round(params.surrogate_fraction * run.train_config.steps))
+    steps = params.surrogate_steps_for(run.train_config.steps)
     return surrogate_snapshot(run.components, run.images, run.train_config, steps, cache_dir())
 
 
