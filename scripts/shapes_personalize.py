@@ -70,13 +70,14 @@ def main(argv=None) -> int:
     classifier = load_attribute_classifier(shapes_paths().classifier)
     results, config = {}, None
     pool_dir = ensure_shapes_pool() if needs_pool(args.method) else None
+    selection = {} if args.fill is None else {"fill": args.fill}  # SelectionParams on top of the recipe's
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.subjects:
             subject = get_subject(name)
             config = TrainConfig.for_model("shapes", args.images, token="sks", class_noun=subject.class_noun,
                                            checkpoint_every=0, seed=0, mixed_precision="no", **overrides)
             row = measure_subject(name, config, args.images, args.samples, Path(tmp), components, classifier,
-                                  args.method, pool_dir, {} if args.fill is None else {"fill": args.fill})
+                                  args.method, pool_dir, selection)
             if args.grids:
                 args.grids.mkdir(parents=True, exist_ok=True)
                 grid_image(row).save(args.grids / f"{name}.png")
@@ -85,7 +86,7 @@ def main(argv=None) -> int:
             print(f"{name}: LoRA {row['lora']}  base {row['base']}  (select {row['select_seconds']}s, "
                   f"train+judge {row['train_seconds']}s)", flush=True)
     summary = summarize(results, config, args.images, args.method)
-    summary["selection"] = {} if args.fill is None else {"fill": args.fill}
+    summary["selection"] = selection
     out = args.out or (None if args.quick else shapes_paths().root / "personalization.json")
     if out is not None:
         out.write_text(json.dumps({"summary": summary, "subjects": results}, indent=2) + "\n")

@@ -50,8 +50,7 @@ def train_surrogate(components, images, config: TrainConfig, steps: int, cache_r
     work = path.parent / f"run-{path.stem}"
     result = train_lora(components, images, surrogate_config(config, steps), work,
                         progress=_relabel(progress, "surrogate"), cache_root=cache_root, export=False)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(result.unet_lora, path)
+    _save(result.unet_lora, path)
     return result.unet_lora
 
 
@@ -71,13 +70,15 @@ def surrogate_snapshot(components, images, config: TrainConfig, steps: int, cach
     if path.is_file() or steps > config.steps:
         return None
 
-    def save(unet_lora: dict[str, torch.Tensor]) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        save_file({k: v.detach().cpu().contiguous() for k, v in unet_lora.items()}, tmp)
-        tmp.replace(path)
+    return steps, lambda unet_lora: _save(unet_lora, path)
 
-    return steps, save
+
+def _save(unet_lora: dict[str, torch.Tensor], path: Path) -> None:
+    """Write a surrogate to the cache whole or not at all (a reader never sees half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file(unet_lora, tmp)
+    tmp.replace(path)
 
 
 def _relabel(progress, stage: str):
