@@ -15,6 +15,7 @@ one picture per subject (base and LoRA rows for every prompt).
     python scripts/shapes_personalize.py --grids docs/shapes-personalization   # all subjects
     python scripts/shapes_personalize.py --subjects dot_star --no-pivotal --out /tmp/p.json
     python scripts/shapes_personalize.py --method albat --lr 1e-3 --out /tmp/a.json   # with ALBAT's items
+    python scripts/shapes_personalize.py --method albat --selection '{"score": "prompt_specific"}'
     python scripts/shapes_personalize.py --quick            # a smoke run: writes nothing
 """
 
@@ -52,8 +53,9 @@ def main(argv=None) -> int:
     p.add_argument("--embedding-lr", type=float, default=None, help="default: the recipe's")
     p.add_argument("--method", default="none", choices=METHODS,
                    help="backbone augmentation as the product runs it (the shapes pool, the recipe's k and m)")
-    p.add_argument("--fill", action=argparse.BooleanOptionalAction, default=None,
-                   help="ALBAT: fill the m slots when fewer items have Delta > 0 (default: SelectionParams')")
+    p.add_argument("--selection", type=json.loads, default={}, metavar="JSON",
+                   help="selection parameters on top of the recipe's, e.g. '{\"fill\": true}' or "
+                   "'{\"score\": \"prompt_specific\", \"negative_fraction\": 0.5}' (SelectionParams)")
     p.add_argument("--out", type=Path, default=None, help="default: assets/shapes/personalization.json")
     p.add_argument("--grids", type=Path, default=None, help="folder for one sample grid per subject (png)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (1 on a busy machine)")
@@ -70,14 +72,13 @@ def main(argv=None) -> int:
     classifier = load_attribute_classifier(shapes_paths().classifier)
     results, config = {}, None
     pool_dir = ensure_shapes_pool() if needs_pool(args.method) else None
-    selection = {} if args.fill is None else {"fill": args.fill}  # SelectionParams on top of the recipe's
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.subjects:
             subject = get_subject(name)
             config = TrainConfig.for_model("shapes", args.images, token="sks", class_noun=subject.class_noun,
                                            checkpoint_every=0, seed=0, mixed_precision="no", **overrides)
             row = measure_subject(name, config, args.images, args.samples, Path(tmp), components, classifier,
-                                  args.method, pool_dir, selection)
+                                  args.method, pool_dir, args.selection)
             if args.grids:
                 args.grids.mkdir(parents=True, exist_ok=True)
                 grid_image(row).save(args.grids / f"{name}.png")
@@ -86,7 +87,7 @@ def main(argv=None) -> int:
             print(f"{name}: LoRA {row['lora']}  base {row['base']}  (select {row['select_seconds']}s, "
                   f"train+judge {row['train_seconds']}s)", flush=True)
     summary = summarize(results, config, args.images, args.method)
-    summary["selection"] = selection
+    summary["selection"] = args.selection
     out = args.out or (None if args.quick else shapes_paths().root / "personalization.json")
     if out is not None:
         out.write_text(json.dumps({"summary": summary, "subjects": results}, indent=2) + "\n")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -129,6 +130,40 @@ def test_config_errors_are_refused_at_the_door():
         from bat_app.compare.run import _pool_and_embedder
 
         _pool_and_embedder(CompareConfig(methods=["albat"]), None)
+
+
+def test_a_second_job_reuses_the_base_column_until_the_weights_change(tiny_model_dir, tiny_pool_dir, tiny_clip_dir,
+                                                                      subject_dir, tmp_path, monkeypatch):
+    """The base column depends on nothing a job trains: a second job (another folder, same
+    prompts and seeds) takes it from the cache without sampling; new weights draw it again."""
+    import shutil
+
+    from bat_app.compare import run as compare_run
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    cfg = config(model, tiny_pool_dir, tiny_clip_dir, methods=["none"], num_prompts=2,
+                 train={"steps": 2, "lr": 5e-3, "checkpoint_every": 0})
+    first = run_compare(cfg, subject_dir, tmp_path / "job1")
+    drawn = []
+    real = compare_run.sample_images
+    monkeypatch.setattr(compare_run, "sample_images", lambda comps, prompts, seeds, lora, **kw:
+                        drawn.append(lora) or real(comps, prompts, seeds, lora, **kw))
+    run_compare(cfg, subject_dir, tmp_path / "job2")
+    assert drawn and None not in drawn  # only the LoRA column was sampled
+    for a, b in zip(sorted((tmp_path / "job1" / "previews" / "samples" / "base").glob("*.png")),
+                    sorted((tmp_path / "job2" / "previews" / "samples" / "base").glob("*.png")), strict=True):
+        assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
+    stage = json.loads((tmp_path / "job2" / "previews" / "samples" / "base" / "stage.json").read_text())
+    assert stage["shared"] is True
+    assert first.metrics["methods"]["base"] is not None
+
+    # the same folder with other weights (an in-place retrain): the base column is drawn again
+    unet = next((model / "unet").glob("*.safetensors"))
+    os.utime(unet, ns=(unet.stat().st_atime_ns, unet.stat().st_mtime_ns + 10**9))
+    drawn.clear()
+    run_compare(cfg, subject_dir, tmp_path / "job3")
+    assert None in drawn
 
 
 def test_a_changed_setting_redoes_exactly_the_stages_it_feeds(tiny_model_dir, tiny_pool_dir, tiny_clip_dir,

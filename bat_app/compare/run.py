@@ -17,6 +17,7 @@ redoes what a changed setting feeds, and resumes training from its checkpoints a
 from __future__ import annotations
 
 import json
+import os
 import time
 import zipfile
 from collections.abc import Callable, Sequence
@@ -305,15 +306,57 @@ def _samples(run: CompareRun, record: StageRecord, key: str, prompts: list[str],
         raise Cancelled("Cancelled while rendering previews.")
     t = time.perf_counter()
     record.start(key, resume=False)  # samples are drawn whole: nothing partial to keep
-    images = sample_images(run.components, prompts, seeds, lora,
-                           progress=lambda d, total: emit(ProgressEvent("preview", d, total)))
-    hidden = 0
-    if check:
-        images, hidden = check_rows(run.components, images)
+    shared = _base_column_cache(run.components, prompts, seeds, check) if lora is None else None
+    cached = shared is not None and _read_column(shared, len(prompts), seeds)
+    if cached:
+        images, hidden = cached
+        emit(ProgressEvent("preview", 1, 1, message="base model: drawn before with these prompts and seeds"))
+    else:
+        images = sample_images(run.components, prompts, seeds, lora,
+                               progress=lambda d, total: emit(ProgressEvent("preview", d, total)))
+        hidden = 0
+        if check:
+            images, hidden = check_rows(run.components, images)
+        if shared is not None:
+            _write_column(shared, images, seeds, hidden)
     for row, row_paths in zip(images, paths):
         for image, path in zip(row, row_paths):
             image.save(path)
-    return images, record.finish(key, time.perf_counter() - t, hidden=hidden)["seconds"], hidden
+    return images, record.finish(key, time.perf_counter() - t, hidden=hidden, shared=bool(cached))["seconds"], hidden
+
+
+def _base_column_cache(components, prompts: list[str], seeds: list[int], check: bool) -> Path:
+    """Where the base model's column for these prompts and seeds is kept for every later job:
+    it depends on nothing a job trains (the weights, the sampler settings, the prompts, the
+    seeds, the safety check), so a second job with the same trigger and class draws none of it."""
+    from ..models.fingerprint import model_fingerprint
+    from ..paths import cache_dir
+
+    spec = components.spec
+    key = stage_key(weights=model_fingerprint(components), sampling=spec.sampling, resolution=spec.resolution,
+                    prompts=prompts, seeds=seeds, check=check)
+    return cache_dir() / "base-previews" / key
+
+
+def _read_column(folder: Path, n_prompts: int, seeds: list[int]):
+    """(images, hidden) from a base-column cache folder, or None when it is not complete."""
+    try:
+        done = json.loads((folder / "done.json").read_text())
+        return ([[Image.open(folder / f"p{p:02d}_s{seed}.png").convert("RGB") for seed in seeds]
+                 for p in range(n_prompts)], int(done["hidden"]))
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _write_column(folder: Path, images, seeds: list[int], hidden: int) -> None:
+    """Write the column, then ``done.json`` last (atomically): a reader sees all or nothing."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for p, row in enumerate(images):
+        for image, seed in zip(row, seeds):
+            image.save(folder / f"p{p:02d}_s{seed}.png")
+    tmp = folder / f".done.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps({"hidden": hidden}))
+    os.replace(tmp, folder / "done.json")
 
 
 def _shapes_judges(components, config):

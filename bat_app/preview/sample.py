@@ -13,6 +13,7 @@ from ..export import DIFFUSERS_FILE
 from ..export.embeddings import find_embeddings, load_embedding_state
 from ..images.grid import image_grid
 from ..models import Components, build_pipeline
+from ..models.fingerprint import model_fingerprint
 
 
 def sample_images(components: Components, prompts: Sequence[str], seeds: Sequence[int],
@@ -77,8 +78,8 @@ def unload_trigger_embeddings(components: Components, pipe) -> None:
 
 def backbone_sampler(components: Components, steps: int | None = None, safety_checker: bool = True):
     """(sampler, model_key): ``sampler(captions, seeds) -> images`` draws from the backbone as it
-    is (no LoRA) with the preset's sampling settings; ``model_key`` names those settings (a
-    generated pool's cache key). What ``pool generate`` and a job's generated pool use.
+    is (no LoRA) with the preset's sampling settings; ``model_key`` names those settings and the
+    weights (a generated pool's cache key). What ``pool generate`` and a job's generated pool use.
 
     With ``safety_checker`` on and a model that has one, the sampler returns ``(images, flags)``:
     flagged images grey (:mod:`bat_app.preview.safety`), their flags the pool's ``unsafe`` scores."""
@@ -100,7 +101,8 @@ def backbone_sampler(components: Components, steps: int | None = None, safety_ch
         flags = flag_images(components, images)
         return [hidden_image(im.size) if flag else im for im, flag in zip(images, flags)], flags
 
-    settings = {"model": str(spec.source), "resolution": spec.resolution, "steps": steps, "guidance": guidance}
+    settings = {"model": str(spec.source), "weights": model_fingerprint(components), "resolution": spec.resolution,
+                "steps": steps, "guidance": guidance}
     if check:  # checked samples are other files than unchecked ones
         settings["safety"] = "checked"
     return sampler, json.dumps(settings, sort_keys=True)
