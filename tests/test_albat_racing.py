@@ -76,9 +76,9 @@ def test_raced_score_equals_the_full_score_where_complete(comps, images, tmp_pat
     examples = [Example(u.image, CONFIG.prompt) for u in images] + \
         [Example(Image.new("RGB", (32, 32), c), "a square") for c in colours]
 
-    def score(race: bool):
+    def score(race: bool):  # each its own cache root: no reference losses shared between the two
         params = SelectionParams(draws=8, m=3, race=race, score_seed=3)
-        ctx = SelectionContext(comps, images, CONFIG, None, params=params, cache_root=tmp_path)
+        ctx = SelectionContext(comps, images, CONFIG, None, params=params, cache_root=tmp_path / f"race-{race}")
         return get_score("loss_reduction")(ctx, examples, surrogate)
 
     full, raced = score(False), score(True)

@@ -1,8 +1,11 @@
 """ALBAT's loss-reduction score on the tiny model: exact zero for identical adapters, draws shared
 by the two passes and by every candidate, stratified timesteps, per-stratum standardisation,
-the prompt-specific variant, determinism per score seed, and the surrogate cache."""
+the prompt-specific variant, determinism per score seed, the surrogate cache and the cache of the
+backbone's own losses."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -87,7 +90,8 @@ def test_the_two_passes_share_their_draw(comps, images, tmp_path, monkeypatch):
         return original(components, adapter, latents, cond, noise, t)
 
     monkeypatch.setattr(score, "_loss_with", reference_redrawn)
-    unshared, _ = loss_matrix(comps, examples, 32, surrogate, CONFIG, draws=12, cache_root=tmp_path)
+    unshared, _ = loss_matrix(comps, examples, 32, surrogate, CONFIG, draws=12,
+                              cache_root=tmp_path / "unshared")  # not the reference losses cached above
     assert shared.std(axis=0).mean() * 3 < unshared.std(axis=0).mean(), (shared.std(), unshared.std())
 
 
@@ -119,9 +123,9 @@ def test_prompt_specific_score_removes_the_empty_caption_part(comps, images, tmp
     surrogate = train_surrogate(comps, images, CONFIG, 20, tmp_path)
     examples = candidates(images)
     params = SelectionParams(draws=3, standardise=False, score_seed=5)
-    ctx = SelectionContext(comps, images, CONFIG, None, params=params, cache_root=tmp_path)
+    ctx = SelectionContext(comps, images, CONFIG, None, params=params, cache_root=tmp_path / "plain")
     plain = get_score("loss_reduction")(ctx, examples, surrogate)
-    specific = get_score("prompt_specific")(ctx, examples, surrogate)
+    specific = get_score("prompt_specific")(replace(ctx, cache_root=tmp_path / "specific"), examples, surrogate)
     empty, _ = loss_matrix(comps, examples, 32, surrogate, CONFIG, draws=3, seed=5, captions=[""] * len(examples),
                            cache_root=tmp_path)
     np.testing.assert_allclose(specific.values, plain.values - empty.mean(axis=0), atol=1e-12)
@@ -188,3 +192,23 @@ def test_a_plain_trainings_first_steps_are_the_surrogate(comps, images, tmp_path
     for other in (replace(config, lr_schedule="cosine"), replace(config, train_text_encoder=True),
                   replace(config, warmup_steps=2, lr_schedule="constant_with_warmup")):
         assert surrogate_snapshot(comps, images, other, 5, tmp_path / "c") is None
+
+
+def test_the_backbones_losses_are_kept_for_the_next_job(comps, images, tmp_path):
+    """The reference half of Delta depends only on the weights, the item and the draw plan: a
+    second scoring (another surrogate, as another job would have) reads it back, spends half
+    the passes, and gets exactly what scoring without the cache gives."""
+    first = train_surrogate(comps, images, CONFIG, 20, tmp_path)
+    second = train_surrogate(comps, images, replace(CONFIG, seed=1), 20, tmp_path)
+    examples = candidates(images)
+    params = SelectionParams(draws=3, race=False, score_seed=5)
+    ctx = SelectionContext(comps, images, CONFIG, None, params=params, cache_root=tmp_path / "cache")
+    score = get_score("loss_reduction")
+    cold = score(ctx, examples, first)
+    warm = score(ctx, examples, second)
+    uncached = score(replace(ctx, cache_root=tmp_path / "fresh"), examples, second)
+    assert cold.forward_passes == 2 * 3 * len(examples) and cold.details["reference_passes_cached"] == 0
+    assert warm.forward_passes == 3 * len(examples) == warm.details["reference_passes_cached"]
+    np.testing.assert_array_equal(warm.values, uncached.values)
+    other_seed = score(replace(ctx, params=replace(params, score_seed=6)), examples, second)
+    assert other_seed.details["reference_passes_cached"] == 0  # other draws: nothing to reuse

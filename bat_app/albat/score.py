@@ -45,6 +45,7 @@ from ..train.encode import LatentCache, TextCache, latents_from_stats
 from ..progress import ProgressEvent
 from .draws import IndependentDraws, SharedDraws
 from .racing import planned_passes, race
+from .reference_cache import ReferenceLossCache
 
 SURROGATE = "albat-surrogate"
 REFERENCE = "albat-reference"
@@ -74,15 +75,20 @@ def loss_matrix(components, examples: Sequence[Example], resolution: int, surrog
                 reference: dict[str, torch.Tensor] | None = None, captions: Sequence[str] | None = None,
                 independent: bool = False, batch_size: int = 32, cache_root: Path | None = None,
                 rows: Sequence[int] | None = None, progress: Callable | None = None,
-                cancel: Callable[[], bool] | None = None) -> tuple[np.ndarray, list[int]]:
+                cancel: Callable[[], bool] | None = None, counts: dict | None = None) -> tuple[np.ndarray, list[int]]:
     """(d, timesteps): d[j, i] = l_r(ref) - l_r(surrogate) for draw r = rows[j] (default: all
     ``draws``) and example i with its own caption (or ``captions[i]``), shape (len(rows), N),
     float64. A draw is the same whichever rows are asked for. ``independent`` uses the former
-    unshared, unstratified draws (for measurements only)."""
+    unshared, unstratified draws (for measurements only).
+
+    With a ``cache_root`` and the backbone as the reference, the backbone's losses are read from
+    and written to :class:`ReferenceLossCache` (they do not depend on the job). ``counts``, when
+    given, gets the UNet passes spent (``passes``) and those the cache saved (``reference_cached``)."""
     emit = progress or (lambda e: None)
     stats = LatentCache(components, resolution, cache_root).get(
         examples, progress=lambda d, t: emit(ProgressEvent("encode", d, t, message="candidates")))
-    texts = TextCache(components).get(list(captions) if captions is not None else [e.caption for e in examples])
+    captions = list(captions) if captions is not None else [e.caption for e in examples]
+    texts = TextCache(components).get(captions)
     unet = components.denoiser
     device = components.device
     total_t = components.family.num_timesteps(components)
@@ -90,8 +96,14 @@ def loss_matrix(components, examples: Sequence[Example], resolution: int, surrog
     plan = IndependentDraws(draws, shape, total_t, seed, len(examples)) if independent \
         else SharedDraws.make(draws, shape, total_t, seed)
     rows = list(range(draws)) if rows is None else list(rows)
+    known = None
+    if cache_root is not None and reference is None and not independent:
+        known = ReferenceLossCache(components, cache_root, resolution,
+                                   {"draws": draws, "seed": seed, "shape": shape, "num_timesteps": total_t},
+                                   [ReferenceLossCache.item_key(e.key, c) for e, c in zip(examples, captions)])
     adapters = _load_adapters(unet, config.resolve_targets(components.family), surrogate, reference)
     out = np.zeros((len(rows), len(examples)), dtype=np.float64)
+    passes = cached = 0
     try:
         for lo in range(0, len(examples), batch_size):
             if cancel is not None and cancel():
@@ -102,15 +114,28 @@ def loss_matrix(components, examples: Sequence[Example], resolution: int, surrog
                 t, noise, eps = plan.batch(r, lo, hi)
                 latents = latents_from_stats(components, stats[lo:hi], eps).to(device)
                 noise, t = noise.to(device), t.to(device)
-                ref_loss = _loss_with(components, adapters["reference"], latents, cond, noise, t)
-                adapted_loss = _loss_with(components, adapters["surrogate"], latents, cond, noise, t)
-                out[j, lo:hi] = (ref_loss - adapted_loss).double().cpu().numpy()
+                if known is not None and known.has(lo, hi, r):
+                    ref, cached = known.known[lo:hi, r], cached + (hi - lo)
+                else:
+                    ref = _loss_with(components, adapters["reference"], latents, cond, noise, t).double().cpu().numpy()
+                    passes += hi - lo
+                    if known is not None:
+                        known.put(lo, hi, r, ref)
+                # the surrogate's pass last: it leaves the adapters enabled, as training expects them
+                adapted = _loss_with(components, adapters["surrogate"], latents, cond, noise, t).double().cpu().numpy()
+                passes += hi - lo
+                out[j, lo:hi] = ref - adapted
             emit(ProgressEvent("score", hi, len(examples)))
     finally:
+        if known is not None:
+            known.save()
         for name in (SURROGATE, REFERENCE):
             if name in (getattr(unet, "peft_config", None) or {}):
                 unet.delete_adapters(name)
     timesteps = plan.timesteps[rows].tolist() if not independent else []
+    if counts is not None:
+        counts["passes"] = counts.get("passes", 0) + passes
+        counts["reference_cached"] = counts.get("reference_cached", 0) + cached
     return out, timesteps
 
 
@@ -166,6 +191,7 @@ class LossReductionScore:
         n = len(examples)
         total = planned_passes(n, p.draws, p.m) if p.race else p.draws * n
         done = 0  # (draw, candidate) pairs scored so far
+        counts: dict[str, int] = {}  # UNet passes spent, and those the reference cache saved
         raw = np.full((p.draws, n), np.nan)  # Delta's per-draw entries, before any subtraction
         timesteps = [0] * p.draws
 
@@ -180,7 +206,7 @@ class LossReductionScore:
                 emit(event)
 
             common = dict(draws=p.draws, seed=p.score_seed, batch_size=p.batch_size, cache_root=ctx.cache_root,
-                          rows=rows, progress=progress, cancel=ctx.cancel)
+                          rows=rows, progress=progress, cancel=ctx.cancel, counts=counts)
             part, ts = loss_matrix(ctx.components, subset, resolution, surrogate, ctx.config, **common)
             raw[np.ix_(rows, idx)] = part
             for r, t in zip(rows, ts):
@@ -197,10 +223,10 @@ class LossReductionScore:
             matrix = race(evaluate, n, p.draws, p.m, rank, p.negative_fraction)
         else:
             matrix = evaluate(list(range(p.draws)), np.arange(n))
-        passes = 2 * int((~np.isnan(raw)).sum()) * (2 if self.prompt_specific else 1)
         full = int((~np.isnan(raw)).all(axis=0).sum())
-        return ScoreResult(rank(matrix), np.nanmean(raw, axis=0), passes,
-                           {"timesteps": timesteps, "raced": p.race, "fully_scored": full})
+        return ScoreResult(rank(matrix), np.nanmean(raw, axis=0), counts.get("passes", 0),
+                           {"timesteps": timesteps, "raced": p.race, "fully_scored": full,
+                            "reference_passes_cached": counts.get("reference_cached", 0)})
 
 
 SCORES: dict[str, Score] = {s.name: s for s in (LossReductionScore(), LossReductionScore(prompt_specific=True))}
