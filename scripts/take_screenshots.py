@@ -9,6 +9,7 @@ Results -> Try it -> Jobs. Prints the wall time from Start to Finished: the issu
     python scripts/take_screenshots.py                       # writes docs/screenshots/*.png
     python scripts/take_screenshots.py --out /tmp/shots      # anywhere else
     python scripts/take_screenshots.py --pool-ready          # press Start once the app's pool is built
+    python scripts/take_screenshots.py --pool-ready --again  # and time a second, identical job
     python scripts/take_screenshots.py --quick               # the page only: load + Use example
 
 The app starts building its shapes pool when it starts; by default Start is pressed as soon as
@@ -66,6 +67,9 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="load the page and apply the example only")
     p.add_argument("--pool-ready", action="store_true",
                    help="press Start only once the app's shapes pool build (started at launch) is done")
+    p.add_argument("--again", action="store_true",
+                   help="then press Start once more (the same photos and defaults, a new job) and time that "
+                   "second job too: what the caches kept between jobs save")
     args = p.parse_args(argv)
     chromium = shutil.which("chromium")
     if chromium is None:
@@ -136,12 +140,17 @@ def main(argv=None) -> int:
             expect(page.locator("#pool-sheet img")).to_be_visible(timeout=120_000)
             page.wait_for_timeout(1000)
             page.screenshot(path=str(out / "pools.png"), full_page=True)
+            if args.again:
+                page.get_by_role("tab", name="Train").click()
+                started = time.perf_counter()
+                page.get_by_role("button", name="Start").click()
+                second = wait_for_next_job(progress, job_id)
+                timings["again_start_to_finished_s"] = round(time.perf_counter() - started, 1)
+                timings["again_stages_s"] = stage_timings(home, second)
             browser.close()
             # where the time went: the job's own stage timings (validate includes a first
             # job's shapes pool build)
-            stages = home / "jobs" / job_id / "out" / "timings.json"
-            if stages.is_file():
-                timings["stages_s"] = {k: round(v, 1) for k, v in json.loads(stages.read_text()).items()}
+            timings["stages_s"] = stage_timings(home, job_id)
     finally:
         app.terminate()
         app.wait(timeout=30)
@@ -149,7 +158,28 @@ def main(argv=None) -> int:
     (out / "example_job_timing.json").write_text(json.dumps(timings, indent=2) + "\n")
     print(f"example job ({args.example}, defaults): Start -> Finished {timings['start_to_finished_s']} s; "
           f"screenshots in {out}")
+    if args.again:
+        print(f"the same job again: Start -> Finished {timings['again_start_to_finished_s']} s")
     return 0
+
+
+def stage_timings(home: Path, job_id: str) -> dict:
+    """The job's own stage timings (timings.json), rounded; {} when it wrote none."""
+    stages = home / "jobs" / job_id / "out" / "timings.json"
+    return {k: round(v, 1) for k, v in json.loads(stages.read_text()).items()} if stages.is_file() else {}
+
+
+def wait_for_next_job(progress, previous: str, timeout_s: float = 1800) -> str:
+    """The id of the job the Progress text follows once it is another than ``previous`` and
+    has finished."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        text = progress.inner_text()
+        found = re.search(r"[0-9a-f]{32}", text)
+        if found and found.group(0) != previous and "Finished" in text:
+            return found.group(0)
+        time.sleep(1.0)
+    raise TimeoutError(f"the second job did not finish within {timeout_s:.0f} s")
 
 
 if __name__ == "__main__":
