@@ -26,6 +26,7 @@ QUICK = [
     pytest.param("bench_selection.py", "Mean over subjects", id="bench_selection"),
     pytest.param("bench_racing.py", "| checkered_square |", id="bench_racing"),
     pytest.param("bench_generated_pool.py", "generated - real over 1 pairs", id="bench_generated_pool"),
+    pytest.param("bench_example_job.py", "again: ", id="bench_example_job"),
     pytest.param("bench_compare.py", "Convergence", id="bench_compare", marks=pytest.mark.slow),
     pytest.param("bench_jobs.py", "kill_heartbeat_only", id="bench_jobs", marks=pytest.mark.slow),
     pytest.param("take_screenshots.py", "quick: page loaded and example applied", id="take_screenshots",
@@ -53,14 +54,15 @@ def test_scripts_use_the_installed_package():
 @pytest.mark.parametrize(("script", "expected"), QUICK)
 def test_quick_mode_runs(script, expected, tmp_path):
     if script in ("shapes_personalize.py", "bench_selection.py", "bench_compare.py", "bench_racing.py",
-                  "bench_generated_pool.py"):
+                  "bench_generated_pool.py", "bench_example_job.py"):
         from bat_app.paths import assets_dir
 
         if not (assets_dir() / "shapes" / "backbone" / "model_index.json").is_file():
             pytest.skip("shapes backbone not built")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env |= {"BAT_HOME": str(tmp_path / "home"), "OMP_NUM_THREADS": "1", "BAT_TORCH_THREADS": "1"}
-    args = ["--threads", "1"] if script in ("bench_trainer.py", "shapes_personalize.py", "bench_faiss.py") else []
+    args = ["--threads", "1"] if script in ("bench_trainer.py", "shapes_personalize.py", "bench_faiss.py",
+                                            "bench_example_job.py") else []
     args += ["--shortlist", "5"] if script == "bench_racing.py" else []
     out = subprocess.run([sys.executable, str(SCRIPTS / script), "--quick", *args], capture_output=True, text=True,
                          cwd=tmp_path, env=env, timeout=900)

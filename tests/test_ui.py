@@ -277,7 +277,12 @@ def test_results_of_a_finished_job(settings, tmp_path):
     job_id = finished_job(settings, tmp_path)
     view = views.job_view(settings, job_id)
     assert view.finished and view.loss_image.size == (480, 240) and view.selection == []
-    assert views.job_view(settings, job_id, view.selection_key).selection is None  # unchanged: not re-read
+    again = views.job_view(settings, job_id, view.shown_key)
+    assert again.selection is None and again.loss_image is None  # unchanged: not re-read, not re-sent
+    log = Path(jobs.job_dir(job_id, settings=settings.jobs)) / "out" / "methods" / "none" / "lora" / "loss_log.jsonl"
+    with log.open("a") as f:  # more steps logged: the curve is drawn again
+        f.write("".join(json.dumps({"step": i, "loss": 1 / i}) + "\n" for i in range(6, 100)))
+    assert views.job_view(settings, job_id, view.shown_key).loss_image is not None
     res = views.job_results(settings, job_id)
     assert res.methods == ["none"] and [c for _, c in res.grids] == ["object"]
     # "method" is what the grid's column titles say; "name" what the method is

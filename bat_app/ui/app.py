@@ -75,7 +75,8 @@ def build_app(settings: AppSettings | None = None) -> gr.Blocks:
         ui.remembered = gr.BrowserState("", storage_key="bat-studio-last-job")  # survives a reload
         ui.history = gr.BrowserState([], storage_key="bat-studio-jobs")        # this browser's jobs
         ui.watching = gr.State("")           # the job the Progress tab follows
-        ui.gallery_key = gr.State("")        # selection gallery shown (skip re-sending it)
+        ui.gallery_key = gr.State("")        # the pictures the Progress tab shows (views.JobView.shown_key):
+        #                                      unchanged ones are not re-sent every tick
         ui.finished = gr.Textbox(visible=False)  # set to a job id when it finishes -> load results
         gr.Markdown("# BAT Studio\nPersonalize a text-to-image model from 3–10 photos with DreamBooth-LoRA "
                     "and **Backbone Augmented Training**: ALBAT adds matching images from the backbone's own "
@@ -234,7 +235,7 @@ def progress_events(ui, demo) -> None:
                     gr.Button(visible=False))
         gallery = view.selection if view.selection is not None else gr.skip()
         return (view.text, view.loss_image if view.loss_image is not None else gr.skip(), gallery,
-                view.selection_key, gr.Timer(active=not view.finished),
+                view.shown_key, gr.Timer(active=not view.finished),
                 job if view.status["status"] == "done" else gr.skip(),
                 gr.Button(visible=not view.finished))  # nothing left to cancel once it ended
 

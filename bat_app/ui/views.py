@@ -39,19 +39,24 @@ class JobView:
     status: dict
     text: str                                  # markdown: status, stage, step/total, ETA, loss
     finished: bool
-    loss_image: Image.Image | None = None
+    loss_image: Image.Image | None = None      # None: unchanged since ``shown_key`` (or no training yet)
     selection: list[tuple[Image.Image, str]] | None = None  # None: unchanged since ``shown_key``
-    selection_key: str = ""                    # changes when the selection gallery changes
+    shown_key: str = ""                        # what the page shows now: pass it back on the next tick
 
 
 def job_view(settings: AppSettings, job_id: str, shown_key: str | None = None) -> JobView:
-    """The job's progress; the selection gallery is read only when it differs from ``shown_key``."""
+    """The job's progress. The loss curve and the selection gallery are drawn only when they
+    differ from what ``shown_key`` (the previous view's) says the page shows: a tick every
+    second must not re-encode and re-send the same pictures, which on a small machine takes
+    the CPU the job itself needs."""
     job_id = normalize_job_id(job_id)
     status = jobs.status(job_id, settings=settings.jobs)
     folder = Path(status["dir"])
-    key, gallery = _selection_gallery(settings, folder, shown_key)
+    shown_selection, _, shown_loss = (shown_key or "").partition("|")
+    selection_key, gallery = _selection_gallery(settings, folder, shown_selection if shown_key else None)
+    loss_key, loss = _loss_image(folder, status, shown_loss if shown_key else None)
     return JobView(job_id, status, progress_text(status), status["status"] in jobs.FINISHED,
-                   _loss_image(folder, status), gallery, key)
+                   loss, gallery, f"{selection_key}|{loss_key}")
 
 
 def progress_text(status: dict) -> str:
@@ -91,13 +96,22 @@ def format_seconds(seconds: float | None) -> str:
     return f"{minutes} min {s:02d} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
 
 
-def _loss_image(folder: Path, status: dict) -> Image.Image | None:
-    """The loss curve of the method training now (or trained last)."""
+LOSS_REDRAW_BYTES = 2000  # redraw the curve after about 30 more logged steps (one line each)
+
+
+def _loss_image(folder: Path, status: dict, shown_key: str | None = None) -> tuple[str, Image.Image | None]:
+    """(key, the loss curve of the method training now (or trained last), or None when the
+    page's curve, ``shown_key``, is still current). The key moves with the log's growth in
+    ``LOSS_REDRAW_BYTES`` steps and once more when the job ends (the full curve)."""
     logs = list((folder / OUT / "methods").glob("*/lora/loss_log.jsonl"))
     if not logs:
-        return None
+        return "", None
     current = folder / OUT / "methods" / str(status.get("method")) / "lora" / "loss_log.jsonl"
     log = current if current in logs else max(logs, key=lambda p: p.stat().st_mtime)
+    ended = status.get("status") in jobs.FINISHED
+    key = f"{log.parent.parent.name}:{log.stat().st_size // LOSS_REDRAW_BYTES}:{int(ended)}"
+    if key == shown_key:
+        return key, None
     losses = []
     for line in log.read_text().splitlines():
         try:
@@ -105,7 +119,7 @@ def _loss_image(folder: Path, status: dict) -> Image.Image | None:
         except (ValueError, KeyError, TypeError):
             continue  # a line being written right now
     method = log.parent.parent.name
-    return loss_curve(losses, title=f"training loss: {METHOD_LABELS.get(method, method)}")
+    return key, loss_curve(losses, title=f"training loss: {METHOD_LABELS.get(method, method)}")
 
 
 def _selection_gallery(settings: AppSettings, folder: Path, shown_key: str | None = None):
