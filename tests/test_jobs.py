@@ -434,3 +434,24 @@ def test_example_job_runs_end_to_end_on_the_shapes_backbone(tmp_path, monkeypatc
     assert done["status"] == "done", done["error"]
     for method in ("none", "albat"):
         assert (Path(done["dir"]) / done["outputs"][f"{method}:diffusers"]).is_file()
+
+
+def test_cleanup_prunes_the_shared_cache_by_last_use(job_env):
+    """Cache entries (latents of photos, surrogates, base previews) go once unused for the
+    retention period, whatever job made them; recently used ones stay."""
+    settings, _, _ = connect()
+    now = time.time()
+    cache = settings.data_dir / "cache"
+    old = cache / "latents" / "vae-32" / "a.safetensors"
+    read_lately = cache / "surrogates" / "b.safetensors"
+    fresh = cache / "reference-losses" / "plan" / "c.npy"
+    for path in (old, read_lately, fresh):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x" * 1000)
+    ten_days = now - 10 * 86400
+    os.utime(old, (ten_days, ten_days))
+    os.utime(read_lately, (now - 3600, ten_days))  # written long ago, read an hour ago
+    report = jobs.cleanup(retention_days=7, disk_budget_gb=100, now=now)
+    assert report["cache_freed_bytes"] == 1000
+    assert not old.exists() and not old.parent.exists()  # its folder, left empty, too
+    assert read_lately.exists() and fresh.exists() and cache.is_dir()

@@ -6,8 +6,16 @@
 In order: (1) checkpoints of ``done`` jobs are deleted (they only serve resuming; the LoRAs,
 grids and metrics stay); (2) finished jobs (done, failed, cancelled) older than the retention
 period are deleted; (3) while the jobs folder is over the budget, finished jobs are deleted
-oldest first. Queued and running jobs are never deleted, whatever the budget. Every worker
-runs this every ``cleanup_every_s``; the app may call it too.
+oldest first; (4) files of the shared cache (``$BAT_HOME/cache``: latents, surrogates, the base
+model's previews and losses, class images) not used for the retention period are deleted.
+Queued and running jobs are never deleted, whatever the budget. Every worker runs this every
+``cleanup_every_s``; the app may call it too.
+
+Why (4): cache entries made from a job's photos (their latents, a surrogate trained on them)
+must not outlive the job's retention; they are keyed by pixel hashes, not by job, so they go
+by age. "Used" is the later of the file's modification and access times: with Linux's default
+``relatime`` a read refreshes the access time at least daily, so entries that running jobs
+keep reading stay; any entry removed is recomputed when next needed.
 """
 
 from __future__ import annotations
@@ -52,7 +60,32 @@ def cleanup(retention_days: float | None = None, disk_budget_gb: float | None = 
         if delete(store, record.id):
             deleted.append(record.id)
             total -= sizes.get(record.id, 0)
-    return {"deleted": deleted, "checkpoints_freed_bytes": freed, "bytes_after": total}
+    cache_freed = prune_cache(cache_root(settings), retention_s, now)
+    return {"deleted": deleted, "checkpoints_freed_bytes": freed, "bytes_after": total,
+            "cache_freed_bytes": cache_freed}
+
+
+def cache_root(settings: JobSettings) -> Path:
+    """The shared cache of the data folder these settings name (``BAT_CACHE`` wins, as in paths)."""
+    return Path(os.environ.get("BAT_CACHE") or settings.data_dir / "cache")
+
+
+def prune_cache(root: Path, max_age_s: float, now: float) -> int:
+    """Delete the files under ``root`` not modified or read for ``max_age_s``, then the folders
+    left empty; returns the bytes freed."""
+    freed = 0
+    for folder, _, files in os.walk(root, topdown=False):
+        for name in files:
+            path = os.path.join(folder, name)
+            with contextlib.suppress(OSError):
+                info = os.lstat(path)
+                if now - max(info.st_mtime, info.st_atime) > max_age_s:
+                    os.remove(path)
+                    freed += info.st_size
+        if folder != str(root):
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)  # only succeeds when empty
+    return freed
 
 
 def delete(store: JobStore, job_id: str) -> bool:
