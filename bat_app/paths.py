@@ -25,6 +25,7 @@ def data_dir() -> Path:
     return Path("bat-data").resolve()
 
 
-def cache_dir() -> Path:
-    """Caches that may be deleted at any time (encoded latents, class images)."""
-    return Path(os.environ.get("BAT_CACHE", data_dir() / "cache"))
+def cache_dir(home: Path | None = None) -> Path:
+    """Caches that may be deleted at any time (encoded latents, class images): ``BAT_CACHE``,
+    else ``cache/`` in ``home`` (default: :func:`data_dir`)."""
+    return Path(os.environ.get("BAT_CACHE") or (home if home is not None else data_dir()) / "cache")

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from ..errors import JobNotFound
+from ..paths import cache_dir
 from .queue import connect
 from .record import DONE, JobRecord
 from .settings import JobSettings
@@ -60,14 +61,9 @@ def cleanup(retention_days: float | None = None, disk_budget_gb: float | None = 
         if delete(store, record.id):
             deleted.append(record.id)
             total -= sizes.get(record.id, 0)
-    cache_freed = prune_cache(cache_root(settings), retention_s, now)
+    cache_freed = prune_cache(cache_dir(settings.data_dir), retention_s, now)
     return {"deleted": deleted, "checkpoints_freed_bytes": freed, "bytes_after": total,
             "cache_freed_bytes": cache_freed}
-
-
-def cache_root(settings: JobSettings) -> Path:
-    """The shared cache of the data folder these settings name (``BAT_CACHE`` wins, as in paths)."""
-    return Path(os.environ.get("BAT_CACHE") or settings.data_dir / "cache")
 
 
 def prune_cache(root: Path, max_age_s: float, now: float) -> int:
