@@ -60,6 +60,9 @@ Pre-registration (written into scripts/bench_albat.py before any run; not change
 """
 
 EVAL_SEED, DRIFT_SEED = 4242, 4243
+# Fewer pairs than this: the report gives means only. A percentile bootstrap over 2 pairs has 3
+# possible resample means, and its "interval" excludes 0 whenever both pairs agree in sign.
+MIN_PAIRS_FOR_CI = 5
 
 # name -> (selector, SelectionParams overrides). Order matters: albat first (its count and
 # selection cost set the others'), none_eq last (needs the albat arm's seconds per step).
@@ -108,18 +111,26 @@ class Plan:
     workers: int = 1
 
     def key(self) -> str:
-        data = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("workers", "sample_batch")}
+        """What one pair's numbers depend on: not which subjects and seeds run beside it (so that
+        runs of different subsets, on different days or machines, add up to one experiment)."""
+        skip = ("workers", "sample_batch", "subjects", "seeds")
+        data = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
 
+# The training recipe the experiment was registered and first run with (the shapes preset's on
+# 2026-12-01: LoRA lr 5e-4, no prior preservation). Pinned, so that every pair of one experiment
+# trains alike although the preset's recipe has moved on (prior preservation and lr 1e-3 since).
+REGISTERED_TRAIN = {"lr": 5e-4, "prior": False}  # pinned: registered (see above)
+
 PLANS = {
-    "cpu": Plan(),
+    "cpu": Plan(train=dict(REGISTERED_TRAIN)),
     # the code path only: every arm, two checkpoints, a few items; pivotal off (its per-run setup
     # and teardown would be most of the time)
     "quick": Plan(subjects=["dot_star"], seeds=[0], checkpoints=[2, 4], m=2, k=16, draws=2, pool_size=1000,
                   eval_photos=6, eval_draws=2, drift_items=6, samples=1, num_prompts=1, sample_batch=8,
-                  sample_steps=3, train={"pivotal": False}),
-    "gpu": Plan(seeds=[0, 1, 2, 3, 4], checkpoints=[25, 50, 100, 200, 400], m=100, k=1000, eval_draws=8,
+                  sample_steps=3, train={"pivotal": False, "prior": False}),
+    "gpu": Plan(train=dict(REGISTERED_TRAIN), seeds=[0, 1, 2, 3, 4], checkpoints=[25, 50, 100, 200, 400], m=100, k=1000, eval_draws=8,
                 checkpoint_samples=4, sample_batch=256, workers=12),
 }
 
@@ -227,8 +238,8 @@ def train_config(plan: Plan, subject, seed: int):
     return TrainConfig.for_model("shapes", plan.shots, **settings)  # the preset's recipe, then the plan's
 
 
-def run_pair(plan: Plan, name: str, seed: int, work: Path) -> dict:
-    """Every arm of one (subject, training seed); cached in <work>/runs/."""
+def run_pair(plan: Plan, name: str, seed: int, work: Path, records: Path) -> dict:
+    """Every arm of one (subject, training seed); its record is kept in ``records``."""
     import torch
 
     from bat_app.albat import AlbatSelector, SelectionContext, SelectionParams, get_score, get_selector
@@ -243,7 +254,7 @@ def run_pair(plan: Plan, name: str, seed: int, work: Path) -> dict:
     from bat_app.shapes import get_subject, load_attribute_classifier
     from bat_app.train import train_lora
 
-    out_file = work / "runs" / f"{name}-s{seed}.json"
+    out_file = records / f"{name}-s{seed}.json"
     if out_file.is_file() and json.loads(out_file.read_text()).get("plan") == plan.key():
         return json.loads(out_file.read_text())
     # parallel workers share the machine's cores instead of each taking all of them
@@ -264,6 +275,7 @@ def run_pair(plan: Plan, name: str, seed: int, work: Path) -> dict:
     prompts.append(("class", prompt_set.class_text(config.class_noun)))
     score = ScoreMemo(get_score("loss_reduction"))
     classifier = load_attribute_classifier()
+    pair_started = time.perf_counter()
     record = {"plan": plan.key(), "subject": name, "seed": seed, "config": config.to_dict(), "base": {
         "subject_loss": probes.base["subject_loss"]}, "arms": {}}
     count = plan.m
@@ -314,14 +326,27 @@ def run_pair(plan: Plan, name: str, seed: int, work: Path) -> dict:
         print(json.dumps({"subject": name, "seed": seed, "arm": arm, "items": len(selection),
                           "select_s": round(select_s, 1), "train_s": round(train_s, 1),
                           "subject_loss": [round(p["subject_loss"], 5) for p in curve]}), flush=True)
+    record.update(wall_s=time.perf_counter() - pair_started, threads=torch.get_num_threads(),
+                  load=os.getloadavg()[0] if hasattr(os, "getloadavg") else None, date=time.strftime("%Y-%m-%d"))
     out_file.parent.mkdir(parents=True, exist_ok=True)
     out_file.write_text(json.dumps(record, indent=1, default=float))
     return record
 
 
 def _pair_worker(args):
-    plan, name, seed, work = args
-    return run_pair(plan, name, seed, work)
+    return run_pair(*args)
+
+
+def recorded_pairs(plan: Plan, records: Path) -> list[dict]:
+    """Every finished pair of this plan in ``records`` (from this run or earlier ones), in the
+    plan's order."""
+    found = []
+    for seed in plan.seeds:
+        for name in plan.subjects:
+            path = records / f"{name}-s{seed}.json"
+            if path.is_file() and (record := json.loads(path.read_text())).get("plan") == plan.key():
+                found.append(record)
+    return found
 
 
 # --- statistics and the report ------------------------------------------------------------
@@ -332,30 +357,46 @@ def report(records: list[dict], plan: Plan, mode: str, plot: Path, doc: Path, se
     cost = {a: (np.mean([r["arms"][a]["select_s"] for r in records]), np.mean([r["arms"][a]["train_s"] for r in records]))
             for a in arms}
     items = {a: np.mean([r["arms"][a]["items"] for r in records]) for a in arms}
+    planned = len(plan.subjects) * len(plan.seeds)
+    walls = [r["wall_s"] / 60 for r in records if "wall_s" in r]
+    names = [f"{r['subject']} s{r['seed']}" for r in records]
+    per_pair = f"; {np.mean(walls):.0f} min per pair" if walls else ""
     lines = [f"Generated by `python scripts/bench_albat.py run{' --' + mode if mode != 'cpu' else ''}` on "
-             f"{time.strftime('%Y-%m-%d')} ({platform.node() or 'host'}, {_device()}), {seconds / 60:.1f} min; plan "
+             f"{time.strftime('%Y-%m-%d')} ({platform.node() or 'host'}, {_device()}), this run {seconds / 60:.1f} min; "
+             f"**{len(records)} of {planned} planned pairs finished** "
+             f"({', '.join(names)}{per_pair}); plan "
              f"{plan.key()}: subjects {', '.join(plan.subjects)}; training seeds {plan.seeds}; checkpoints "
              f"{plan.checkpoints}; m = {plan.m}, K = {plan.k}, R = {plan.draws or 'default'}; {plan.eval_photos} "
              f"fresh photos x {plan.eval_draws} draws; drift on {plan.drift_items} pool items; {plan.samples} samples "
-             f"per prompt at the end; pool {plan.pool_size}; backbone {_backbone_id()}.", ""]
+             f"per prompt at the end; pool {plan.pool_size}; training: the shapes recipe with {plan.train} "
+             f"(pinned); backbone {_backbone_id()}.", ""]
     if mode == "quick":
         lines += ["**Smoke test (--quick): these numbers are not results.**", ""]
     lines += ["<details><summary>Pre-registration</summary>", "", "```", PREREGISTRATION.rstrip(), "```", "",
-              "</details>", "", f"### Per arm (mean [95% bootstrap CI] over {s['pairs']} (subject, seed) pairs)", "",
+              "</details>", "", f"### Per arm (mean{' [95% bootstrap CI]' if s['pairs'] >= MIN_PAIRS_FOR_CI else ''} over {s['pairs']} "
+              f"(subject, seed) pairs{'' if s['pairs'] >= MIN_PAIRS_FOR_CI else f'; intervals from {MIN_PAIRS_FOR_CI} pairs on'})",
+              "",
               "| arm | items | subject loss min ↓ | subject loss area ↓ | drift (last) ↓ | subject fidelity ↑ | "
               "prompt fidelity ↑ | selection s | training s |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    def show(ci, digits=4):
+        return fmt_ci(ci, digits) if s["pairs"] >= MIN_PAIRS_FOR_CI else "—" if math.isnan(ci[0]) else f"{ci[0]:.{digits}f}"
+
     nan = (float("nan"),) * 3
     for a in arms:
         m = s["per_arm"][a]
-        lines.append(f"| {a} | {items[a]:.0f} | {fmt_ci(m.get('subject_loss_min', nan))} | "
-                     f"{fmt_ci(m.get('subject_loss_area', nan))} | {fmt_ci(m.get('drift_last', nan))} | "
-                     f"{fmt_ci(m.get('subject_fidelity', nan), 3)} | {fmt_ci(m.get('prompt_fidelity', nan), 3)} | "
+        lines.append(f"| {a} | {items[a]:.0f} | {show(m.get('subject_loss_min', nan))} | "
+                     f"{show(m.get('subject_loss_area', nan))} | {show(m.get('drift_last', nan))} | "
+                     f"{show(m.get('subject_fidelity', nan), 3)} | {show(m.get('prompt_fidelity', nan), 3)} | "
                      f"{cost[a][0]:.1f} | {cost[a][1]:.1f} |")
     lines += ["", "### Paired differences (a − b; loss and drift: negative = a better)", "",
               "| a − b | metric | n | mean [95% CI] | CI excludes 0 |", "|---|---|---:|---:|---|"]
     for d in s["diffs"]:
         mean, lo, hi = d["ci"]
-        excludes = "— (one pair)" if d["n"] < 2 else "yes" if (lo > 0 or hi < 0) else "no"
+        if d["n"] < MIN_PAIRS_FOR_CI:  # a bootstrap over 2-4 pairs has a handful of possible means
+            lines.append(f"| {d['a']} − {d['b']} | {d['metric']} | {d['n']} | {mean:.4f} (no interval below "
+                         f"{MIN_PAIRS_FOR_CI} pairs) | — |")
+            continue
+        excludes = "yes" if (lo > 0 or hi < 0) else "no"
         lines.append(f"| {d['a']} − {d['b']} | {d['metric']} | {d['n']} | {fmt_ci(d['ci'], 4)} | {excludes} |")
     try:
         rel = plot.resolve().relative_to(doc.resolve().parent)
@@ -392,10 +433,6 @@ def cmd_run(args) -> None:
 
     mode = "quick" if args.quick else "gpu" if args.gpu else "cpu"
     plan = PLANS[mode]
-    if args.subjects:
-        plan = replace(plan, subjects=args.subjects.split(","))
-    if args.seeds:
-        plan = replace(plan, seeds=[int(s) for s in args.seeds.split(",")])
     if args.arms:
         plan = replace(plan, arms=args.arms.split(","))
     if args.workers:
@@ -405,25 +442,42 @@ def cmd_run(args) -> None:
         raise SystemExit(f"unknown arm(s) {unknown}; known: {', '.join(ARMS)}")
     if "none_eq" in plan.arms and "albat" not in plan.arms:
         raise SystemExit("none_eq needs the albat arm (its selection cost sets the extra steps)")
+    # --subjects/--seeds choose which pairs run now; the report covers every recorded pair of the plan
+    subjects = args.subjects.split(",") if args.subjects else plan.subjects
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else plan.seeds
+    plan = replace(plan, subjects=list(dict.fromkeys(plan.subjects + subjects)),
+                   seeds=list(dict.fromkeys(plan.seeds + seeds)))
     work = args.work or Path(f"/tmp/bat-bench-albat-{mode}")
+    # the records of the real plans live in the repo, so that runs on different days add up
+    records = args.records or (work / "runs" if mode == "quick" else Path("docs/bench-albat") / mode)
     doc = args.doc or (work / "benchmarks.md" if mode == "quick" else Path("docs/benchmarks.md"))
     plot = args.plot or (work / "albat_frontier.png" if mode == "quick" else Path("docs/albat_frontier.png"))
     started = time.perf_counter()
     ensure_shapes_pool(plan.pool_size)
-    jobs = [(plan, name, seed, work) for name in plan.subjects for seed in plan.seeds]
+    # seed-major: an interrupted run has covered every subject once before any twice
+    jobs = [(plan, name, seed, work, records) for seed in seeds for name in subjects]
     if plan.workers > 1:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
 
         with ProcessPoolExecutor(plan.workers, mp_context=mp.get_context("spawn")) as ex:
-            records = list(ex.map(_pair_worker, jobs))
+            list(ex.map(_pair_worker, jobs))
     else:
-        records = [_pair_worker(job) for job in jobs]
-    frontier(records, [a for a in ARMS if a in plan.arms], plot)
-    body = report(records, plan, mode, plot, doc, time.perf_counter() - started)
-    write_section(doc, "experiment", "ALBAT: the pre-registered experiment", body)
+        for job in jobs:
+            if args.stop_after is not None and time.perf_counter() - started >= 60 * args.stop_after:
+                print(f"stopping: {args.stop_after} minutes have passed; the next run continues from here",
+                      flush=True)
+                break
+            _pair_worker(job)
+    done = recorded_pairs(plan, records)
+    if not done:
+        raise SystemExit(f"no finished pair in {records}")
     arms = [a for a in ARMS if a in plan.arms]
-    (work / "summary.json").write_text(json.dumps(summarise(records, arms, comparisons(arms)), indent=1, default=float))
+    frontier(done, arms, plot)
+    body = report(done, plan, mode, plot, doc, time.perf_counter() - started)
+    write_section(doc, "experiment", "ALBAT: the pre-registered experiment", body)
+    (work / "summary.json").parent.mkdir(parents=True, exist_ok=True)
+    (work / "summary.json").write_text(json.dumps(summarise(done, arms, comparisons(arms)), indent=1, default=float))
     print(body)
 
 
@@ -514,12 +568,15 @@ def main() -> None:
     size = p.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="tiny smoke test (1 subject, 1 seed, few steps)")
     size.add_argument("--gpu", action="store_true", help="the GPU plan: 5 seeds, 400 steps, m = 100")
-    p.add_argument("--subjects", help="comma-separated subset of the plan's subjects")
+    p.add_argument("--subjects", help="comma-separated subjects to run now (default: the plan's)")
     p.add_argument("--seeds", help="comma-separated training seeds")
     p.add_argument("--arms", help=f"comma-separated arms (default: the registered {','.join(REGISTERED)}; "
                                   f"variants: {','.join(VARIANTS)})")
     p.add_argument("--workers", type=int, help="parallel (subject, seed) processes")
     p.add_argument("--work", type=Path, help="work folder (default /tmp/bat-bench-albat-<mode>)")
+    p.add_argument("--records", type=Path, help="folder of the per-pair records (default docs/bench-albat/<mode>; "
+                                                "--quick: <work>/runs)")
+    p.add_argument("--stop-after", type=float, help="start no new pair after this many minutes")
     p.add_argument("--doc", type=Path, help="markdown file whose bench_albat section is rewritten")
     p.add_argument("--plot", type=Path, help="frontier PNG")
     p.set_defaults(func=cmd_run)

@@ -84,6 +84,29 @@ def test_summarise_pairs_runs_by_subject_and_seed():
     assert stats["per_arm"]["albat"]["n"] == 4 and stats["pairs"] == 4
 
 
+def _bench_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_albat", REPO / "scripts" / "bench_albat.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("bench_albat", module)  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_pairs_recorded_on_different_runs_add_up_to_one_experiment(tmp_path):
+    bench = _bench_module()
+    plan = bench.PLANS["cpu"]
+    # which subjects and seeds run beside a pair does not change its numbers, so not its key
+    subset = bench.replace(plan, subjects=["dot_star"], seeds=[2])
+    assert subset.key() == plan.key() != bench.replace(plan, m=plan.m + 1).key()
+    for name, seed, key in [("dot_star", 0, plan.key()), ("striped_heart", 1, plan.key()),
+                            ("dotted_moon", 0, "another-plan"), ("not_planned", 0, plan.key())]:
+        (tmp_path / f"{name}-s{seed}.json").write_text(json.dumps({"plan": key, "subject": name, "seed": seed}))
+    found = bench.recorded_pairs(plan, tmp_path)
+    assert [(r["subject"], r["seed"]) for r in found] == [("dot_star", 0), ("striped_heart", 1)]
+
+
 @pytest.mark.skipif(not HAVE_SHAPES, reason="shapes backbone not built (python -m bat_app shapes build)")
 def test_quick_run_writes_results_a_plot_and_only_its_own_section(tmp_path, shapes_pool):
     doc = tmp_path / "benchmarks.md"
