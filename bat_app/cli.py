@@ -84,7 +84,8 @@ def _add_train(sub) -> None:
     p.add_argument("--embedding-lr", type=float, default=None, help="pivotal tuning's learning rate")
     p.add_argument("--resolution", type=int, default=None, help="default: the model's native size")
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--prior", action="store_true", help="prior preservation with generated class images")
+    p.add_argument("--prior", action=argparse.BooleanOptionalAction, default=None,
+                   help="prior preservation with generated class images (default: the preset's recipe)")
     p.add_argument("--num-class-images", type=int, default=None)
     p.add_argument("--captions", action="store_true", help="use each image's same-name .txt caption")
     p.add_argument("--train-text-encoder", action="store_true", help="also train a text-encoder LoRA")
@@ -151,10 +152,10 @@ def train_config_from_args(args, n_images: int | None = None):
              "alpha": args.alpha, "lr": args.lr, "batch_size": args.batch_size, "resolution": args.resolution,
              "seed": args.seed, "num_class_images": args.num_class_images,
              "checkpoint_every": args.checkpoint_every, "pivotal": getattr(args, "pivotal", None),
-             "embedding_lr": getattr(args, "embedding_lr", None),
+             "embedding_lr": getattr(args, "embedding_lr", None), "prior": args.prior,
              "memory_profile": getattr(args, "memory_profile", None)}
     data.update({k: v for k, v in flags.items() if v is not None})
-    for flag in ("prior", "captions", "train_text_encoder"):
+    for flag in ("captions", "train_text_encoder"):
         if getattr(args, flag):
             data[flag] = True
     return TrainConfig.for_model(args.model, n_images, **data)
@@ -235,7 +236,7 @@ def _add_select(sub) -> None:
                    help="a VAE to load in place of the model's own (default: the preset's, e.g. sdxl's fp16 fix)")
     _add_selection_args(p, required=True)
     p.set_defaults(func=run_select, config=None, alpha=None, batch_size=None, num_class_images=None,
-                   checkpoint_every=None, prior=False, captions=False, train_text_encoder=False)
+                   checkpoint_every=None, prior=None, captions=False, train_text_encoder=False)
 
 
 def run_select(args) -> int:
@@ -363,6 +364,7 @@ def run_presets(args) -> int:
         sel = recipe_for(name).selection_settings(None)
         print(f"    recipe (5 photos): {train['steps']} steps, lr {train['lr']:g}, rank {train['rank']}, "
               f"batch {train['batch_size']}, pivotal {'on' if train['pivotal'] else 'off'}, "
+              f"prior preservation {'on (' + str(train['num_class_images']) + ' class images)' if train['prior'] else 'off'}, "
               f"m {sel['m']}, k {sel['k']}")
         for profile in reversed(profiles(name)):
             print(f"    memory profile '{profile.name}' (from {profile.min_gpu_gb:g} GB): {profile.summary()}")

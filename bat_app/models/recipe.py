@@ -40,6 +40,8 @@ class Recipe:
     pivotal: bool               # pivotal tuning: train the trigger's own embedding vectors
     pivotal_vectors: int
     embedding_lr: float
+    prior: bool                 # DreamBooth prior preservation (class images from the base model) in
+    class_images: int           # every method's training, with this many class images
     aug_weight: float           # lambda for the backbone examples ...
     aug_weight_few: float       # ... lowered with 3 photos, where they would outweigh the subject
     m_per_photo: int            # backbone items selected (ALBAT, random, CLIP), per photo ...
@@ -65,6 +67,7 @@ class Recipe:
                 "lr": self.lr, "rank": self.rank_many if n >= self.many_photos else self.rank,
                 "batch_size": self.batch_size, "pivotal": self.pivotal,
                 "pivotal_vectors": self.pivotal_vectors, "embedding_lr": self.embedding_lr,
+                "prior": self.prior, "num_class_images": self.class_images,
                 "aug_weight": self.aug_weight_few if n <= MIN_PHOTOS else self.aug_weight}
 
     def selection_settings(self, n_images: int | None = None) -> dict:
