@@ -61,6 +61,12 @@ def test_build_config_defaults_and_overrides(settings):
     assert off.train["pivotal"] is False and off.train_config(4).pivotal is False
     with pytest.raises(InputError, match="pivotal must be true or false"):
         handlers.build_config(settings, class_noun="disc", methods=["none"], pivotal="yes", n_images=4)
+    # prior preservation likewise (the shapes recipe turns it on)
+    assert "prior" not in cfg.train and cfg.train_config(4).prior is suggested_settings(4)["prior"]
+    no_prior = handlers.build_config(settings, class_noun="disc", methods=["none"], prior=False, n_images=4)
+    assert no_prior.train_config(4).prior is False
+    with pytest.raises(InputError, match="prior must be true or false"):
+        handlers.build_config(settings, class_noun="disc", methods=["none"], prior="yes", n_images=4)
 
 
 @pytest.mark.parametrize("form, message", [

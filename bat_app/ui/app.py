@@ -31,7 +31,7 @@ from .public import client_id, public_message, scrub
 from .settings import AppSettings
 
 TICK_S = 1.0
-ADVANCED = ("steps", "rank", "lr", "resolution", "seed", "k", "m", "aug_weight", "pivotal")
+ADVANCED = ("steps", "rank", "lr", "resolution", "seed", "k", "m", "aug_weight", "pivotal", "prior")
 # System fonts only: the app must render offline (no Google Fonts request).
 THEME = gr.themes.Soft(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
 log = logging.getLogger(__name__)
@@ -143,9 +143,12 @@ def train_tab(ui) -> None:
                 m = gr.Number(adv["m"], label="m: backbone images kept", precision=0, info=info("m"))
                 aug_weight = gr.Number(adv["aug_weight"], label="lambda: backbone loss weight",
                                        info=info("aug_weight"))
-            pivotal = gr.Checkbox(adv["pivotal"], label="pivotal tuning: train the trigger's own "
-                                  "embedding vectors with the LoRA (the preset's recipe says when it helps)")
-        ui.advanced = [steps, rank, lr, resolution, seed, k, m, aug_weight, pivotal]  # in ADVANCED's order
+            with gr.Row():
+                pivotal = gr.Checkbox(adv["pivotal"], label="pivotal tuning: train the trigger's own "
+                                      "embedding vectors with the LoRA (the preset's recipe says when it helps)")
+                prior = gr.Checkbox(adv["prior"], label="prior preservation: every method also trains on "
+                                    "the base model's own images of the class (keeps the class prompt as it was)")
+        ui.advanced = [steps, rank, lr, resolution, seed, k, m, aug_weight, pivotal, prior]  # in ADVANCED's order
         ui.start = gr.Button("Start", variant="primary", elem_id="start")
         ui.start_info = gr.Markdown(elem_id="start-info")
 
@@ -187,8 +190,8 @@ def train_events(ui, demo) -> None:
 
     @guarded
     def on_start(value, token_, noun, model_, pool_, methods_, steps_, rank_, lr_, resolution_, seed_, k_, m_,
-                 aug_weight_, pivotal_=None, request: gr.Request = None):
-        adv_values = (steps_, rank_, lr_, resolution_, seed_, k_, m_, aug_weight_, pivotal_)
+                 aug_weight_, pivotal_=None, prior_=None, request: gr.Request = None):
+        adv_values = (steps_, rank_, lr_, resolution_, seed_, k_, m_, aug_weight_, pivotal_, prior_)
         job = handlers.start_job(settings, value, client=client_id(request, settings.proxy_hops), token=token_,
                                  class_noun=noun, model=model_, pool=pool_, methods=methods_,
                                  **dict(zip(ADVANCED, adv_values)))

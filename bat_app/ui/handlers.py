@@ -245,7 +245,7 @@ def _number(key: str, value, kind):
 def build_config(settings: AppSettings, *, token: str = "sks", class_noun: str = "", model: str | None = None,
                  pool: str | None = None, methods: list[str] | None = None, steps=None, rank=None, lr=None,
                  resolution=None, seed=None, k=None, m=None, aug_weight=None, pivotal=None,
-                 n_images: int = 5) -> CompareConfig:
+                 prior=None, n_images: int = 5) -> CompareConfig:
     """The CompareConfig a Start press (or an API call) submits; empty fields take the defaults for
     ``n_images``. Model and pool must be among what the server offers; every number is within
     ``bat_app.limits`` (the message names the field, the limit and the fix)."""
@@ -292,10 +292,11 @@ def build_config(settings: AppSettings, *, token: str = "sks", class_noun: str =
     train = {key: values[key] for key, (group, _) in NUMBERS.items() if group == "train" and key != "resolution"}
     if values["resolution"]:
         train["resolution"] = values["resolution"]
-    if pivotal is not None:  # None (not given): the recipe's choice
-        if not isinstance(pivotal, bool):
-            raise InputError(f"pivotal must be true or false, got {pivotal!r}.")
-        train["pivotal"] = pivotal
+    for name, value in (("pivotal", pivotal), ("prior", prior)):
+        if value is not None:  # None (not given): the recipe's choice
+            if not isinstance(value, bool):
+                raise InputError(f"{name} must be true or false, got {value!r}.")
+            train[name] = value
     train["checkpoint_every"] = max(1, train["steps"] // 4)
     # The preset's memory profile for this server's GPU (the model note says which and why).
     if (profile := memory_profile(preset)) is not None:
