@@ -190,7 +190,8 @@ def test_a_plain_trainings_first_steps_are_the_surrogate(comps, images, tmp_path
     assert any(v.abs().sum() > 0 for k, v in alone.items() if "lora_B" in k)  # trained, not the zero init
     # a run whose first steps differ from the surrogate's gives none
     for other in (replace(config, lr_schedule="cosine"), replace(config, train_text_encoder=True),
-                  replace(config, warmup_steps=2, lr_schedule="constant_with_warmup")):
+                  replace(config, warmup_steps=2, lr_schedule="constant_with_warmup"),
+                  replace(config, prior=True, num_class_images=2)):  # class images in every step
         assert surrogate_snapshot(comps, images, other, 5, tmp_path / "c") is None
 
 
