@@ -105,8 +105,8 @@ def summarize(results: dict, config: TrainConfig, images: int, method: str = "no
             "subjects_recontext_ge_70": sum(r["recontext_fidelity"] >= 0.7 for r in lora),
             "n_subjects": len(results), "images_per_subject": images, "method": method,
             "train": {k: getattr(config, k) for k in ("steps", "lr", "rank", "batch_size", "pivotal",
-                                                       "pivotal_vectors", "embedding_lr", "aug_weight",
-                                                       "target_modules")},
+                                                       "pivotal_vectors", "embedding_lr", "prior",
+                                                       "num_class_images", "aug_weight", "target_modules")},
             "target": "trait >= 0.80 of 'a photo of sks <class>' samples; recontext fidelity >= 0.70"}
 
 
