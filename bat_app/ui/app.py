@@ -146,8 +146,9 @@ def train_tab(ui) -> None:
             with gr.Row():
                 pivotal = gr.Checkbox(adv["pivotal"], label="pivotal tuning: train the trigger's own "
                                       "embedding vectors with the LoRA (the preset's recipe says when it helps)")
+                # (the label must not contain "prompt": the Try-it box is found by that label)
                 prior = gr.Checkbox(adv["prior"], label="prior preservation: every method also trains on "
-                                    "the base model's own images of the class (keeps the class prompt as it was)")
+                                    "the base model's own images of the class, so the bare class keeps its look")
         ui.advanced = [steps, rank, lr, resolution, seed, k, m, aug_weight, pivotal, prior]  # in ADVANCED's order
         ui.start = gr.Button("Start", variant="primary", elem_id="start")
         ui.start_info = gr.Markdown(elem_id="start-info")
