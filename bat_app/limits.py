@@ -190,7 +190,7 @@ FIELDS = {
     "seed": ("seed", 0, SEED_MAX, True, False),
     "aug_weight": ("lambda (backbone loss weight)", 0, "weight", False, False),
     "prior_weight": ("prior_weight", 0, "weight", False, False),
-    "num_class_images": ("num_class_images", 1, "class_images", True, False),
+    "num_class_images": ("class images (num_class_images)", 1, "class_images", True, False),
     "keep_checkpoints": ("keep_checkpoints", 1, "checkpoints", True, False),
     "checkpoint_every": ("checkpoint_every", 0, "steps", True, False),
     "warmup_steps": ("warmup_steps", 0, "steps", True, False),

@@ -99,6 +99,9 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     comps = load_components("shapes")
     recipe = TrainConfig.for_model("shapes", args.shots)  # the preset's recipe; flags override it
+    if recipe.prior and "prior" in methods:  # every column trains with class images already
+        methods.remove("prior")
+        print("method 'prior' left out: the recipe's prior preservation is on for every method", flush=True)
     args.lr, args.rank = args.lr or recipe.lr, args.rank or recipe.rank
     steps = args.steps or recipe.steps
     train = {"steps": steps, "lr": args.lr, "rank": args.rank, "checkpoint_every": max(1, steps // 8),

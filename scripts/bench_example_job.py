@@ -33,7 +33,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=None, help="write the timings as JSON here")
     p.add_argument("--quick", action="store_true", help="smoke run: 4 training steps, 1 preview prompt, "
-                   "a small shortlist")
+                   "a small shortlist, 4 class images")
     args = p.parse_args(argv)
     home = Path(tempfile.mkdtemp(prefix="bat-example-job-"))
     os.environ["BAT_HOME"] = str(home)  # a fresh data folder: nothing cached from earlier jobs
@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     example = get_example(assets_dir() / "subjects", args.example)
     pool = str(args.pool) if args.pool else str(ensure_shapes_pool())
     settings = AppSettings.from_env()
-    overrides = {"steps": 4, "k": 16, "m": 4} if args.quick else {}
+    overrides = {"steps": 4, "k": 16, "m": 4, "num_class_images": 4} if args.quick else {}
     config = build_config(settings, class_noun=example.class_noun, model="shapes", n_images=len(example.images),
                           **overrides)
     data = config.to_dict() | {"pool": pool}

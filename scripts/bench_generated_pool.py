@@ -50,7 +50,7 @@ def main(argv=None) -> int:
         args.subjects, args.seeds, args.n = "checkered_square", "0", 40
         args.work = Path(tempfile.mkdtemp(prefix="bat-bench-generated-pool-quick-"))
         pools.SHAPES_POOL_SIZE = 200
-        train, selection, num_prompts = {"steps": 4, "pivotal": False}, {"m": 4, "k": 16, "draws": 2}, 4
+        train, selection, num_prompts = {"steps": 4, "pivotal": False, "num_class_images": 4}, {"m": 4, "k": 16, "draws": 2}, 4
 
     from bat_app.models import load_components
     from bat_app.pool import load_embedder

@@ -68,7 +68,8 @@ def main() -> None:
         images = load_user_images(photos).images
         # The preset's recipe for this many photos (presets.json); --steps overrides its steps.
         config = TrainConfig.for_model("shapes", len(images), token="sks", class_noun=subject.class_noun,
-                                       checkpoint_every=0, steps=args.steps or None)
+                                       checkpoint_every=0, steps=args.steps or None,
+                                       num_class_images=4 if args.quick else None)
         t = time.perf_counter()
         train_lora(comps, images, config, args.work / name / "train-none", export=False,
                    cache_root=args.work / "cache")

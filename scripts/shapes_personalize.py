@@ -51,6 +51,8 @@ def main(argv=None) -> int:
     p.add_argument("--pivotal", action=argparse.BooleanOptionalAction, default=None,
                    help="pivotal tuning on/off (default: the recipe's)")
     p.add_argument("--embedding-lr", type=float, default=None, help="default: the recipe's")
+    p.add_argument("--class-images", type=int, default=None, help="class images for prior preservation "
+                   "(default: the recipe's)")
     p.add_argument("--method", default="none", choices=METHODS,
                    help="backbone augmentation as the product runs it (the shapes pool, the recipe's k and m)")
     p.add_argument("--selection", type=json.loads, default={}, metavar="JSON",
@@ -64,10 +66,11 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.quick:
         args.subjects, args.steps, args.samples, args.batch_size = args.subjects[:1], 5, 2, 1
+        args.class_images = 4
     torch.set_num_threads(args.threads)
     overrides = {"steps": args.steps, "lr": args.lr, "rank": args.rank, "batch_size": args.batch_size,
                  "pivotal": args.pivotal, "embedding_lr": args.embedding_lr,
-                 "target_modules": args.targets}
+                 "num_class_images": args.class_images, "target_modules": args.targets}
     components = load_components("shapes", device="cpu")
     classifier = load_attribute_classifier(shapes_paths().classifier)
     results, config = {}, None

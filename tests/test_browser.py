@@ -39,11 +39,13 @@ def server(tmp_path_factory, request):
 
         pool = share_shapes_pool(request.getfixturevalue("shapes_pool_dir"), root / "home")
         overrides = {"model": "shapes", "pool": "shapes", "subjects_dir": assets_dir() / "subjects"}
-        plan = {"class_noun": None, "steps": 30, "m": 8, "k": 64, "pool_size": pool.name.removeprefix("shapes-")}
+        # 8 class images: the recipe's prior preservation, at a tenth of the recipe's draws
+        plan = {"class_noun": None, "steps": 30, "m": 8, "k": 64, "class_images": 8,
+                "pool_size": pool.name.removeprefix("shapes-")}
     else:
         tiny = [request.getfixturevalue(n) for n in ("tiny_model_dir", "tiny_pool_dir", "tiny_clip_dir")]
         overrides = tiny_assets(root, *tiny, n_images=4)
-        plan = {"class_noun": "disc", "steps": 6, "m": 4, "k": 16, "pool_size": None}
+        plan = {"class_noun": "disc", "steps": 6, "m": 4, "k": 16, "class_images": 4, "pool_size": None}
     with job_threads(), pytest.MonkeyPatch.context() as mp:
         if plan["pool_size"]:
             mp.setenv("BAT_SHAPES_POOL_SIZE", plan["pool_size"])
@@ -91,7 +93,7 @@ def test_train_compare_download_in_the_browser(server, browser, tmp_path):
     page.get_by_label("random backbone images").check()
     page.get_by_text("Advanced settings").click()
     for label, value in (("steps", plan["steps"]), ("m: backbone images kept", plan["m"]),
-                         ("K: retrieval candidates", plan["k"])):
+                         ("K: retrieval candidates", plan["k"]), ("class images", plan["class_images"])):
         box = page.get_by_label(label, exact=True)
         expect(box).not_to_have_value("")  # filled from the number of photos
         box.fill(str(value))

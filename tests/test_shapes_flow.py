@@ -27,7 +27,7 @@ def test_upload_select_train_preview_download(tmp_path, shapes_pool):
     subject = json.loads((assets_dir() / "subjects" / SUBJECT / "subject.json").read_text())
     photos = sorted((assets_dir() / "subjects" / SUBJECT).glob("*.png"))[:3]
     config = CompareConfig(token="sks", class_noun=subject["class_noun"], model="shapes", pool="shapes",
-                           methods=["none", "albat"], train={"steps": 30, "checkpoint_every": 15},
+                           methods=["none", "albat"], train={"steps": 30, "checkpoint_every": 15, "num_class_images": 8},
                            selection={"m": 20, "k": 200, "draws": 2}, seeds=[0, 1], num_prompts=3)
     result = run_compare(config, photos, tmp_path / "run")
     out = tmp_path / "run"

@@ -67,6 +67,14 @@ def test_build_config_defaults_and_overrides(settings):
     assert no_prior.train_config(4).prior is False
     with pytest.raises(InputError, match="prior must be true or false"):
         handlers.build_config(settings, class_noun="disc", methods=["none"], prior="yes", n_images=4)
+    # how many class images: the recipe's unless the form's field says otherwise
+    assert cfg.train_config(4).num_class_images == suggested_settings(4)["num_class_images"]
+    fewer = handlers.build_config(settings, class_noun="disc", methods=["none"], num_class_images=12, n_images=4)
+    assert fewer.train_config(4).num_class_images == 12
+    # the 'prior' method on top of prior preservation would only re-weight the same class images
+    with pytest.raises(InputError, match="'prior' method would repeat what every column already does"):
+        handlers.build_config(settings, class_noun="disc", methods=["none", "prior"], prior=True, n_images=4)
+    assert handlers.build_config(settings, class_noun="disc", methods=["none", "prior"], prior=False).methods[1] == "prior"
 
 
 @pytest.mark.parametrize("form, message", [
@@ -85,6 +93,8 @@ def test_build_config_defaults_and_overrides(settings):
     ({"k": 10**9}, "K \\(retrieval candidates\\) must be between 1 and 5,000"),
     ({"m": 0}, "m \\(backbone images kept\\) must be between 1 and 500"),
     ({"aug_weight": 1e6}, "lambda \\(backbone loss weight\\) must be between 0 and 10"),
+    ({"num_class_images": 0}, "class images \\(num_class_images\\) must be between 1 and 200, got 0"),
+    ({"num_class_images": 3.5}, "class images \\(num_class_images\\) must be a whole number"),
     ({"class_noun": "x" * 10_000}, "class noun is 10,000 characters long; the limit is 40"),
     ({"class_noun": "dog/../../etc"}, "class noun 'dog/../../etc' is not allowed: use letters"),
     ({"token": "t" * 33}, "trigger token is 33 characters long; the limit is 32"),

@@ -53,8 +53,15 @@ class CompareConfig:
             raise InputError(f"`safety_checker` must be true or false, got {self.safety_checker!r}.")
         if not isinstance(self.train, dict) or not isinstance(self.selection, dict):
             raise InputError("`train` and `selection` must be JSON objects of settings.")
-        self.train_config()  # validates the nested settings now, at the door
+        train = self.train_config()  # validates the nested settings now, at the door
         self.selection_params()
+        if "prior" in self.methods and train.prior:
+            # The method's class images would come on top of the same class images every column
+            # already trains on: the column would differ from DreamBooth-LoRA only by their weight.
+            raise InputError("The 'prior' method would repeat what every column already does: prior "
+                             "preservation is on for all methods (the model's recipe, or `train.prior`). "
+                             "Drop 'prior' from the methods, or turn prior preservation off (`train.prior`: "
+                             "false; in the app: Advanced settings) to compare with and without it.")
         from ..limits import check_config  # the server's upper bounds (bat_app.limits)
 
         check_config(self)

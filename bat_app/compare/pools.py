@@ -138,8 +138,8 @@ def ensure_generated_pool(components, class_noun: str, n: int, embedder, progres
             progress(ProgressEvent("pool", n + event.step, 2 * n,
                                    message=f"generating the pool: indexing {event.step:,}/{n:,}"))
 
-    generate_pool(sampler, model_key, class_noun, n, out, embedder, cache_root=cache_dir(), progress=sampled,
-                  build_progress=indexed)
+    generate_pool(sampler, model_key, class_noun, n, out, embedder, batch_size=components.spec.sample_batch,
+                  cache_root=cache_dir(), progress=sampled, build_progress=indexed)
     return out
 
 

@@ -37,6 +37,9 @@ class ModelSpec:
     family: str | None = None  # a preset's model family; None: read from model_index.json
     license: str | None = None  # the base model's licence (Hub license id), when the preset says
     vae: str | Path | None = None  # a VAE loaded in place of the model's own (hub id or folder), e.g. SDXL's fp16 fix
+    # images per pipeline call for class images and previews: 8 (what previews always drew) for the
+    # large presets; a tiny CPU model draws far more at once for less time per image (shapes: 32)
+    sample_batch: int = 8
 
     @property
     def is_local(self) -> bool:
@@ -66,7 +69,8 @@ def resolve_model(spec: str | Path | None = None) -> ModelSpec:
             source = Path(source)
         vae = resolve_vae(preset["vae"]) if preset.get("vae") else None
         return ModelSpec(name, source, preset["resolution"], dict(preset["sampling"]), preset=name,
-                         family=preset.get("family"), license=preset.get("license"), vae=vae)
+                         family=preset.get("family"), license=preset.get("license"), vae=vae,
+                         sample_batch=preset.get("sample_batch", 8))
 
     path = Path(name).expanduser()
     if path.exists():

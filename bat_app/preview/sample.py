@@ -17,7 +17,7 @@ from ..models.fingerprint import model_fingerprint
 
 
 def sample_images(components: Components, prompts: Sequence[str], seeds: Sequence[int],
-                  lora_dir: str | Path | None = None, batch_size: int = 8,
+                  lora_dir: str | Path | None = None, batch_size: int | None = None,
                   progress: Callable[[int, int], None] | None = None) -> list[list[Image.Image]]:
     """images[p][s] for prompt p and seed s; with ``lora_dir`` its diffusers LoRA is applied.
 
@@ -25,6 +25,7 @@ def sample_images(components: Components, prompts: Sequence[str], seeds: Sequenc
     """
     pipe = build_pipeline(components)
     sampling = components.spec.sampling
+    batch_size = batch_size or components.spec.sample_batch
     resolution = components.spec.resolution
     embedding = find_embeddings(lora_dir) if lora_dir is not None else None
     if lora_dir is not None:

@@ -29,12 +29,12 @@ def class_image_dir(components: Components, prompt: str, resolution: int, root: 
 
 
 def ensure_class_images(components: Components, prompt: str, n: int, resolution: int, root: Path,
-                        seed: int = 0, batch_size: int = 4,
+                        seed: int = 0, batch_size: int | None = None,
                         progress: Callable[[int, int], None] | None = None) -> list[Path]:
     """Return ``n`` cached class images for ``prompt``, generating only the missing ones.
 
     Image i is always drawn with seed ``seed + i``, so a top-up gives the same images a single
-    run would have.
+    run would have. ``batch_size`` images per pipeline call (default: the preset's ``sample_batch``).
     """
     folder = class_image_dir(components, prompt, resolution, root)
     folder.mkdir(parents=True, exist_ok=True)
@@ -44,6 +44,7 @@ def ensure_class_images(components: Components, prompt: str, n: int, resolution:
     if missing:
         pipe = build_pipeline(components)
         sampling = components.spec.sampling
+        batch_size = batch_size or components.spec.sample_batch
         for start in range(0, len(missing), batch_size):
             chunk = missing[start:start + batch_size]
             generators = [torch.Generator().manual_seed(seed + i) for i in chunk]

@@ -31,7 +31,8 @@ from .public import client_id, public_message, scrub
 from .settings import AppSettings
 
 TICK_S = 1.0
-ADVANCED = ("steps", "rank", "lr", "resolution", "seed", "k", "m", "aug_weight", "pivotal", "prior")
+ADVANCED = ("steps", "rank", "lr", "resolution", "seed", "k", "m", "aug_weight", "pivotal", "prior",
+            "num_class_images")
 # System fonts only: the app must render offline (no Google Fonts request).
 THEME = gr.themes.Soft(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
 log = logging.getLogger(__name__)
@@ -149,7 +150,11 @@ def train_tab(ui) -> None:
                 # (the label must not contain "prompt": the Try-it box is found by that label)
                 prior = gr.Checkbox(adv["prior"], label="prior preservation: every method also trains on "
                                     "the base model's own images of the class, so the bare class keeps its look")
-        ui.advanced = [steps, rank, lr, resolution, seed, k, m, aug_weight, pivotal, prior]  # in ADVANCED's order
+                class_images = gr.Number(adv["num_class_images"], label="class images", precision=0,
+                                         info="how many the base model draws for prior preservation (once "
+                                              "per model and class, then reused); " + info("num_class_images"))
+        ui.advanced = [steps, rank, lr, resolution, seed, k, m, aug_weight, pivotal, prior,
+                       class_images]  # in ADVANCED's order
         ui.start = gr.Button("Start", variant="primary", elem_id="start")
         ui.start_info = gr.Markdown(elem_id="start-info")
 
@@ -191,8 +196,8 @@ def train_events(ui, demo) -> None:
 
     @guarded
     def on_start(value, token_, noun, model_, pool_, methods_, steps_, rank_, lr_, resolution_, seed_, k_, m_,
-                 aug_weight_, pivotal_=None, prior_=None, request: gr.Request = None):
-        adv_values = (steps_, rank_, lr_, resolution_, seed_, k_, m_, aug_weight_, pivotal_, prior_)
+                 aug_weight_, pivotal_=None, prior_=None, class_images_=None, request: gr.Request = None):
+        adv_values = (steps_, rank_, lr_, resolution_, seed_, k_, m_, aug_weight_, pivotal_, prior_, class_images_)
         job = handlers.start_job(settings, value, client=client_id(request, settings.proxy_hops), token=token_,
                                  class_noun=noun, model=model_, pool=pool_, methods=methods_,
                                  **dict(zip(ADVANCED, adv_values)))
