@@ -456,17 +456,33 @@ def cmd_run(args) -> None:
     ensure_shapes_pool(plan.pool_size)
     # seed-major: an interrupted run has covered every subject once before any twice
     jobs = [(plan, name, seed, work, records) for seed in seeds for name in subjects]
+    def time_is_up() -> bool:
+        if args.stop_after is None or time.perf_counter() - started < 60 * args.stop_after:
+            return False
+        print(f"stopping: {args.stop_after} minutes have passed; the next run continues from here", flush=True)
+        return True
+
     if plan.workers > 1:
         import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
+        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
+        # a new pair starts only when a worker is free and time is left (--stop-after)
         with ProcessPoolExecutor(plan.workers, mp_context=mp.get_context("spawn")) as ex:
-            list(ex.map(_pair_worker, jobs))
+            pending, queue = set(), list(jobs)
+            while queue or pending:
+                while queue and len(pending) < plan.workers:
+                    if time_is_up():
+                        queue.clear()
+                        break
+                    pending.add(ex.submit(_pair_worker, queue.pop(0)))
+                if not pending:
+                    break
+                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    future.result()  # a failed pair fails the run, as without workers
     else:
         for job in jobs:
-            if args.stop_after is not None and time.perf_counter() - started >= 60 * args.stop_after:
-                print(f"stopping: {args.stop_after} minutes have passed; the next run continues from here",
-                      flush=True)
+            if time_is_up():
                 break
             _pair_worker(job)
     done = recorded_pairs(plan, records)
