@@ -245,7 +245,8 @@ def test_each_selector_says_whether_it_needs_the_pool():
     from bat_app.compare.config import CompareConfig
 
     assert {m for m in SELECTORS if needs_pool(m)} == {"random", "clip", "albat", "shortlist"}
-    assert CompareConfig(methods=list(METHODS)).pool_methods() == ["random", "clip", "albat"]
+    # (prior preservation off: on, the default shapes recipe refuses the `prior` method)
+    assert CompareConfig(methods=list(METHODS), train={"prior": False}).pool_methods() == ["random", "clip", "albat"]
     with pytest.raises(InputError, match="Unknown selection method"):
         needs_pool("nearest")
 
