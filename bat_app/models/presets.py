@@ -70,7 +70,7 @@ def resolve_model(spec: str | Path | None = None) -> ModelSpec:
         vae = resolve_vae(preset["vae"]) if preset.get("vae") else None
         return ModelSpec(name, source, preset["resolution"], dict(preset["sampling"]), preset=name,
                          family=preset.get("family"), license=preset.get("license"), vae=vae,
-                         sample_batch=preset.get("sample_batch", 8))
+                         sample_batch=preset.get("sample_batch", ModelSpec.sample_batch))
 
     path = Path(name).expanduser()
     if path.exists():
