@@ -140,7 +140,7 @@ class Flux(Family):
 
     def loss(self, components, latents, cond, noise, timesteps):
         transformer = components.denoiser
-        dtype = transformer.dtype
+        dtype = components.dtype  # not transformer.dtype, which walks every parameter (sd.py)
         b, _, h, w = latents.shape
         sigma = self.sigmas(components, timesteps).to(latents.device)
         s = sigma.view(b, 1, 1, 1)

@@ -83,9 +83,9 @@ class StableDiffusionXL(StableDiffusion):
             cond = {**cond, "time_ids": self.default_time_ids(components, latents).to(latents.device)}
         return super().loss(components, latents, cond, noise, timesteps)
 
-    def added_kwargs(self, cond: Cond, unet) -> dict:
-        return {"added_cond_kwargs": {"text_embeds": cond["pooled"].to(unet.dtype),
-                                      "time_ids": cond["time_ids"].to(unet.dtype)}}
+    def added_kwargs(self, cond: Cond, dtype: torch.dtype) -> dict:
+        return {"added_cond_kwargs": {"text_embeds": cond["pooled"].to(dtype),
+                                      "time_ids": cond["time_ids"].to(dtype)}}
 
     # --- sampling and export ------------------------------------------------------------
     def pipeline_class(self):
