@@ -199,6 +199,16 @@ def test_class_images_are_cached_and_topped_up(comps, tmp_path, monkeypatch):
     other = prior_module.ensure_class_images(comps, "a photo of cat", 1, 32, tmp_path)
     assert other[0].parent != first[0].parent
 
+    # two lanes of a compare run reaching the same class images at once: each image drawn once
+    import threading
+
+    made.clear()
+    lanes = [threading.Thread(target=prior_module.ensure_class_images,
+                              args=(comps, "a photo of star", 2, 32, tmp_path)) for _ in range(2)]
+    [lane.start() for lane in lanes]
+    [lane.join() for lane in lanes]
+    assert made == ["a photo of star"] * 2
+
 
 def test_prior_preservation_trains_on_class_images(comps, images, tmp_path):
     events = []

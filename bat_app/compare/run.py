@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 import zipfile
 from collections.abc import Callable, Sequence
@@ -37,6 +38,7 @@ from ..preview import comparison_grid, default_prompt_set, load_prompt_set, samp
 from ..preview.safety import check_rows, has_safety_checker
 from ..progress import ProgressEvent
 from .config import BASE, CompareConfig
+from .lanes import lane_count, run_in_lanes
 from .report import write_report
 from .stages import RECORD, StageRecord, stage_key
 
@@ -73,6 +75,8 @@ class CompareRun:
     embedder: object = None
     inputs: dict = field(default_factory=dict)   # what every stage key includes: model, images
     safety: dict = field(default_factory=dict)   # the preview safety check: enabled, present, hidden
+    drawn: set = field(default_factory=set)      # preview columns the lanes drew in this run: read back
+    #                                              by the preview stage even when not resuming
 
     def stage(self, name: str) -> float:
         """Announce a stage (after checking for a cancel); returns its start time."""
@@ -99,9 +103,12 @@ def run_compare(config: CompareConfig, images: Sequence[str | Path] | str | Path
     selections: dict[str, tuple[Selection, str]] = {}
     loras: dict[str, tuple[Path | None, str]] = {BASE: (None, "")}
     first = _surrogate_from_plain_lora(run)
+    lanes = lane_count(run, config.methods)
     if first is not None:  # the plain LoRA's first steps are ALBAT's surrogate: train it first
         select(run, selections, ["none"])
         train(run, selections, loras, ["none"], snapshot=first)
+    elif lanes > 1:  # a small model on a CPU: the methods train side by side (lanes.py)
+        side_by_side(run, selections, loras, lanes)
     select(run, selections)
     train(run, selections, loras)
     loras = {BASE: loras[BASE], **{m: loras[m] for m in config.methods}}  # the grid's columns in the asked order
@@ -188,10 +195,28 @@ def train(run: CompareRun, selections: dict[str, tuple[Selection, str]], loras: 
         run.result.timings[f"train:{method}"] = done["seconds"]
 
 
-def preview(run: CompareRun, loras: dict[str, tuple[Path | None, str]]):
+def side_by_side(run: CompareRun, selections, loras, lanes: int) -> None:
+    """select + train for every method, ``lanes`` methods at a time, each on its own model copy;
+    a lane that ends while another still runs draws its preview column (and the base column)."""
+    drawing = threading.Lock()
+
+    def draw(lane: CompareRun, method: str) -> None:
+        with drawing:  # the base column goes to the first lane that gets here
+            columns = [c for c in (BASE, method) if c not in run.drawn]
+            run.drawn.update(columns)
+        preview(lane, {c: loras[c] for c in columns}, only=columns)
+
+    run_in_lanes(run, run.config.methods, lanes, lambda lane, m: select(lane, selections, m),
+                 lambda lane, m: train(lane, selections, loras, m),
+                 lambda: load_components(run.config.model, **load_settings(run.train_config)), draw)
+
+
+def preview(run: CompareRun, loras: dict[str, tuple[Path | None, str]], only: list[str] | None = None):
     """Every column (base model + each LoRA) on the same prompts and seeds; the grid.
 
-    Returns (columns, prompts, prompt set name); columns[method][prompt][seed] are images."""
+    Returns (columns, prompts, prompt set name); columns[method][prompt][seed] are images.
+    ``only``: draw just these columns and return None (a lane draws its method's column as soon
+    as its LoRA is trained; the full stage then reads it back from its record)."""
     run.stage("preview")
     config, spec = run.config, run.components.spec
     set_name = config.prompt_set or default_prompt_set(spec.preset or spec.name, config.class_noun)
@@ -204,14 +229,19 @@ def preview(run: CompareRun, loras: dict[str, tuple[Path | None, str]]):
     run.safety = {"enabled": config.safety_checker, "present": present, "hidden": {}}
     columns, seconds = {}, 0.0
     for method, (lora, lora_key) in loras.items():
+        if only is not None and method not in only:
+            continue
         # Checked columns are other results than unchecked ones (their hidden cells are grey).
         key = stage_key(stage="preview", lora=lora_key, prompts=texts, seeds=config.seeds,
                         sampling=spec.sampling, resolution=spec.resolution, **run.inputs,
                         **({"safety": "checked"} if check else {}))
         columns[method], cost, hidden = _samples(run, StageRecord(run.out / "previews" / "samples" / method), key,
-                                                 texts, lora, run.tagged(method), check)
+                                                 texts, lora, run.tagged(method), check,
+                                                 reuse=run.resume or method in run.drawn)
         run.safety["hidden"][method] = hidden
         seconds += cost
+    if only is not None:
+        return None
     grid = comparison_grid(columns, texts, cell=64 if run.resolution <= 64 else 128)
     grid.save(run.out / "previews" / f"grid_{set_name}.png")
     run.result.outputs["grid"] = f"previews/grid_{set_name}.png"
@@ -293,12 +323,14 @@ def _pool_and_embedder(config: CompareConfig, components, emit=None, n_images: i
     return open_pool(pool_dir, config.clip_model, config.clip_pretrained)
 
 
-def _samples(run: CompareRun, record: StageRecord, key: str, prompts: list[str], lora, emit, check: bool):
+def _samples(run: CompareRun, record: StageRecord, key: str, prompts: list[str], lora, emit, check: bool,
+             reuse: bool = True):
     """(images, seconds drawing them, how many the safety checker hid): one column of previews,
-    read back when still valid. With ``check``, flagged images are never written, only grey ones."""
+    read back when still valid (and ``reuse``). With ``check``, flagged images are never written,
+    only grey ones."""
     seeds = run.config.seeds
     paths = [[record.folder / f"p{p:02d}_s{seed}.png" for seed in seeds] for p in range(len(prompts))]
-    done = record.finished(key) if run.resume else None
+    done = record.finished(key) if reuse else None
     if done and all(path.is_file() for row in paths for path in row):
         return ([[Image.open(path).convert("RGB") for path in row] for row in paths], done["seconds"],
                 done.get("hidden", 0))

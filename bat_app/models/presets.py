@@ -40,6 +40,11 @@ class ModelSpec:
     # images per pipeline call for class images and previews: 8 (what previews always drew) for the
     # large presets; a tiny CPU model draws far more at once for less time per image (shapes: 32)
     sample_batch: int = 8
+    # methods a compare run trains side by side on a CPU, each lane on its own copy of the model:
+    # a tiny model's step barely uses a second thread (shapes: 20.4 s per 100 steps at 2 threads,
+    # 21.6 s at 1), so two 1-thread lanes nearly double the throughput. 1 (one after another) for
+    # the large presets, which train on a GPU and would not fit twice.
+    method_lanes: int = 1
 
     @property
     def is_local(self) -> bool:
@@ -70,7 +75,8 @@ def resolve_model(spec: str | Path | None = None) -> ModelSpec:
         vae = resolve_vae(preset["vae"]) if preset.get("vae") else None
         return ModelSpec(name, source, preset["resolution"], dict(preset["sampling"]), preset=name,
                          family=preset.get("family"), license=preset.get("license"), vae=vae,
-                         sample_batch=preset.get("sample_batch", ModelSpec.sample_batch))
+                         sample_batch=preset.get("sample_batch", ModelSpec.sample_batch),
+                         method_lanes=preset.get("method_lanes", ModelSpec.method_lanes))
 
     path = Path(name).expanduser()
     if path.exists():

@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
+from collections import defaultdict
 from pathlib import Path
 from typing import Callable
 
@@ -19,6 +21,12 @@ from PIL import Image
 
 from ..models import Components, build_pipeline
 from .encode import vae_fingerprint
+
+
+# One draw per class-image folder at a time in this process: methods trained side by side (a
+# compare run's lanes) reach the same class images together; the second waits and reuses them.
+_DRAWING: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
+_DRAWING_GUARD = threading.Lock()
 
 
 def class_image_dir(components: Components, prompt: str, resolution: int, root: Path) -> Path:
@@ -37,6 +45,13 @@ def ensure_class_images(components: Components, prompt: str, n: int, resolution:
     run would have. ``batch_size`` images per pipeline call (default: the preset's ``sample_batch``).
     """
     folder = class_image_dir(components, prompt, resolution, root)
+    with _DRAWING_GUARD:
+        lock = _DRAWING[str(folder)]
+    with lock:
+        return _draw_missing(components, prompt, n, resolution, folder, seed, batch_size, progress)
+
+
+def _draw_missing(components, prompt, n, resolution, folder: Path, seed, batch_size, progress) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "prompt.txt").write_text(prompt)
     paths = [folder / f"{seed + i:05d}.png" for i in range(n)]

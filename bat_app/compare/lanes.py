@@ -1,0 +1,132 @@
+"""Methods side by side: each method's select -> train chain in its own lane (thread), on its own
+copy of the model, when the model is small enough for a CPU to train several at once.
+
+A tiny model's training step barely uses a second CPU thread (shapes: 20.4 s per 100 steps at 2
+threads, 21.6 s at 1), so the example job's two methods, one per core, finish in little more
+than the longer one's time instead of the sum. The preset says how many lanes pay off
+(``ModelSpec.method_lanes``: 2 for shapes, 1 for the GPU presets, which would not fit twice).
+
+A lane also draws its method's preview column as soon as its LoRA is trained while another lane
+is still busy (the base column goes to the first lane done), so the previews fill the time the
+shorter lane would sit idle; the last lane leaves its column to the preview stage, which draws
+it with every thread.
+
+What stays as in the sequential run:
+- every stage's record and key (``run.select``/``run.train`` are called unchanged per method),
+  so resuming, reuse and results do not depend on how many lanes ran;
+- random/CLIP/prior take as many items as ALBAT kept: their chains wait for ALBAT's selection;
+- one progress stream: the record shows one stage at a time, so only the lead lane (the first
+  chain still running, ALBAT's when it is asked for: the longest) reports; the others report
+  their stage changes only once they lead;
+- a cancel stops every lane; an error in one stops the others and is the one raised.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+
+from ..errors import Cancelled
+from ..progress import ProgressEvent
+
+# ALBAT first (the longest chain, and the others' m waits for it), then the plain LoRA.
+CHAIN_ORDER = ("albat", "none", "clip", "random", "prior")
+WAITS_FOR_ALBAT = ("clip", "random", "prior")
+
+
+def lane_count(run, methods: list[str]) -> int:
+    """How many lanes this run gets: 1 (one method after another) unless the model runs on the
+    CPU, its preset allows more, and there are methods and torch threads for them (the lanes
+    share the threads torch was given: ``BAT_TORCH_THREADS=1`` keeps a run on one core)."""
+    import torch
+
+    components = run.components
+    if components.device.type != "cpu":
+        return 1
+    return max(1, min(components.spec.method_lanes, len(methods), torch.get_num_threads()))
+
+
+class LeadProgress:
+    """One progress stream out of several lanes: events of the lead lane pass, the others wait."""
+
+    def __init__(self, emit: Callable[[ProgressEvent], None], order: list[str]):
+        self.emit, self.order, self.running = emit, list(order), set(order)
+        self.lock = threading.Lock()
+
+    def lane(self, method: str) -> Callable[[ProgressEvent], None]:
+        def emit(event: ProgressEvent) -> None:
+            with self.lock:
+                if method == self.lead():
+                    event.method = event.method or method
+                    self.emit(event)
+        return emit
+
+    def lead(self) -> str | None:
+        return next((m for m in self.order if m in self.running), None)
+
+    def others_running(self, method: str) -> bool:
+        with self.lock:
+            return bool(self.running - {method})
+
+    def finished(self, method: str) -> None:
+        with self.lock:
+            self.running.discard(method)
+
+
+def run_in_lanes(run, methods: list[str], lanes: int, select: Callable, train: Callable,
+                 load_copy: Callable[[], object], draw: Callable | None = None) -> None:
+    """Select and train every method of ``methods``, ``lanes`` at a time.
+
+    ``select(lane_run, [method])``, ``train(lane_run, [method])`` and ``draw(lane_run, method)``
+    (its previews; called only while another chain is still running) are the pipeline's stages;
+    ``lane_run`` is ``run`` with this lane's model copy, progress and cancel. ``load_copy()``
+    loads another copy of the model (the first lane uses ``run.components``)."""
+    import torch
+
+    chains = [m for m in CHAIN_ORDER if m in methods]
+    progress = LeadProgress(run.emit, chains)
+    stop = threading.Event()                     # a lane failed or the user cancelled: all stop
+    albat_selected = threading.Event()
+    models = [run.components] + [load_copy() for _ in range(lanes - 1)]
+    free = list(models)
+    free_lock = threading.Lock()
+
+    def cancelled() -> bool:
+        return stop.is_set() or (run.cancel is not None and run.cancel())
+
+    def chain(method: str) -> None:
+        with free_lock:
+            components = free.pop()
+        try:
+            lane = replace(run, components=components, emit=progress.lane(method), cancel=cancelled)
+            if method in WAITS_FOR_ALBAT and "albat" in chains:
+                while not albat_selected.wait(0.5):
+                    if cancelled():
+                        raise Cancelled(f"Cancelled before selecting for '{method}'.")
+            select(lane, [method])
+            if method == "albat":
+                albat_selected.set()
+            train(lane, [method])
+            if draw is not None and progress.others_running(method):
+                draw(lane, method)
+        except BaseException:
+            stop.set()
+            raise
+        finally:
+            progress.finished(method)
+            with free_lock:
+                free.append(components)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads // lanes))  # the lanes share the cores
+    try:
+        with ThreadPoolExecutor(lanes, thread_name_prefix="bat-lane") as pool:
+            futures = [pool.submit(chain, m) for m in chains]
+        errors = [f.exception() for f in futures if f.exception() is not None]
+    finally:
+        torch.set_num_threads(threads)
+    # The first real error, not the Cancelled it caused in the other lanes.
+    for error in sorted(errors, key=lambda e: isinstance(e, Cancelled)):
+        raise error

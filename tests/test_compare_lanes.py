@@ -1,0 +1,139 @@
+"""Methods side by side (bat_app/compare/lanes.py): they overlap, keep the sequential run's
+records, report one stream, wait for ALBAT's count, and stop together."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from bat_app.compare import CompareConfig, run_compare
+from bat_app.compare import run as compare_run
+from bat_app.compare.lanes import LeadProgress, lane_count, run_in_lanes
+from bat_app.compare.run import CompareResult, CompareRun
+from bat_app.errors import Cancelled
+from bat_app.progress import ProgressEvent
+
+
+def fake_run(tmp_path: Path, events: list, cancel=None) -> CompareRun:
+    components = SimpleNamespace(device=torch.device("cpu"), spec=SimpleNamespace(method_lanes=2))
+    return CompareRun(CompareConfig(class_noun="star"), tmp_path, events.append, cancel, True,
+                      CompareResult(tmp_path), components=components)
+
+
+def test_lanes_overlap_and_the_others_wait_for_albats_count(tmp_path):
+    events, done = [], []
+    both_running = threading.Barrier(2, timeout=20)  # fails unless albat and none run at once
+    threads_inside = []
+
+    def select(lane, methods):
+        method = methods[0]
+        if method in ("albat", "none"):
+            both_running.wait()
+        if method == "random":
+            assert "albat" in done  # random takes as many items as ALBAT kept
+        threads_inside.append(torch.get_num_threads())
+        done.append(method)
+
+    def train(lane, methods):
+        lane.emit(ProgressEvent("train", 1, 1, method=methods[0]))
+
+    run = fake_run(tmp_path, events)
+    before = torch.get_num_threads()
+    run_in_lanes(run, ["random", "none", "albat"], 2, select, train, load_copy=lambda: run.components)
+    assert sorted(done) == ["albat", "none", "random"]
+    assert torch.get_num_threads() == before  # restored after the lanes
+    assert set(threads_inside) == {max(1, before // 2)}
+    # one stream: albat leads, so a method's event passes only while no earlier chain runs
+    assert [e.method for e in events][0] == "albat"
+
+
+def test_an_error_in_one_lane_stops_the_other_and_is_the_one_raised(tmp_path):
+    def select(lane, methods):
+        if methods[0] == "albat":
+            raise RuntimeError("scoring failed")
+        for _ in range(200):  # the plain lane polls its cancel like train_lora does
+            if lane.cancel():
+                raise Cancelled("stopped by the other lane")
+            time.sleep(0.05)
+        raise AssertionError("the plain lane was never told to stop")
+
+    run = fake_run(tmp_path, [])
+    with pytest.raises(RuntimeError, match="scoring failed"):
+        run_in_lanes(run, ["none", "albat"], 2, select, lambda lane, m: None, load_copy=lambda: run.components)
+
+
+def test_a_user_cancel_reaches_every_lane(tmp_path):
+    seen = []
+
+    def select(lane, methods):
+        while not lane.cancel():
+            time.sleep(0.01)
+        seen.append(methods[0])
+        raise Cancelled("cancelled")
+
+    run = fake_run(tmp_path, [], cancel=lambda: True)
+    with pytest.raises(Cancelled):
+        run_in_lanes(run, ["none", "albat"], 2, select, lambda lane, m: None, load_copy=lambda: run.components)
+    assert sorted(seen) == ["albat", "none"]
+
+
+def test_only_the_lead_lane_reports_until_it_ends():
+    out = []
+    progress = LeadProgress(out.append, ["albat", "none"])
+    albat, none = progress.lane("albat"), progress.lane("none")
+    none(ProgressEvent("train", 1, 10))
+    albat(ProgressEvent("select", 1, 10))
+    progress.finished("albat")
+    none(ProgressEvent("train", 5, 10))
+    assert [(e.method, e.stage, e.step) for e in out] == [("albat", "select", 1), ("none", "train", 5)]
+
+
+def test_lanes_only_for_a_small_model_on_the_cpu_with_threads_for_them(tmp_path):
+    run = fake_run(tmp_path, [])
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert lane_count(run, ["none", "albat"]) == 2
+        assert lane_count(run, ["none"]) == 1
+        run.components.spec.method_lanes = 1  # what the GPU presets say
+        assert lane_count(run, ["none", "albat"]) == 1
+        run.components = SimpleNamespace(device=torch.device("cuda"), spec=SimpleNamespace(method_lanes=2))
+        assert lane_count(run, ["none", "albat"]) == 1
+        run = fake_run(tmp_path, [])
+        torch.set_num_threads(1)  # BAT_TORCH_THREADS=1: one core, one lane
+        assert lane_count(run, ["none", "albat"]) == 1
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_a_run_in_lanes_leaves_the_records_a_sequential_run_reuses(tiny_model_dir, tiny_pool_dir, tiny_clip_dir,
+                                                                    subject_dir, tmp_path, monkeypatch):
+    cfg = CompareConfig.from_dict(dict(
+        token="sks", class_noun="disc", model=str(tiny_model_dir), pool=str(tiny_pool_dir),
+        clip_model=str(tiny_clip_dir), methods=["none", "random"], prompt_set="object", num_prompts=1,
+        seeds=[0], train={"steps": 4, "lr": 5e-3, "checkpoint_every": 2}, selection={"m": 4}))
+    monkeypatch.setattr(compare_run, "lane_count", lambda run, methods: 2)
+    drawn = []  # one entry per preview column drawn: the lanes' columns are not drawn again
+    real_sample = compare_run.sample_images
+    monkeypatch.setattr(compare_run, "sample_images", lambda *a, **kw: drawn.append(1) or real_sample(*a, **kw))
+    events = []
+    run_compare(cfg, subject_dir, tmp_path / "cmp", progress=events.append, resume=False)
+    # base, none, random: each drawn once, though resume=False (the preview stage reads back what
+    # the first lane to end drew: base and its own column)
+    assert len(drawn) == 3
+    loras = {m: tmp_path / "cmp" / "methods" / m / "lora" / "pytorch_lora_weights.safetensors"
+             for m in ("none", "random")}
+    trained_at = {m: p.stat().st_mtime_ns for m, p in loras.items()}
+    train_methods = [e.method for e in events if e.stage == "train"]
+    assert train_methods and train_methods[0] == "none"
+    # one stream: the lead (none) reports alone, then random once none has ended; never interleaved
+    assert sum(a != b for a, b in zip(train_methods, train_methods[1:])) <= 1
+
+    monkeypatch.setattr(compare_run, "lane_count", lambda run, methods: 1)
+    run_compare(cfg, subject_dir, tmp_path / "cmp")
+    assert {m: p.stat().st_mtime_ns for m, p in loras.items()} == trained_at  # same keys: nothing retrained
