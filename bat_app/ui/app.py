@@ -30,7 +30,10 @@ from .model_note import model_note
 from .public import client_id, public_message, scrub
 from .settings import AppSettings
 
-TICK_S = 1.0
+# How often an open page asks for its job's progress. Each tick is a request to the server and a
+# re-render in the browser: at 1 s, Chromium's renderer took about a quarter of a core for a whole
+# example job on the 2-core machine (ninth session), CPU the job's own lanes would use.
+TICK_S = 2.0
 ADVANCED = ("steps", "rank", "lr", "resolution", "seed", "k", "m", "aug_weight", "pivotal", "prior",
             "num_class_images")
 # System fonts only: the app must render offline (no Google Fonts request).
