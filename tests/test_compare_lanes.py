@@ -93,22 +93,23 @@ def test_only_the_lead_lane_reports_until_it_ends():
     assert [(e.method, e.stage, e.step) for e in out] == [("albat", "select", 1), ("none", "train", 5)]
 
 
-def test_lanes_only_for_a_small_model_on_the_cpu_with_threads_for_them(tmp_path):
+def test_lanes_only_for_a_small_model_on_a_cpu_with_cores_for_them(tmp_path, monkeypatch):
+    from bat_app.jobs import worker
+
     run = fake_run(tmp_path, [])
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)
-        assert lane_count(run, ["none", "albat"]) == 2
-        assert lane_count(run, ["none"]) == 1
-        run.components.spec.method_lanes = 1  # what the GPU presets say
-        assert lane_count(run, ["none", "albat"]) == 1
-        run.components = SimpleNamespace(device=torch.device("cuda"), spec=SimpleNamespace(method_lanes=2))
-        assert lane_count(run, ["none", "albat"]) == 1
-        run = fake_run(tmp_path, [])
-        torch.set_num_threads(1)  # BAT_TORCH_THREADS=1: one core, one lane
-        assert lane_count(run, ["none", "albat"]) == 1
-    finally:
-        torch.set_num_threads(threads)
+    monkeypatch.setattr(worker, "usable_cores", lambda: 2)
+    assert lane_count(run, ["none", "albat"]) == 2
+    assert lane_count(run, ["none"]) == 1
+    monkeypatch.setenv("BAT_METHOD_LANES", "1")  # an operator's "one after another"
+    assert lane_count(run, ["none", "albat"]) == 1
+    monkeypatch.delenv("BAT_METHOD_LANES")
+    monkeypatch.setattr(worker, "usable_cores", lambda: 1)
+    assert lane_count(run, ["none", "albat"]) == 1
+    monkeypatch.setattr(worker, "usable_cores", lambda: 16)
+    run.components.spec.method_lanes = 1  # what the GPU presets say
+    assert lane_count(run, ["none", "albat"]) == 1
+    run.components = SimpleNamespace(device=torch.device("cuda"), spec=SimpleNamespace(method_lanes=2))
+    assert lane_count(run, ["none", "albat"]) == 1
 
 
 def test_a_run_in_lanes_leaves_the_records_a_sequential_run_reuses(tiny_model_dir, tiny_pool_dir, tiny_clip_dir,

@@ -19,10 +19,13 @@ What stays as in the sequential run:
   chain still running, ALBAT's when it is asked for: the longest) reports; the others report
   their stage changes only once they lead;
 - a cancel stops every lane; an error in one stops the others and is the one raised.
+
+Each lane gets ``torch threads // lanes`` threads (at least 1).
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -38,14 +41,19 @@ WAITS_FOR_ALBAT = ("clip", "random", "prior")
 
 def lane_count(run, methods: list[str]) -> int:
     """How many lanes this run gets: 1 (one method after another) unless the model runs on the
-    CPU, its preset allows more, and there are methods and torch threads for them (the lanes
-    share the threads torch was given: ``BAT_TORCH_THREADS=1`` keeps a run on one core)."""
-    import torch
+    CPU, its preset allows more, and there are methods and cores for them. ``BAT_METHOD_LANES``
+    caps it (1: one after another).
+
+    Not the torch thread budget: the app's embedded worker leaves one core to the web server and
+    gives the job 1 thread on 2 cores, because two threads of one op wait for each other whenever
+    one is preempted; two lanes of 1 thread each never wait for each other."""
+    from ..jobs.worker import usable_cores
 
     components = run.components
     if components.device.type != "cpu":
         return 1
-    return max(1, min(components.spec.method_lanes, len(methods), torch.get_num_threads()))
+    cap = int(os.environ.get("BAT_METHOD_LANES") or components.spec.method_lanes)
+    return max(1, min(components.spec.method_lanes, cap, len(methods), usable_cores()))
 
 
 class LeadProgress:
