@@ -97,8 +97,7 @@ def run_in_lanes(run, methods: list[str], lanes: int, select: Callable, train: C
     progress = LeadProgress(run.emit, chains)
     stop = threading.Event()                     # a lane failed or the user cancelled: all stop
     albat_selected = threading.Event()
-    models = [run.components] + [load_copy() for _ in range(lanes - 1)]
-    free = list(models)
+    free = [run.components] + [load_copy() for _ in range(lanes - 1)]  # one model copy per lane
     free_lock = threading.Lock()
 
     def cancelled() -> bool:
