@@ -8,6 +8,7 @@ Hugging Face Space with persistent storage).
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -29,3 +30,10 @@ def cache_dir(home: Path | None = None) -> Path:
     """Caches that may be deleted at any time (encoded latents, class images): ``BAT_CACHE``,
     else ``cache/`` in ``home`` (default: :func:`data_dir`)."""
     return Path(os.environ.get("BAT_CACHE") or (home if home is not None else data_dir()) / "cache")
+
+
+def private_tmp(path: Path, suffix: str = ".tmp") -> Path:
+    """A temporary name beside ``path`` that no other process *or thread* writes to: write it,
+    then ``os.replace`` it onto ``path``. With the pid alone, two lanes of one compare run
+    (threads) caching the same latents wrote one file and the slower rename failed."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}{suffix}")

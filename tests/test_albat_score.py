@@ -213,3 +213,50 @@ def test_the_backbones_losses_are_kept_for_the_next_job(comps, images, tmp_path)
     np.testing.assert_array_equal(warm.values, uncached.values)
     other_seed = score(replace(ctx, params=replace(params, score_seed=6)), examples, second)
     assert other_seed.details["reference_passes_cached"] == 0  # other draws: nothing to reuse
+
+
+@pytest.mark.parametrize("race, draws, first_round", [(False, 3, 3), (True, 8, 2)])
+def test_prepare_spends_the_backbones_passes_before_the_surrogate(comps, images, tmp_path, race, draws, first_round):
+    """``prepare`` (run while another lane trains the surrogate) computes the backbone's side of
+    the first round and nothing else; the score then spends only the rest, with the same result."""
+    surrogate = train_surrogate(comps, images, CONFIG, 10, tmp_path)
+    examples = candidates(images)
+    params = SelectionParams(draws=draws, race=race, m=2, score_seed=3)
+    ctx = SelectionContext(comps, images, CONFIG, None, params=params, cache_root=tmp_path / "cache")
+    score = get_score("loss_reduction")
+    assert score.prepare(ctx, examples) == first_round * len(examples)
+    prepared = score(ctx, examples, surrogate)
+    plain = score(replace(ctx, cache_root=tmp_path / "fresh"), examples, surrogate)
+    np.testing.assert_array_equal(prepared.values, plain.values)
+    assert prepared.details["reference_passes_cached"] == first_round * len(examples)
+    assert prepared.forward_passes == plain.forward_passes - first_round * len(examples)
+    assert score.prepare(replace(ctx, cache_root=None), examples) == 0  # nowhere to keep them: nothing
+
+
+def test_two_lanes_asking_for_one_surrogate_train_it_once(comps, images, tmp_path, monkeypatch):
+    """The plain LoRA's lane trains ALBAT's surrogate while ALBAT's lane may ask for it too: the
+    second waits and reads the first one's file."""
+    import copy
+    import threading
+
+    from bat_app.albat import surrogate
+
+    trained = []
+    real = surrogate.train_lora
+    monkeypatch.setattr(surrogate, "train_lora", lambda *a, **k: trained.append(1) or real(*a, **k))
+    copies = [comps, copy.deepcopy(comps)]  # each lane has its own model copy
+    results = [None, None]
+    start = threading.Barrier(2)
+
+    def lane(i):
+        start.wait()
+        results[i] = train_surrogate(copies[i], images, CONFIG, 4, tmp_path)
+
+    threads = [threading.Thread(target=lane, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert trained == [1]
+    assert results[0].keys() == results[1].keys()
+    assert all(torch.equal(results[0][k], results[1][k]) for k in results[0])

@@ -138,3 +138,28 @@ def test_a_run_in_lanes_leaves_the_records_a_sequential_run_reuses(tiny_model_di
     monkeypatch.setattr(compare_run, "lane_count", lambda run, methods: 1)
     run_compare(cfg, subject_dir, tmp_path / "cmp")
     assert {m: p.stat().st_mtime_ns for m, p in loras.items()} == trained_at  # same keys: nothing retrained
+
+
+def test_the_plain_lane_trains_albats_surrogate_once(tiny_model_dir, tiny_pool_dir, tiny_clip_dir, subject_dir,
+                                                     tmp_path, monkeypatch):
+    """With prior preservation the plain LoRA's first steps are not ALBAT's surrogate, so the plain
+    lane trains the surrogate first while ALBAT's lane computes the backbone's losses; the
+    surrogate is trained once, and a resumed run whose selection is done does not train it."""
+    from bat_app.albat import surrogate
+
+    monkeypatch.setenv("BAT_CACHE", str(tmp_path / "cache"))
+    cfg = CompareConfig.from_dict(dict(
+        token="sks", class_noun="disc", model=str(tiny_model_dir), pool=str(tiny_pool_dir),
+        clip_model=str(tiny_clip_dir), methods=["none", "albat"], prompt_set="object", num_prompts=1, seeds=[0],
+        train={"steps": 4, "lr": 5e-3, "checkpoint_every": 0, "prior": True, "num_class_images": 2},
+        selection={"m": 4, "k": 8, "draws": 2}))
+    monkeypatch.setattr(compare_run, "lane_count", lambda run, methods: 2)
+    helped, trained = [], []
+    real_help, real_train = compare_run._train_albat_surrogate, surrogate.train_lora
+    monkeypatch.setattr(compare_run, "_train_albat_surrogate", lambda run: helped.append(1) or real_help(run))
+    monkeypatch.setattr(surrogate, "train_lora", lambda *a, **k: trained.append(1) or real_train(*a, **k))
+    result = run_compare(cfg, subject_dir, tmp_path / "cmp")
+    assert helped == [1] and trained == [1]
+    assert result.timings["select:albat"] > 0
+    run_compare(cfg, subject_dir, tmp_path / "cmp")  # everything done: reused, nothing trained
+    assert trained == [1]

@@ -3,7 +3,8 @@
 1. retrieval prefilter: the K pool items nearest (CLIP) to the user images;
 2. surrogate: a short LoRA phi_s on the user images alone (surrogate.py);
 3. score: by default the loss reduction Delta(x) over R draws shared by every candidate,
-   stratified over timesteps (score.py); any ``Score`` can be passed instead;
+   stratified over timesteps (score.py); any ``Score`` can be passed instead. A score with a
+   ``prepare(ctx, examples)`` does its surrogate-free part (the backbone's losses) before step 2;
 4. reject Delta <= 0 (the adapted model fits x worse: x would pull the optimum away), drop
    near-duplicates (CLIP cosine > 0.95), keep the top m by Delta. With ``negative_fraction``
    a share of the m slots goes to the most negative items instead ("anchors", a variant).
@@ -52,15 +53,22 @@ class AlbatSelector:
         emit(ProgressEvent("retrieve", 1, 1))
         timings["retrieve"] = time.perf_counter() - start
 
+        # The backbone's side of the score first: it does not need the surrogate, which another
+        # lane may be training meanwhile (compare/lanes.py); scoring then finds it cached.
+        start = time.perf_counter()
+        examples = [Example(pool.load_image(i), pool.item(i).caption) for i in candidates]
+        prepared = score.prepare(ctx, examples) if hasattr(score, "prepare") else 0
+        timings["reference"] = time.perf_counter() - start
+
         start = time.perf_counter()
         steps = p.surrogate_steps_for(ctx.config.steps)
         # cached: an earlier job on these photos, or this job's plain LoRA (compare.run)
         cached = surrogate_path(ctx.components, ctx.images, ctx.config, steps, ctx.cache_root).is_file()
-        surrogate = train_surrogate(ctx.components, ctx.images, ctx.config, steps, ctx.cache_root, emit)
+        surrogate = train_surrogate(ctx.components, ctx.images, ctx.config, steps, ctx.cache_root, emit,
+                                    ctx.cancel)
         timings["surrogate"] = time.perf_counter() - start
 
         start = time.perf_counter()
-        examples = [Example(pool.load_image(i), pool.item(i).caption) for i in candidates]
         result = score(ctx, examples, surrogate)
         timings["score"] = time.perf_counter() - start
 
@@ -73,7 +81,7 @@ class AlbatSelector:
                  "selected": len(rows), "anchors": int(sum(result.values[by_id[c]] < 0 for c in chosen)),
                  "surrogate_steps": steps, "surrogate_cached": cached, "score": getattr(score, "name", type(score).__name__),
                  "delta": describe(result.delta), "score_values": describe(result.values),
-                 "unet_forward_passes": result.forward_passes, **result.details}
+                 "unet_forward_passes": result.forward_passes + prepared, **result.details}
         return Selection(self.name, rows, p.to_dict(), timings, stats)
 
 

@@ -22,6 +22,7 @@ from typing import Sequence
 import numpy as np
 
 from ..models.fingerprint import model_fingerprint
+from ..paths import private_tmp
 
 
 class ReferenceLossCache:
@@ -52,7 +53,7 @@ class ReferenceLossCache:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
         for i in sorted(self.changed):
-            tmp = self.paths[i].with_name(f".{self.paths[i].stem}.{os.getpid()}.tmp.npy")
+            tmp = private_tmp(self.paths[i], ".tmp.npy")
             np.save(tmp, self.known[i])
             os.replace(tmp, self.paths[i])
         self.changed.clear()

@@ -44,7 +44,7 @@ from ..models.families import cond_to, stack_cond
 from ..train.encode import LatentCache, TextCache, latents_from_stats
 from ..progress import ProgressEvent
 from .draws import IndependentDraws, SharedDraws
-from .racing import planned_passes, race
+from .racing import planned_passes, race, race_rounds
 from .reference_cache import ReferenceLossCache
 
 SURROGATE = "albat-surrogate"
@@ -70,7 +70,7 @@ class Score(Protocol):
 # --- the loss reduction, per draw ---------------------------------------------------------
 
 @torch.no_grad()
-def loss_matrix(components, examples: Sequence[Example], resolution: int, surrogate: dict[str, torch.Tensor],
+def loss_matrix(components, examples: Sequence[Example], resolution: int, surrogate: dict[str, torch.Tensor] | None,
                 config: TrainConfig, *, draws: int = 8, seed: int = 0,
                 reference: dict[str, torch.Tensor] | None = None, captions: Sequence[str] | None = None,
                 independent: bool = False, batch_size: int = 32, cache_root: Path | None = None,
@@ -83,7 +83,10 @@ def loss_matrix(components, examples: Sequence[Example], resolution: int, surrog
 
     With a ``cache_root`` and the backbone as the reference, the backbone's losses are read from
     and written to :class:`ReferenceLossCache` (they do not depend on the job). ``counts``, when
-    given, gets the UNet passes spent (``passes``) and those the cache saved (``reference_cached``)."""
+    given, gets the UNet passes spent (``passes``) and those the cache saved (``reference_cached``).
+
+    ``surrogate=None`` computes the reference side alone (d[j, i] is then the reference loss):
+    how :meth:`LossReductionScore.prepare` fills the cache before the surrogate exists."""
     emit = progress or (lambda e: None)
     stats = LatentCache(components, resolution, cache_root).get(
         examples, progress=lambda d, t: emit(ProgressEvent("encode", d, t, message="candidates")))
@@ -101,7 +104,8 @@ def loss_matrix(components, examples: Sequence[Example], resolution: int, surrog
         known = ReferenceLossCache(components, cache_root, resolution,
                                    {"draws": draws, "seed": seed, "shape": shape, "num_timesteps": total_t},
                                    [ReferenceLossCache.item_key(e.key, c) for e, c in zip(examples, captions)])
-    adapters = _load_adapters(unet, config.resolve_targets(components.family), surrogate, reference)
+    adapters = _load_adapters(unet, config.resolve_targets(components.family), surrogate, reference) \
+        if surrogate is not None else {"surrogate": None, "reference": None}
     out = np.zeros((len(rows), len(examples)), dtype=np.float64)
     passes = cached = 0
     try:
@@ -121,6 +125,9 @@ def loss_matrix(components, examples: Sequence[Example], resolution: int, surrog
                     passes += hi - lo
                     if known is not None:
                         known.put(lo, hi, r, ref)
+                if surrogate is None:
+                    out[j, lo:hi] = ref
+                    continue
                 # the surrogate's pass last: it leaves the adapters enabled, as training expects them
                 adapted = _loss_with(components, adapters["surrogate"], latents, cond, noise, t).double().cpu().numpy()
                 passes += hi - lo
@@ -183,6 +190,33 @@ class LossReductionScore:
     def __init__(self, prompt_specific: bool = False):
         self.prompt_specific = prompt_specific
         self.name = "prompt_specific" if prompt_specific else "loss_reduction"
+
+    def prepare(self, ctx, examples: Sequence[Example]) -> int:
+        """The backbone's losses on the first round's draws, into the reference cache, before the
+        surrogate exists: the same passes the scoring would spend on them, done earlier, so that a
+        selection whose surrogate another lane is training meanwhile (compare/lanes.py) does
+        not wait idle. Nothing without a cache root (there would be nowhere to keep them).
+        Returns the UNet passes spent."""
+        p = ctx.params
+        if ctx.cache_root is None or not examples:
+            return 0
+        emit = ctx.progress or (lambda e: None)
+        rows = race_rounds(p.draws)[0] if p.race else list(range(p.draws))
+        resolution = ctx.config.resolution or ctx.components.spec.resolution
+        total = len(examples) * len(rows)
+
+        def progress(event):
+            if event.stage == "score":
+                event = ProgressEvent("score", event.step * len(rows), total,
+                                      message=f"backbone losses: {len(examples)} candidates x {len(rows)} draws")
+            emit(event)
+
+        counts: dict[str, int] = {}
+        for captions in [None] + ([[""] * len(examples)] if self.prompt_specific else []):
+            loss_matrix(ctx.components, examples, resolution, None, ctx.config, draws=p.draws, seed=p.score_seed,
+                        batch_size=p.batch_size, cache_root=ctx.cache_root, rows=rows, captions=captions,
+                        progress=progress, cancel=ctx.cancel, counts=counts)
+        return counts.get("passes", 0)
 
     def __call__(self, ctx, examples: Sequence[Example], surrogate: dict[str, torch.Tensor]) -> ScoreResult:
         p = ctx.params
@@ -255,7 +289,8 @@ def _load_adapters(unet, config: TrainConfig, surrogate, reference) -> dict[str,
 def _loss_with(components, adapter: str | None, latents, cond, noise, t) -> torch.Tensor:
     unet = components.denoiser
     if adapter is None:
-        unet.disable_adapters()
+        if getattr(unet, "peft_config", None):  # no adapter loaded: the backbone as it is
+            unet.disable_adapters()
     else:
         unet.enable_adapters()
         unet.set_adapter(adapter)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
+from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable
@@ -19,8 +21,16 @@ from typing import Callable
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..paths import private_tmp
 from ..train import TrainConfig, train_lora
 from ..train.data import Example
+
+
+# One training per surrogate at a time in this process: in a compare run's lanes the plain
+# LoRA's lane trains ALBAT's surrogate while ALBAT's lane computes the backbone's losses; ALBAT's
+# lane then waits here for it instead of training it a second time.
+_TRAINING: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
+_TRAINING_GUARD = threading.Lock()
 
 
 def surrogate_config(config: TrainConfig, steps: int) -> TrainConfig:
@@ -42,16 +52,21 @@ def surrogate_path(components, images, config: TrainConfig, steps: int, cache_ro
 
 
 def train_surrogate(components, images, config: TrainConfig, steps: int, cache_root: Path,
-                    progress: Callable | None = None) -> dict[str, torch.Tensor]:
+                    progress: Callable | None = None, cancel: Callable[[], bool] | None = None
+                    ) -> dict[str, torch.Tensor]:
     """Train (or reuse from the cache) the surrogate LoRA phi_s on the user images alone."""
     path = surrogate_path(components, images, config, steps, cache_root)
-    if path.is_file():
-        return load_file(path)
-    work = path.parent / f"run-{path.stem}"
-    result = train_lora(components, images, surrogate_config(config, steps), work,
-                        progress=_relabel(progress, "surrogate"), cache_root=cache_root, export=False)
-    _save(result.unet_lora, path)
-    return result.unet_lora
+    with _TRAINING_GUARD:
+        lock = _TRAINING[str(path)]
+    with lock:  # another lane training this very surrogate: wait, then read its file
+        if path.is_file():
+            return load_file(path)
+        work = path.parent / f"run-{path.stem}"
+        result = train_lora(components, images, surrogate_config(config, steps), work,
+                            progress=_relabel(progress, "surrogate"), cancel=cancel, cache_root=cache_root,
+                            export=False)
+        _save(result.unet_lora, path)
+        return result.unet_lora
 
 
 def surrogate_snapshot(components, images, config: TrainConfig, steps: int, cache_root: Path):
@@ -76,7 +91,7 @@ def surrogate_snapshot(components, images, config: TrainConfig, steps: int, cach
 def _save(unet_lora: dict[str, torch.Tensor], path: Path) -> None:
     """Write a surrogate to the cache whole or not at all (a reader never sees half a file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = private_tmp(path)
     save_file(unet_lora, tmp)
     tmp.replace(path)
 

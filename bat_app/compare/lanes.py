@@ -6,6 +6,10 @@ threads, 21.6 s at 1), so the example job's two methods, one per core, finish in
 than the longer one's time instead of the sum. The preset says how many lanes pay off
 (``ModelSpec.method_lanes``: 2 for shapes, 1 for the GPU presets, which would not fit twice).
 
+The lanes also share ALBAT's selection, the longest stage: the plain LoRA's lane trains ALBAT's
+surrogate first while ALBAT's lane computes the backbone's losses on its candidates (the half of
+the score that needs no surrogate), then each goes on with its own chain.
+
 A lane also draws its method's preview column as soon as its LoRA is trained while another lane
 is still busy (the base column goes to the first lane done), so the previews fill the time the
 shorter lane would sit idle; the last lane leaves its column to the preview stage, which draws
@@ -84,11 +88,14 @@ class LeadProgress:
 
 
 def run_in_lanes(run, methods: list[str], lanes: int, select: Callable, train: Callable,
-                 load_copy: Callable[[], object], draw: Callable | None = None) -> None:
+                 load_copy: Callable[[], object], draw: Callable | None = None,
+                 before: Callable | None = None) -> None:
     """Select and train every method of ``methods``, ``lanes`` at a time.
 
     ``select(lane_run, [method])``, ``train(lane_run, [method])`` and ``draw(lane_run, method)``
     (its previews; called only while another chain is still running) are the pipeline's stages;
+    ``before(lane_run, method)`` runs first in each chain (the plain LoRA's lane trains ALBAT's
+    surrogate there, see ``compare.run.side_by_side``);
     ``lane_run`` is ``run`` with this lane's model copy, progress and cancel. ``load_copy()``
     loads another copy of the model (the first lane uses ``run.components``)."""
     import torch
@@ -108,6 +115,8 @@ def run_in_lanes(run, methods: list[str], lanes: int, select: Callable, train: C
             components = free.pop()
         try:
             lane = replace(run, components=components, emit=progress.lane(method), cancel=cancelled)
+            if before is not None:
+                before(lane, method)
             if method in WAITS_FOR_ALBAT and "albat" in chains:
                 while not albat_selected.wait(0.5):
                     if cancelled():

@@ -154,9 +154,7 @@ def select(run: CompareRun, selections: dict[str, tuple[Selection, str]], method
         m_params = params
         if method != "albat" and "albat" in selections:
             m_params = SelectionParams(**{**params.to_dict(), "m": max(1, len(selections["albat"][0]))})
-        key = stage_key(stage="select", method=method, params=m_params.to_dict(), **run.inputs,
-                        pool=_pool_identity(run.pool) if needs_pool(method) else None,
-                        train=run.train_config.fingerprint() if method in TRAINING_DEPENDENT else None)
+        key = _selection_key(run, method, m_params)
         record = StageRecord(run.out / "methods" / method / "selection")
         done = record.finished(key) if run.resume else None
         if done:
@@ -197,7 +195,8 @@ def train(run: CompareRun, selections: dict[str, tuple[Selection, str]], loras: 
 
 def side_by_side(run: CompareRun, selections, loras, lanes: int) -> None:
     """select + train for every method, ``lanes`` methods at a time, each on its own model copy;
-    a lane that ends while another still runs draws its preview column (and the base column)."""
+    the plain LoRA's lane trains ALBAT's surrogate first; a lane that ends while another still
+    runs draws its preview column (and the base column)."""
     drawing = threading.Lock()
 
     def draw(lane: CompareRun, method: str) -> None:
@@ -206,9 +205,13 @@ def side_by_side(run: CompareRun, selections, loras, lanes: int) -> None:
             run.drawn.update(columns)
         preview(lane, {c: loras[c] for c in columns}, only=columns)
 
+    def before(lane: CompareRun, method: str) -> None:
+        if method == "none" and "albat" in run.config.methods:
+            _train_albat_surrogate(lane)
+
     run_in_lanes(run, run.config.methods, lanes, lambda lane, m: select(lane, selections, m),
                  lambda lane, m: train(lane, selections, loras, m),
-                 lambda: load_components(run.config.model, **load_settings(run.train_config)), draw)
+                 lambda: load_components(run.config.model, **load_settings(run.train_config)), draw, before)
 
 
 def preview(run: CompareRun, loras: dict[str, tuple[Path | None, str]], only: list[str] | None = None):
@@ -293,6 +296,28 @@ def _surrogate_from_plain_lora(run: CompareRun):
     params = run.config.selection_params(len(run.images))
     steps = params.surrogate_steps_for(run.train_config.steps)
     return surrogate_snapshot(run.components, run.images, run.train_config, steps, cache_dir())
+
+
+def _selection_key(run: CompareRun, method: str, params: SelectionParams) -> str:
+    return stage_key(stage="select", method=method, params=params.to_dict(), **run.inputs,
+                     pool=_pool_identity(run.pool) if needs_pool(method) else None,
+                     train=run.train_config.fingerprint() if method in TRAINING_DEPENDENT else None)
+
+
+def _train_albat_surrogate(run: CompareRun) -> None:
+    """ALBAT's surrogate into the cache where its selection looks for it, unless that selection
+    is already done (a resumed run): the plain LoRA's lane does this first, while ALBAT's lane
+    computes the backbone's losses on its candidates (the lanes then take about as long)."""
+    from ..albat.surrogate import train_surrogate
+    from ..paths import cache_dir
+
+    params = run.config.selection_params(len(run.images))
+    if run.resume and StageRecord(run.out / "methods" / "albat" / "selection").finished(
+            _selection_key(run, "albat", params)):
+        return
+    steps = params.surrogate_steps_for(run.train_config.steps)
+    train_surrogate(run.components, run.images, run.train_config, steps, cache_dir(), run.tagged("albat"),
+                    run.cancel)
 
 
 def _pool_identity(pool) -> dict | None:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from ..errors import JobNotFound
+from ..paths import private_tmp
 from .record import JobRecord
 
 RECORD = "job.json"
@@ -166,7 +167,7 @@ def _not_found(job_id: str) -> str:
 
 
 def write_json_atomic(path: Path, data) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp = private_tmp(path)
     with open(tmp, "w") as f:
         json.dump(data, f, indent=1)
         f.flush()

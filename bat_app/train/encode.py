@@ -24,6 +24,7 @@ from ..images import prepare_for_training
 from ..images.buckets import Placement, bucket_sizes, fit_to_bucket, place, split_by_bucket
 from ..models import Components
 from ..models.families import Cond, unbatch_cond
+from ..paths import private_tmp
 from .data import Example
 
 
@@ -115,9 +116,10 @@ class LatentCache:
             self.memory[key] = entry
             if self.folder is not None:
                 self.folder.mkdir(parents=True, exist_ok=True)
-                tmp = self.folder / f".{key}.{os.getpid()}.tmp"
+                final = self.folder / f"{key}.safetensors"
+                tmp = private_tmp(final)
                 save_file({"mean": entry[0], "std": entry[1]}, tmp)
-                os.replace(tmp, self.folder / f"{key}.safetensors")  # atomic
+                os.replace(tmp, final)  # atomic
 
 
 def latents_from_stats(components: Components, stats: Sequence[tuple[torch.Tensor, torch.Tensor]],
