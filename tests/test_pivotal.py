@@ -128,3 +128,24 @@ def test_the_results_tab_offers_the_trigger_vectors_for_download(tmp_path):
     save_embeddings(lora, "sks", {"emb_params": torch.zeros(2, 4)})
     names = [Path(f).name for f in download_files(tmp_path, ["albat"])]
     assert names == ["albat_pytorch_lora_weights.safetensors", "albat_sks.safetensors"]
+
+
+def test_loading_a_lora_for_previews_leaves_other_threads_modules_real(comps, images, tmp_path, monkeypatch):
+    """A compare run's lanes draw previews while the other lane builds modules (the embedding
+    ``unload_textual_inversion`` makes, adapters): loading the preview's LoRA must not patch
+    ``nn.Module.register_parameter`` for the whole process (peft's init_empty_weights, which
+    diffusers' default low_cpu_mem_usage turns on), or those modules get meta weights."""
+    from peft.tuners.lora import LoraModel
+
+    out = tmp_path / "out"
+    train_lora(comps, images, quick(steps=2), out)
+    made = []
+    real = LoraModel._create_and_replace
+
+    def spy(self, *args, **kwargs):  # a module "another thread" creates during the injection
+        made.append(torch.nn.Embedding(3, 2).weight.device.type)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(LoraModel, "_create_and_replace", spy)
+    sample_images(comps, ["a photo of sks disc"], [0], out)
+    assert made and set(made) == {"cpu"}

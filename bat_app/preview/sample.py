@@ -35,7 +35,13 @@ def sample_images(components: Components, prompts: Sequence[str], seeds: Sequenc
         level = diffusers_logging.get_verbosity()
         diffusers_logging.set_verbosity_error()
         try:
-            pipe.load_lora_weights(str(lora_dir), weight_name=DIFFUSERS_FILE)
+            # low_cpu_mem_usage (diffusers' default) injects the adapter inside peft's
+            # init_empty_weights, which patches nn.Module.register_parameter for the whole
+            # process: a module another thread (a compare run's other lane) creates meanwhile
+            # gets meta weights, e.g. the embedding unload_textual_inversion builds ("set_data:
+            # incompatible tensor type", seen once in ~12 two-lane test runs). Small LoRAs gain
+            # nothing from it.
+            pipe.load_lora_weights(str(lora_dir), weight_name=DIFFUSERS_FILE, low_cpu_mem_usage=False)
             if embedding is not None:  # pivotal tuning: the trigger's own vectors, as users load them
                 load_trigger_embeddings(components, pipe, *embedding)
         finally:
