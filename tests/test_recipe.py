@@ -92,3 +92,28 @@ def test_the_readme_model_table_is_the_presets():
     found = re.search(r"<!-- model-table:[^\n]*-->\n(.*?)\n<!-- /model-table -->", readme, re.S)
     assert found, "README.md has no model table"
     assert found.group(1).strip() == model_table(), "README's model table is stale: paste `bat-app presets --markdown`"
+
+
+def test_class_images_keep_the_measured_sampling_while_previews_draw_faster(tmp_path, monkeypatch):
+    """shapes previews draw with 15 steps, class images (training data) with the 25 the recipe
+    was measured with; a preset without ``class_image_steps`` draws both the same way. The class
+    images' cache key is the one 25-step sampling always had, so cached images stay valid."""
+    import json
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from bat_app.models.presets import resolve_model
+    from bat_app.train import prior
+    from bat_app.train.prior import class_image_dir
+
+    monkeypatch.setattr(prior, "vae_fingerprint", lambda components: "vae")
+
+    shapes = resolve_model("shapes")
+    assert shapes.sampling["steps"] == 15
+    assert shapes.training_sampling() == {"steps": 25, "guidance_scale": 4.0}
+    sd15 = resolve_model("sd15")
+    assert sd15.training_sampling() == sd15.sampling
+    before = replace(shapes, sampling={"steps": 25, "guidance_scale": 4.0})  # the preset until now
+    same = [class_image_dir(SimpleNamespace(spec=s, vae=None), "a photo of star", 32, tmp_path) for s in (shapes, before)]
+    assert same[0] == same[1]
+    assert json.dumps(shapes.training_sampling(), sort_keys=True) == json.dumps(before.sampling, sort_keys=True)

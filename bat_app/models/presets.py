@@ -46,6 +46,17 @@ class ModelSpec:
     # the large presets, which train on a GPU and would not fit twice.
     method_lanes: int = 1
 
+    def training_sampling(self) -> dict:
+        """How images that become training data (class images, a generated pool's items) are
+        drawn: ``sampling``, with its ``class_image_steps`` as the steps where a preset sets them.
+        Previews and "Try it" use ``sampling["steps"]``: on shapes 15 steps draw the same pictures
+        as 25 (same LoRAs judged both ways: equal trait and recontext figures), but class
+        images drawn with 15 moved ALBAT's single-seed figures by 20-30 points (docs/shapes.md),
+        so the training data stays as measured."""
+        sampling = dict(self.sampling)
+        steps = sampling.pop("class_image_steps", None)
+        return {**sampling, "steps": steps} if steps else sampling
+
     @property
     def is_local(self) -> bool:
         return isinstance(self.source, Path)

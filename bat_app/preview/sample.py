@@ -94,8 +94,9 @@ def backbone_sampler(components: Components, steps: int | None = None, safety_ch
 
     spec = components.spec
     pipe = build_pipeline(components)
-    steps = steps or spec.sampling.get("steps", 30)
-    guidance = spec.sampling.get("guidance_scale", 7.5)
+    sampling = spec.training_sampling()  # its samples become training data (a generated pool)
+    steps = steps or sampling.get("steps", 30)
+    guidance = sampling.get("guidance_scale", 7.5)
     check = safety_checker and has_safety_checker(spec)
 
     def sampler(captions, seeds):

@@ -32,7 +32,7 @@ _DRAWING_GUARD = threading.Lock()
 def class_image_dir(components: Components, prompt: str, resolution: int, root: Path) -> Path:
     spec = components.spec
     key = json.dumps({"model": str(spec.source), "vae": vae_fingerprint(components), "prompt": prompt,
-                      "resolution": resolution, "sampling": spec.sampling}, sort_keys=True)
+                      "resolution": resolution, "sampling": spec.training_sampling()}, sort_keys=True)
     return Path(root) / "class_images" / hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
@@ -58,7 +58,7 @@ def _draw_missing(components, prompt, n, resolution, folder: Path, seed, batch_s
     missing = [i for i, p in enumerate(paths) if not p.is_file()]
     if missing:
         pipe = build_pipeline(components)
-        sampling = components.spec.sampling
+        sampling = components.spec.training_sampling()
         batch_size = batch_size or components.spec.sample_batch
         for start in range(0, len(missing), batch_size):
             chunk = missing[start:start + batch_size]
