@@ -106,7 +106,9 @@ class Plan:
     checkpoint_samples: int = 0       # per prompt at the other checkpoints (0: none)
     num_prompts: int | None = None
     train: dict = field(default_factory=dict)  # TrainConfig settings over the preset's recipe
-    sample_steps: int | None = None   # sampler steps (None: the preset's)
+    sample_steps: int | None = None   # sampler steps (None: the preset's training-data sampling, 25 on
+    #                                   shapes: what the registered records were judged with, though
+    #                                   the app's previews now draw with 15)
     sample_batch: int = 16
     workers: int = 1
 
@@ -205,7 +207,7 @@ def sample_now(comps, prompts: list[str], seeds: list[int], expand, batch: int, 
             chunk = jobs[lo:lo + batch]
             with torch.no_grad(), _autocast(comps):
                 images = pipe([expand(prompts[p]) for p, _ in chunk], height=spec.resolution, width=spec.resolution,
-                              num_inference_steps=steps or spec.sampling.get("steps", 30),
+                              num_inference_steps=steps or spec.training_sampling().get("steps", 30),
                               guidance_scale=spec.sampling.get("guidance_scale", 7.5),
                               generator=[torch.Generator().manual_seed(seeds[s]) for _, s in chunk]).images
             for (p, s), image in zip(chunk, images):

@@ -455,3 +455,21 @@ def test_cleanup_prunes_the_shared_cache_by_last_use(job_env):
     assert report["cache_freed_bytes"] == 1000
     assert not old.exists() and not old.parent.exists()  # its folder, left empty, too
     assert read_lately.exists() and fresh.exists() and cache.is_dir()
+
+
+def test_cleanup_leaves_a_folder_a_job_has_just_made(job_env):
+    """A job makes a folder, then writes into it (a surrogate's work folder): the cleanup
+    running between the two must not remove it; an empty folder unused for the retention
+    period goes."""
+    settings, _, _ = connect()
+    now = time.time()
+    cache = settings.data_dir / "cache"
+    just_made = cache / "surrogates" / "run-abc"
+    forgotten = cache / "class_images" / "0123"
+    for folder in (just_made, forgotten):
+        folder.mkdir(parents=True)
+    ten_days = now - 10 * 86400
+    os.utime(forgotten, (ten_days, ten_days))
+    jobs.cleanup(retention_days=7, disk_budget_gb=100, now=now)
+    assert just_made.is_dir()
+    assert not forgotten.exists()

@@ -68,9 +68,14 @@ def cleanup(retention_days: float | None = None, disk_budget_gb: float | None = 
 
 def prune_cache(root: Path, max_age_s: float, now: float) -> int:
     """Delete the files under ``root`` not modified or read for ``max_age_s``, then the folders
-    left empty; returns the bytes freed."""
+    this left empty and those empty for that long; returns the bytes freed.
+
+    A folder a job has just made (a surrogate's work folder, before its first file) is empty
+    and new: it stays. Removing it made that job fail ("No such file or directory"; seen when
+    the worker's first cleanup, a minute after the app starts, met the example job)."""
     freed = 0
     for folder, _, files in os.walk(root, topdown=False):
+        emptied = False
         for name in files:
             path = os.path.join(folder, name)
             with contextlib.suppress(OSError):
@@ -78,9 +83,11 @@ def prune_cache(root: Path, max_age_s: float, now: float) -> int:
                 if now - max(info.st_mtime, info.st_atime) > max_age_s:
                     os.remove(path)
                     freed += info.st_size
+                    emptied = True
         if folder != str(root):
             with contextlib.suppress(OSError):
-                os.rmdir(folder)  # only succeeds when empty
+                if emptied or now - os.lstat(folder).st_mtime > max_age_s:
+                    os.rmdir(folder)  # only succeeds when empty
     return freed
 
 
