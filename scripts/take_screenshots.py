@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+ENDED = re.compile(r"Finished|Failed|Cancelled")  # the Progress text once a job has ended
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync"]
 
@@ -111,7 +112,9 @@ def main(argv=None) -> int:
             expect(progress).to_contain_text("step", timeout=600_000)
             page.wait_for_timeout(3000)
             page.screenshot(path=str(out / "progress.png"), full_page=True)
-            expect(progress).to_contain_text("Finished", timeout=1_800_000)
+            expect(progress).to_contain_text(ENDED, timeout=1_800_000)
+            if "Finished" not in progress.inner_text():  # failed or cancelled: say why, do not wait on
+                raise RuntimeError(f"the example job did not finish:\n{progress.inner_text()}")
             timings["start_to_finished_s"] = round(time.perf_counter() - started, 1)
             job_id = re.search(r"[0-9a-f]{32}", progress.inner_text()).group(0)
 
@@ -176,7 +179,9 @@ def wait_for_next_job(progress, previous: str, timeout_s: float = 1800) -> str:
     while time.monotonic() < deadline:
         text = progress.inner_text()
         found = re.search(r"[0-9a-f]{32}", text)
-        if found and found.group(0) != previous and "Finished" in text:
+        if found and found.group(0) != previous and ENDED.search(text):
+            if "Finished" not in text:
+                raise RuntimeError(f"the second job did not finish:\n{text}")
             return found.group(0)
         time.sleep(1.0)
     raise TimeoutError(f"the second job did not finish within {timeout_s:.0f} s")
