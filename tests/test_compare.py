@@ -138,7 +138,7 @@ def test_a_second_job_reuses_the_base_column_until_the_weights_change(tiny_model
     prompts and seeds) takes it from the cache without sampling; new weights draw it again."""
     import shutil
 
-    from bat_app.compare import run as compare_run
+    from bat_app.compare import previews as compare_previews
 
     model = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model)
@@ -146,8 +146,8 @@ def test_a_second_job_reuses_the_base_column_until_the_weights_change(tiny_model
                  train={"steps": 2, "lr": 5e-3, "checkpoint_every": 0})
     first = run_compare(cfg, subject_dir, tmp_path / "job1")
     drawn = []
-    real = compare_run.sample_images
-    monkeypatch.setattr(compare_run, "sample_images", lambda comps, prompts, seeds, lora, **kw:
+    real = compare_previews.sample_images
+    monkeypatch.setattr(compare_previews, "sample_images", lambda comps, prompts, seeds, lora, **kw:
                         drawn.append(lora) or real(comps, prompts, seeds, lora, **kw))
     run_compare(cfg, subject_dir, tmp_path / "job2")
     assert drawn and None not in drawn  # only the LoRA column was sampled

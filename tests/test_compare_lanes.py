@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from bat_app.compare import CompareConfig, run_compare
+from bat_app.compare import previews as compare_previews
 from bat_app.compare import run as compare_run
 from bat_app.compare.lanes import LeadProgress, lane_count, run_in_lanes
 from bat_app.compare.run import CompareResult, CompareRun
@@ -120,8 +121,8 @@ def test_a_run_in_lanes_leaves_the_records_a_sequential_run_reuses(tiny_model_di
         seeds=[0], train={"steps": 4, "lr": 5e-3, "checkpoint_every": 2}, selection={"m": 4}))
     monkeypatch.setattr(compare_run, "lane_count", lambda run, methods: 2)
     drawn = []  # one entry per preview column drawn: the lanes' columns are not drawn again
-    real_sample = compare_run.sample_images
-    monkeypatch.setattr(compare_run, "sample_images", lambda *a, **kw: drawn.append(1) or real_sample(*a, **kw))
+    real_sample = compare_previews.sample_images
+    monkeypatch.setattr(compare_previews, "sample_images", lambda *a, **kw: drawn.append(1) or real_sample(*a, **kw))
     events = []
     run_compare(cfg, subject_dir, tmp_path / "cmp", progress=events.append, resume=False)
     # base, none, random: each drawn once, though resume=False (the preview stage reads back what

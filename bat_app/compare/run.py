@@ -17,7 +17,6 @@ redoes what a changed setting feeds, and resumes training from its checkpoints a
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 import zipfile
@@ -25,7 +24,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image
 
 from ..albat import Selection, SelectionParams, needs_pool
 from ..albat.run import run_selection, train_with_selection
@@ -34,11 +32,10 @@ from ..export import DIFFUSERS_FILE
 from ..images import IntakeLimits, load_user_images
 from ..models import load_components
 from ..models.memory import check_environment, load_settings
-from ..preview import comparison_grid, default_prompt_set, load_prompt_set, sample_images
-from ..preview.safety import check_rows, has_safety_checker
 from ..progress import ProgressEvent
 from .config import BASE, CompareConfig
 from .lanes import lane_count, run_in_lanes
+from .previews import preview
 from .report import write_report
 from .stages import RECORD, StageRecord, stage_key
 
@@ -214,45 +211,6 @@ def side_by_side(run: CompareRun, selections, loras, lanes: int) -> None:
                  lambda: load_components(run.config.model, **load_settings(run.train_config)), draw, before)
 
 
-def preview(run: CompareRun, loras: dict[str, tuple[Path | None, str]], only: list[str] | None = None):
-    """Every column (base model + each LoRA) on the same prompts and seeds; the grid.
-
-    Returns (columns, prompts, prompt set name); columns[method][prompt][seed] are images.
-    ``only``: draw just these columns and return None (a lane draws its method's column as soon
-    as its LoRA is trained; the full stage then reads it back from its record)."""
-    run.stage("preview")
-    config, spec = run.config, run.components.spec
-    set_name = config.prompt_set or default_prompt_set(spec.preset or spec.name, config.class_noun)
-    prompt_set = load_prompt_set(set_name)
-    prompts = prompt_set.prompts(config.token, config.class_noun, limit=config.num_prompts)
-    prompts.append(("class", prompt_set.class_text(config.class_noun)))  # class-prior check, no token
-    texts = [p for _, p in prompts]
-    present = has_safety_checker(spec)
-    check = config.safety_checker and present
-    run.safety = {"enabled": config.safety_checker, "present": present, "hidden": {}}
-    columns, seconds = {}, 0.0
-    for method, (lora, lora_key) in loras.items():
-        if only is not None and method not in only:
-            continue
-        # Checked columns are other results than unchecked ones (their hidden cells are grey).
-        key = stage_key(stage="preview", lora=lora_key, prompts=texts, seeds=config.seeds,
-                        sampling=spec.sampling, resolution=spec.resolution, **run.inputs,
-                        **({"safety": "checked"} if check else {}))
-        columns[method], cost, hidden = _samples(run, StageRecord(run.out / "previews" / "samples" / method), key,
-                                                 texts, lora, run.tagged(method), check,
-                                                 reuse=run.resume or method in run.drawn)
-        run.safety["hidden"][method] = hidden
-        seconds += cost
-    if only is not None:
-        return None
-    grid = comparison_grid(columns, texts, cell=64 if run.resolution <= 64 else 128)
-    grid.save(run.out / "previews" / f"grid_{set_name}.png")
-    run.result.outputs["grid"] = f"previews/grid_{set_name}.png"
-    # Like the other stages, the cost is what drawing took when it ran, not the ~0 s of reading back.
-    run.result.timings["preview"] = seconds
-    return columns, prompts, set_name
-
-
 def measure(run: CompareRun, columns, prompts, set_name: str, selections) -> dict:
     """metrics.json: CLIP-I/T, diversity, DINO when available, shapes scores on shapes."""
     from ..metrics import compute_metrics, json_safe, write_metrics
@@ -346,74 +304,6 @@ def _pool_and_embedder(config: CompareConfig, components, emit=None, n_images: i
                              f"need a backbone pool: set `pool` (a pool folder, 'generated', or 'shapes').")
         return None, default_embedder(components, config.clip_model, config.clip_pretrained)
     return open_pool(pool_dir, config.clip_model, config.clip_pretrained)
-
-
-def _samples(run: CompareRun, record: StageRecord, key: str, prompts: list[str], lora, emit, check: bool,
-             reuse: bool = True):
-    """(images, seconds drawing them, how many the safety checker hid): one column of previews,
-    read back when still valid (and ``reuse``). With ``check``, flagged images are never written,
-    only grey ones."""
-    seeds = run.config.seeds
-    paths = [[record.folder / f"p{p:02d}_s{seed}.png" for seed in seeds] for p in range(len(prompts))]
-    done = record.finished(key) if reuse else None
-    if done and all(path.is_file() for row in paths for path in row):
-        return ([[Image.open(path).convert("RGB") for path in row] for row in paths], done["seconds"],
-                done.get("hidden", 0))
-    if run.cancel is not None and run.cancel():
-        raise Cancelled("Cancelled while rendering previews.")
-    t = time.perf_counter()
-    record.start(key, resume=False)  # samples are drawn whole: nothing partial to keep
-    shared = _base_column_cache(run.components, prompts, seeds, check) if lora is None else None
-    cached = shared is not None and _read_column(shared, len(prompts), seeds)
-    if cached:
-        images, hidden = cached
-        emit(ProgressEvent("preview", 1, 1, message="base model: drawn before with these prompts and seeds"))
-    else:
-        images = sample_images(run.components, prompts, seeds, lora,
-                               progress=lambda d, total: emit(ProgressEvent("preview", d, total)))
-        hidden = 0
-        if check:
-            images, hidden = check_rows(run.components, images)
-        if shared is not None:
-            _write_column(shared, images, seeds, hidden)
-    for row, row_paths in zip(images, paths):
-        for image, path in zip(row, row_paths):
-            image.save(path)
-    return images, record.finish(key, time.perf_counter() - t, hidden=hidden, shared=bool(cached))["seconds"], hidden
-
-
-def _base_column_cache(components, prompts: list[str], seeds: list[int], check: bool) -> Path:
-    """Where the base model's column for these prompts and seeds is kept for every later job:
-    it depends on nothing a job trains (the weights, the sampler settings, the prompts, the
-    seeds, the safety check), so a second job with the same trigger and class draws none of it."""
-    from ..models.fingerprint import model_fingerprint
-    from ..paths import cache_dir
-
-    spec = components.spec
-    key = stage_key(weights=model_fingerprint(components), sampling=spec.sampling, resolution=spec.resolution,
-                    prompts=prompts, seeds=seeds, check=check)
-    return cache_dir() / "base-previews" / key
-
-
-def _read_column(folder: Path, n_prompts: int, seeds: list[int]):
-    """(images, hidden) from a base-column cache folder, or None when it is not complete."""
-    try:
-        done = json.loads((folder / "done.json").read_text())
-        return ([[Image.open(folder / f"p{p:02d}_s{seed}.png").convert("RGB") for seed in seeds]
-                 for p in range(n_prompts)], int(done["hidden"]))
-    except (OSError, ValueError, KeyError):
-        return None
-
-
-def _write_column(folder: Path, images, seeds: list[int], hidden: int) -> None:
-    """Write the column, then ``done.json`` last (atomically): a reader sees all or nothing."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for p, row in enumerate(images):
-        for image, seed in zip(row, seeds):
-            image.save(folder / f"p{p:02d}_s{seed}.png")
-    tmp = folder / f".done.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps({"hidden": hidden}))
-    os.replace(tmp, folder / "done.json")
 
 
 def _shapes_judges(components, config):
