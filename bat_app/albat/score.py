@@ -60,7 +60,10 @@ class ScoreResult:
 
 
 class Score(Protocol):
-    """What AlbatSelector ranks candidates with (pass one to ``AlbatSelector(score=...)``)."""
+    """What AlbatSelector ranks candidates with (pass one to ``AlbatSelector(score=...)``).
+
+    A score may also have ``prepare(ctx, examples) -> int`` (UNet passes spent): the selector
+    calls it before the surrogate exists, for the part of the work that does not need it."""
 
     name: str
 
