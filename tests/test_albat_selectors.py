@@ -136,7 +136,7 @@ def test_negative_fraction_takes_anchors_from_the_bottom(comps, images, pool, ti
 
 def test_albat_records_parameters_timings_and_delta(comps, images, pool, tiny_embedder, tmp_path):
     sel = select("albat", ctx(comps, images, pool, tiny_embedder, tmp_path))
-    assert set(sel.timings) == {"retrieve", "surrogate", "score"}
+    assert set(sel.timings) == {"retrieve", "reference", "surrogate", "score"}
     assert sel.stats["unet_forward_passes"] == 2 * PARAMS.draws * sel.stats["candidates"]
     assert {"mean", "q50", "positive_fraction"} <= set(sel.stats["delta"])
     assert sel.stats["surrogate_steps"] == PARAMS.surrogate_steps
