@@ -35,10 +35,12 @@ def test_upload_select_train_preview_download(tmp_path, shapes_pool):
     selection = [json.loads(line) for line in (out / "methods/albat/selection/selection.jsonl").read_text().splitlines()]
     assert 0 < len(selection) <= 20 and all(row["score"] > 0 for row in selection)
     # the shapes recipe trains every method with prior preservation, so the plain LoRA's first steps
-    # are not ALBAT's surrogate (the photos alone): ALBAT trains its own, 25% of the 30 steps
+    # are not ALBAT's surrogate (the photos alone): a surrogate of its own, 25% of the 30 steps,
+    # trained by the plain LoRA's lane or ALBAT's (whichever gets there first; it is found cached
+    # or not depending on that race)
     assert config.train_config(len(photos)).prior is True
     stats = json.loads((out / "methods/albat/selection/selection.json").read_text())["stats"]
-    assert stats["surrogate_cached"] is False and stats["surrogate_steps"] == 8
+    assert stats["surrogate_steps"] == 8
     metrics = result.metrics["methods"]
     assert set(metrics) == {"base", "none", "albat"}
     assert {"clip_i", "clip_t", "subject_fidelity", "class_prior"} <= set(metrics["albat"])
