@@ -37,3 +37,15 @@ def private_tmp(path: Path, suffix: str = ".tmp") -> Path:
     then ``os.replace`` it onto ``path``. With the pid alone, two lanes of one compare run
     (threads) caching the same latents wrote one file and the slower rename failed."""
     return path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}{suffix}")
+
+
+_PATH_LOCKS: dict[str, threading.Lock] = {}
+_PATH_LOCKS_GUARD = threading.Lock()
+
+
+def path_lock(path: Path) -> threading.Lock:
+    """The one lock of this process for ``path``: the lanes of a compare run (threads) that
+    want the same cached thing at once (class images, ALBAT's surrogate) make it once; the
+    second waits and then finds it."""
+    with _PATH_LOCKS_GUARD:
+        return _PATH_LOCKS.setdefault(str(path), threading.Lock())

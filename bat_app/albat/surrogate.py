@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
-from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable
@@ -21,16 +19,11 @@ from typing import Callable
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..paths import private_tmp
+from ..paths import path_lock, private_tmp
 from ..train import TrainConfig, train_lora
 from ..train.data import Example
 
 
-# One training per surrogate at a time in this process: in a compare run's lanes the plain
-# LoRA's lane trains ALBAT's surrogate while ALBAT's lane computes the backbone's losses; ALBAT's
-# lane then waits here for it instead of training it a second time.
-_TRAINING: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
-_TRAINING_GUARD = threading.Lock()
 
 
 def surrogate_config(config: TrainConfig, steps: int) -> TrainConfig:
@@ -56,9 +49,7 @@ def train_surrogate(components, images, config: TrainConfig, steps: int, cache_r
                     ) -> dict[str, torch.Tensor]:
     """Train (or reuse from the cache) the surrogate LoRA phi_s on the user images alone."""
     path = surrogate_path(components, images, config, steps, cache_root)
-    with _TRAINING_GUARD:
-        lock = _TRAINING[str(path)]
-    with lock:  # another lane training this very surrogate: wait, then read its file
+    with path_lock(path):  # another lane training this very surrogate: wait, then read its file
         if path.is_file():
             return load_file(path)
         work = path.parent / f"run-{path.stem}"

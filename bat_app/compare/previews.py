@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from PIL import Image
 
 from ..errors import Cancelled
+from ..paths import private_tmp
 from ..preview import comparison_grid, default_prompt_set, load_prompt_set, sample_images
 from ..preview.safety import check_rows, has_safety_checker
 from ..progress import ProgressEvent
@@ -130,6 +131,6 @@ def _write_column(folder: Path, images, seeds: list[int], hidden: int) -> None:
     for p, row in enumerate(images):
         for image, seed in zip(row, seeds):
             image.save(folder / f"p{p:02d}_s{seed}.png")
-    tmp = folder / f".done.{os.getpid()}.tmp"
+    tmp = private_tmp(folder / "done.json")
     tmp.write_text(json.dumps({"hidden": hidden}))
     os.replace(tmp, folder / "done.json")

@@ -11,8 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import threading
-from collections import defaultdict
 from pathlib import Path
 from typing import Callable
 
@@ -20,13 +18,10 @@ import torch
 from PIL import Image
 
 from ..models import Components, build_pipeline
+from ..paths import path_lock, private_tmp
 from .encode import vae_fingerprint
 
 
-# One draw per class-image folder at a time in this process: methods trained side by side (a
-# compare run's lanes) reach the same class images together; the second waits and reuses them.
-_DRAWING: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
-_DRAWING_GUARD = threading.Lock()
 
 
 def class_image_dir(components: Components, prompt: str, resolution: int, root: Path) -> Path:
@@ -45,9 +40,7 @@ def ensure_class_images(components: Components, prompt: str, n: int, resolution:
     run would have. ``batch_size`` images per pipeline call (default: the preset's ``sample_batch``).
     """
     folder = class_image_dir(components, prompt, resolution, root)
-    with _DRAWING_GUARD:
-        lock = _DRAWING[str(folder)]
-    with lock:
+    with path_lock(folder):  # two lanes wanting these class images draw them once
         return _draw_missing(components, prompt, n, resolution, folder, seed, batch_size, progress)
 
 
@@ -69,7 +62,7 @@ def _draw_missing(components, prompt, n, resolution, folder: Path, seed, batch_s
                               guidance_scale=sampling.get("guidance_scale", 7.5),
                               generator=generators).images
             for i, image in zip(chunk, images):
-                tmp = folder / f".{paths[i].stem}.{os.getpid()}.png"
+                tmp = private_tmp(paths[i], ".png")
                 image.save(tmp)
                 os.replace(tmp, paths[i])
             if progress:
