@@ -28,19 +28,19 @@ def fake_run(tmp_path: Path, events: list, cancel=None) -> CompareRun:
 
 def test_lanes_overlap_and_the_others_wait_for_albats_count(tmp_path):
     events, done = [], []
-    both_running = threading.Barrier(2, timeout=20)  # fails unless albat and none run at once
+    both_running = threading.Barrier(2, timeout=20)  # fails unless albat and none train at once
     threads_inside = []
 
     def select(lane, methods):
         method = methods[0]
-        if method in ("albat", "none"):
-            both_running.wait()
         if method == "random":
             assert "albat" in done  # random takes as many items as ALBAT kept
         threads_inside.append(torch.get_num_threads())
         done.append(method)
 
     def train(lane, methods):
+        if methods[0] in ("albat", "none"):
+            both_running.wait()
         lane.emit(ProgressEvent("train", 1, 1, method=methods[0]))
 
     run = fake_run(tmp_path, events)
@@ -81,6 +81,74 @@ def test_a_user_cancel_reaches_every_lane(tmp_path):
     with pytest.raises(Cancelled):
         run_in_lanes(run, ["none", "albat"], 2, select, lambda lane, m: None, load_copy=lambda: run.components)
     assert sorted(seen) == ["albat", "none"]
+
+
+def test_the_plain_lane_lends_its_model_to_albats_selection_and_only_then_goes_on(tmp_path):
+    """ALBAT's lane gets ``helper``; the plain lane runs its work on its own model copy until
+    ALBAT's selection ends, and selects and trains only after that."""
+    order = []
+
+    def select(lane, methods):
+        if methods[0] == "albat":
+            assert lane.helper is not None
+            futures = [lane.helper(lambda components, i=i: (i, components.name)) for i in range(3)]
+            results = [f.result(timeout=20) for f in futures]
+            assert {name for _, name in results} == {"first", "second"} - {lane.components.name}  # the other copy
+            order.append("albat selected")
+        else:
+            assert lane.helper is None
+            order.append(f"{methods[0]} selected")
+
+    run = fake_run(tmp_path, [])
+    run.components = SimpleNamespace(device=torch.device("cpu"), spec=SimpleNamespace(method_lanes=2),
+                                     name="first")
+    run_in_lanes(run, ["none", "albat"], 2, select, lambda lane, m: order.append(f"{m[0]} trained"),
+                 load_copy=lambda: SimpleNamespace(name="second"),
+                 before=lambda lane, m: None)
+    assert order.index("albat selected") < order.index("none selected")
+
+
+def test_in_a_two_method_job_the_plain_lane_once_done_lends_its_model_to_albats_column(tmp_path):
+    plain_drawn = threading.Event()
+    drawn = {}
+
+    def draw(lane, method):
+        if method == "none":
+            plain_drawn.set()
+            return
+        deadline = time.time() + 20
+        while (future := lane.helper(lambda components: components.name)) is None:  # lending starts soon
+            assert time.time() < deadline, "the plain lane never lent its model for ALBAT's column"
+            time.sleep(0.05)
+        drawn[method] = (future.result(timeout=20), lane.components.name)
+
+    def train(lane, methods):
+        if methods[0] == "albat":
+            assert plain_drawn.wait(20)  # ALBAT's training is the longer one
+
+    run = fake_run(tmp_path, [])
+    run.components = SimpleNamespace(device=torch.device("cpu"), spec=SimpleNamespace(method_lanes=2),
+                                     name="first")
+    run_in_lanes(run, ["none", "albat"], 2, lambda lane, m: None, train,
+                 load_copy=lambda: SimpleNamespace(name="second"), draw=draw)
+    lent, own = drawn["albat"]
+    assert {lent, own} == {"first", "second"}
+
+
+def test_work_queued_before_the_lender_serves_waits_for_it_and_a_stopped_lender_fails_it():
+    from bat_app.lending import LaneHelp
+
+    lending = LaneHelp()
+    early = lending(lambda components: components + 1)
+    lending.close()
+    assert lending.serve(41, lambda: False) == 1 and early.result(timeout=1) == 42
+    assert lending(lambda components: 0) is None  # it stopped lending: do it yourself
+
+    lending = LaneHelp()
+    queued = lending(lambda components: 1)
+    lending.end()  # the lender's chain failed before serving
+    with pytest.raises(Cancelled):
+        queued.result(timeout=1)
 
 
 def test_only_the_lead_lane_reports_until_it_ends():
@@ -164,3 +232,34 @@ def test_the_plain_lane_trains_albats_surrogate_once(tiny_model_dir, tiny_pool_d
     assert result.timings["select:albat"] > 0
     run_compare(cfg, subject_dir, tmp_path / "cmp")  # everything done: reused, nothing trained
     assert trained == [1]
+
+
+def test_a_preview_column_split_over_two_model_copies_is_the_column_drawn_whole(comps, images, tmp_path):
+    """``previews._draw`` with a lent copy draws half the prompts of a LoRA's column on each: the
+    same pictures (each sample depends on its own prompt and seed only), one progress bar."""
+    import copy
+
+    import numpy as np
+
+    from bat_app.lending import LaneHelp
+    from bat_app.preview import sample_images
+    from bat_app.train import TrainConfig, train_lora
+
+    lora = train_lora(comps, images, TrainConfig(token="sks", class_noun="disc", steps=2, checkpoint_every=0),
+                      tmp_path / "lora").out_dir
+    prompts, seeds = ["a sks disc", "a blue disc", "a sks disc on green"], [0, 1]
+    lending, other = LaneHelp(), copy.deepcopy(comps)
+    served = []
+    lender = threading.Thread(target=lambda: served.append(lending.serve(other, lambda: False)))
+    lender.start()
+    events = []
+    try:
+        split = compare_previews._draw(SimpleNamespace(components=comps, helper=lending, cancel=None), prompts,
+                                       seeds, lora, events.append)
+    finally:
+        lending.close()
+        lender.join(60)
+    whole = sample_images(comps, prompts, seeds, lora)
+    assert served == [1] and len(split) == 3
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for ra, rb in zip(split, whole) for a, b in zip(ra, rb))
+    assert events[-1].step == events[-1].total == 6

@@ -26,11 +26,11 @@ def open_pool(pool_dir: str | Path | None, clip_model: str | None = None, clip_p
 
 def run_selection(method: str, components, images, config, *, pool_dir=None, pool=None, embedder=None,
                   params: SelectionParams | None = None, out_dir: str | Path | None = None,
-                  cache_root=None, progress=None, cancel=None) -> Selection:
+                  cache_root=None, progress=None, cancel=None, helper=None) -> Selection:
     if pool is None and pool_dir is not None and needs_pool(method):
         pool, embedder = open_pool(pool_dir)
     ctx = SelectionContext(components, images, config, pool, embedder, params or SelectionParams(seed=config.seed),
-                           cache_root=cache_root, progress=progress, cancel=cancel)
+                           cache_root=cache_root, progress=progress, cancel=cancel, helper=helper)
     selection = select(method, ctx)
     selection.pool = pool
     if out_dir is not None:

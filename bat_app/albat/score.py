@@ -28,6 +28,7 @@ Scores (SelectionParams.score):
 
 from __future__ import annotations
 
+import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,7 @@ import torch
 from peft import LoraConfig, set_peft_model_state_dict
 
 from ..errors import Cancelled, InputError
+from ..lending import result_or_cancel
 from ..train import TrainConfig
 from ..train.data import Example
 from ..models.families import cond_to, stack_cond
@@ -149,6 +151,52 @@ def loss_matrix(components, examples: Sequence[Example], resolution: int, surrog
     return out, timesteps
 
 
+MIN_SPLIT = 16  # candidates per half below which lending the other lane's model is not worth it
+
+
+def split_loss_matrix(ctx, examples: Sequence[Example], resolution: int, surrogate, *, captions=None,
+                      progress: Callable | None = None, counts: dict | None = None, **kwargs):
+    """``loss_matrix`` on ``ctx.components``, with the second half of the candidates on another
+    copy of the model when ``ctx.helper`` lends one (compare/lanes.py: the plain LoRA's lane,
+    while ALBAT selects). Each candidate's entries do not depend on which candidates share its
+    batch (the draws are shared, draws.py), so the halves join into the same matrix; progress
+    and pass counts add up over both."""
+    half = len(examples) // 2
+    future = None
+    helper = getattr(ctx, "helper", None)
+    if helper is not None and half >= MIN_SPLIT:
+        done = [0, 0]
+        lock = threading.Lock()
+        emit = progress or (lambda e: None)
+
+        def tally(side: int):
+            def report(event):
+                if event.stage != "score":
+                    return emit(event) if side == 0 else None
+                with lock:  # the two halves' steps, as one bar over all the candidates
+                    done[side] = event.step
+                    emit(ProgressEvent("score", done[0] + done[1], len(examples), message=event.message))
+            return report
+
+        theirs: dict[str, int] = {}
+        rest = list(examples[half:])
+        rest_captions = list(captions[half:]) if captions is not None else None
+        future = helper(lambda components: loss_matrix(
+            components, rest, resolution, surrogate, ctx.config, captions=rest_captions, progress=tally(1),
+            counts=theirs, **kwargs))
+    if future is None:
+        return loss_matrix(ctx.components, examples, resolution, surrogate, ctx.config, captions=captions,
+                           progress=progress, counts=counts, **kwargs)
+    mine, timesteps = loss_matrix(ctx.components, examples[:half], resolution, surrogate, ctx.config,
+                                  captions=captions[:half] if captions is not None else None,
+                                  progress=tally(0), counts=counts, **kwargs)
+    other, _ = result_or_cancel(future, ctx.cancel, "the other lane's half of the candidates")
+    if counts is not None:
+        for key, value in theirs.items():
+            counts[key] = counts.get(key, 0) + value
+    return np.concatenate([mine, other], axis=1), timesteps
+
+
 def loss_reduction(components, examples: Sequence[Example], resolution: int, surrogate: dict[str, torch.Tensor],
                    config: TrainConfig, *, reference: dict[str, torch.Tensor] | None = None, draws: int = 8,
                    batch_size: int = 32, seed: int = 0, cache_root: Path | None = None,
@@ -244,13 +292,13 @@ class LossReductionScore:
 
             common = dict(draws=p.draws, seed=p.score_seed, batch_size=p.batch_size, cache_root=ctx.cache_root,
                           rows=rows, progress=progress, cancel=ctx.cancel, counts=counts)
-            part, ts = loss_matrix(ctx.components, subset, resolution, surrogate, ctx.config, **common)
+            part, ts = split_loss_matrix(ctx, subset, resolution, surrogate, **common)
             raw[np.ix_(rows, idx)] = part
             for r, t in zip(rows, ts):
                 timesteps[r] = t
             if self.prompt_specific:
-                unconditional, _ = loss_matrix(ctx.components, subset, resolution, surrogate, ctx.config,
-                                               captions=[""] * len(subset), **common)
+                unconditional, _ = split_loss_matrix(ctx, subset, resolution, surrogate,
+                                                     captions=[""] * len(subset), **common)
                 part = part - unconditional
             done += len(rows) * len(idx)
             return part

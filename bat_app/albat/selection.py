@@ -145,6 +145,8 @@ class SelectionContext:
     cache_root: Path | None = None
     progress: Callable | None = None  # ProgressEvent callback
     cancel: Callable[[], bool] | None = None
+    helper: Callable | None = None   # runs fn(components) on another copy of the model, returning a
+    #                                  Future (None: not now); ALBAT's score splits its passes with it
 
 
 class Selector(Protocol):

@@ -8,7 +8,12 @@ than the longer one's time instead of the sum. The preset says how many lanes pa
 
 The lanes also share ALBAT's selection, the longest stage: the plain LoRA's lane trains ALBAT's
 surrogate first while ALBAT's lane computes the backbone's losses on its candidates (the half of
-the score that needs no surrogate), then each goes on with its own chain.
+the score that needs no surrogate). Then the plain lane lends its model copy to ALBAT's score
+(:class:`LaneHelp`): each scoring round's candidates are split in two halves, one per lane, until
+ALBAT's selection ends; only then does the plain lane train its own LoRA. Without that, ALBAT's
+lane (selection, then training) was the example job's critical path by ~40 s while the plain
+lane finished early and left its core idle. In a job of just these two methods the plain lane,
+once done, lends its copy once more, for ALBAT's preview column (half the prompts each).
 
 A lane also draws its method's preview column as soon as its LoRA is trained while another lane
 is still busy (the base column goes to the first lane done), so the previews fill the time the
@@ -36,11 +41,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 from ..errors import Cancelled
+from ..lending import LaneHelp
 from ..progress import ProgressEvent
 
 # ALBAT first (the longest chain, and the others' m waits for it), then the plain LoRA.
 CHAIN_ORDER = ("albat", "none", "clip", "random", "prior")
 WAITS_FOR_ALBAT = ("clip", "random", "prior")
+HELPS_ALBAT = "none"  # the chain that lends its model to ALBAT's score before its own work
 
 
 def lane_count(run, methods: list[str]) -> int:
@@ -96,8 +103,10 @@ def run_in_lanes(run, methods: list[str], lanes: int, select: Callable, train: C
     (its previews; called only while another chain is still running) are the pipeline's stages;
     ``before(lane_run, method)`` runs first in each chain (the plain LoRA's lane trains ALBAT's
     surrogate there, see ``compare.run.side_by_side``);
-    ``lane_run`` is ``run`` with this lane's model copy, progress and cancel. ``load_copy()``
-    loads another copy of the model (the first lane uses ``run.components``)."""
+    ``lane_run`` is ``run`` with this lane's model copy, progress and cancel (and, in ALBAT's
+    lane, ``helper``: the plain lane's model, lent through :class:`LaneHelp` while ALBAT selects,
+    when both chains run at once). ``load_copy()`` loads another copy of the model (the first
+    lane uses ``run.components``)."""
     import torch
 
     chains = [m for m in CHAIN_ORDER if m in methods]
@@ -106,6 +115,10 @@ def run_in_lanes(run, methods: list[str], lanes: int, select: Callable, train: C
     albat_selected = threading.Event()
     free = [run.components] + [load_copy() for _ in range(lanes - 1)]  # one model copy per lane
     free_lock = threading.Lock()
+    # albat and none are the first two chains (CHAIN_ORDER), so with 2 lanes they run at once
+    lending = LaneHelp() if lanes >= 2 and {"albat", HELPS_ALBAT} <= set(chains) else None
+    # With more chains the plain lane's copy goes to the next chain instead
+    tail = LaneHelp(only_while_serving=True) if lending is not None and len(chains) == 2 else None
 
     def cancelled() -> bool:
         return stop.is_set() or (run.cancel is not None and run.cancel())
@@ -114,23 +127,41 @@ def run_in_lanes(run, methods: list[str], lanes: int, select: Callable, train: C
         with free_lock:
             components = free.pop()
         try:
-            lane = replace(run, components=components, emit=progress.lane(method), cancel=cancelled)
+            lent = {"helper": lending} if lending is not None and method == "albat" else {}
+            lane = replace(run, components=components, emit=progress.lane(method), cancel=cancelled, **lent)
             if before is not None:
                 before(lane, method)
+            if lending is not None and method == HELPS_ALBAT:
+                lending.serve(components, cancelled)
             if method in WAITS_FOR_ALBAT and "albat" in chains:
                 while not albat_selected.wait(0.5):
                     if cancelled():
                         raise Cancelled(f"Cancelled before selecting for '{method}'.")
-            select(lane, [method])
+            try:
+                select(lane, [method])
+            finally:
+                if lent:
+                    lending.close()
             if method == "albat":
                 albat_selected.set()
+            if lent:  # ALBAT's preview column: split with the plain lane if that one is done by then
+                lane = replace(lane, helper=tail)
             train(lane, [method])
-            if draw is not None and progress.others_running(method):
+            if draw is not None and (progress.others_running(method) or (lent and tail is not None)):
                 draw(lane, method)
+            if tail is not None and method == HELPS_ALBAT:
+                tail.serve(components, cancelled)
         except BaseException:
             stop.set()
+            for lent_copy in (lending, tail):  # nobody waits on work the other lane will never run, or for more
+                if lent_copy is not None:
+                    lent_copy.close()
+                    if method == HELPS_ALBAT:
+                        lent_copy.end()
             raise
         finally:
+            if tail is not None and method == "albat":
+                tail.close()
             progress.finished(method)
             with free_lock:
                 free.append(components)

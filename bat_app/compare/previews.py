@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from PIL import Image
 
 from ..errors import Cancelled
+from ..lending import result_or_cancel
 from ..paths import private_tmp
 from ..preview import comparison_grid, default_prompt_set, load_prompt_set, sample_images
 from ..preview.safety import check_rows, has_safety_checker
@@ -89,8 +90,7 @@ def _samples(run: CompareRun, record: StageRecord, key: str, prompts: list[str],
         images, hidden = cached
         emit(ProgressEvent("preview", 1, 1, message="base model: drawn before with these prompts and seeds"))
     else:
-        images = sample_images(run.components, prompts, seeds, lora,
-                               progress=lambda d, total: emit(ProgressEvent("preview", d, total)))
+        images = _draw(run, prompts, seeds, lora, emit)
         hidden = 0
         if check:
             images, hidden = check_rows(run.components, images)
@@ -100,6 +100,30 @@ def _samples(run: CompareRun, record: StageRecord, key: str, prompts: list[str],
         for image, path in zip(row, row_paths):
             image.save(path)
     return images, record.finish(key, time.perf_counter() - t, hidden=hidden, shared=bool(cached))["seconds"], hidden
+
+
+def _draw(run: CompareRun, prompts: list[str], seeds: list[int], lora, emit) -> list[list[Image.Image]]:
+    """``sample_images`` for one column; with another lane's model lent (``run.helper``, the
+    plain lane once it is done: compare/lanes.py) that copy draws the second half of the prompts.
+    A sample depends only on its prompt and seed (each seed its own generator), so the halves
+    are the column drawn whole."""
+    half = len(prompts) // 2
+    done = [0, 0]
+    total = len(prompts) * len(seeds)
+
+    def tally(side: int):
+        def report(d: int, _total: int) -> None:
+            done[side] = d
+            emit(ProgressEvent("preview", done[0] + done[1], total))
+        return report
+
+    future = run.helper(lambda components: sample_images(components, prompts[half:], seeds, lora,
+                                                         progress=tally(1))) \
+        if run.helper is not None and half and lora is not None else None
+    if future is None:
+        return sample_images(run.components, prompts, seeds, lora, progress=tally(0))
+    mine = sample_images(run.components, prompts[:half], seeds, lora, progress=tally(0))
+    return mine + result_or_cancel(future, run.cancel, "the other lane's half of the previews")
 
 
 def _base_column_cache(components, prompts: list[str], seeds: list[int], check: bool) -> Path:

@@ -74,6 +74,7 @@ class CompareRun:
     safety: dict = field(default_factory=dict)   # the preview safety check: enabled, present, hidden
     drawn: set = field(default_factory=set)      # preview columns the lanes drew in this run: read back
     #                                              by the preview stage even when not resuming
+    helper: object = None                        # another lane's model lent to ALBAT's score (lanes.LaneHelp)
 
     def stage(self, name: str) -> float:
         """Announce a stage (after checking for a cancel); returns its start time."""
@@ -161,7 +162,8 @@ def select(run: CompareRun, selections: dict[str, tuple[Selection, str]], method
             record.start(key, run.resume)
             selection = run_selection(method, run.components, run.images, run.train_config, pool=run.pool,
                                       embedder=run.embedder, params=m_params, out_dir=record.folder,
-                                      progress=run.tagged(method), cancel=run.cancel)
+                                      progress=run.tagged(method), cancel=run.cancel,
+                                      helper=run.helper if method == "albat" else None)
             done = record.finish(key, time.perf_counter() - t)
         selections[method] = (selection, key)
         # A reused stage reports the cost it had when it ran, not the ~0 s of reusing it.
