@@ -263,25 +263,29 @@ def test_two_lanes_asking_for_one_surrogate_train_it_once(comps, images, tmp_pat
 
 
 @pytest.mark.parametrize("race", [False, True])
-def test_a_lent_model_scores_half_the_candidates_with_the_same_result(comps, images, tmp_path, monkeypatch, race):
-    """With another lane's model lent (``ctx.helper``, compare/lanes.py) every round's candidates
-    are split in two halves, one per model copy: the scores, the passes spent and the progress
-    bar's end are those of scoring alone, and the lent model did run half the work."""
+def test_a_lent_model_shares_the_batches_with_the_same_result(comps, images, tmp_path, monkeypatch, race):
+    """With another lane's model lent (``ctx.helper``, compare/lanes.py) each round's batches of
+    candidates go to whichever copy is free: the scores, the passes spent and the progress bar's
+    end are those of scoring alone, and the lent copy did score some of them."""
     import copy
     import threading
 
     from bat_app.albat import score as score_module
     from bat_app.lending import LaneHelp
 
-    monkeypatch.setattr(score_module, "MIN_SPLIT", 1)  # the tiny candidate list: split it anyway
+    other_copy = copy.deepcopy(comps)
+    used = []
+    real = score_module.loss_matrix
+    monkeypatch.setattr(score_module, "loss_matrix",
+                        lambda components, *a, **k: used.append(components is other_copy) or real(components, *a, **k))
     surrogate = train_surrogate(comps, images, CONFIG, 10, tmp_path)
     examples = candidates(images)
-    params = SelectionParams(draws=8, race=race, m=2, score_seed=3)
+    params = SelectionParams(draws=8, race=race, m=2, score_seed=3, batch_size=1)  # a batch per candidate
     events = []
     lending = LaneHelp()
     ctx = SelectionContext(comps, images, CONFIG, None, params=params, cache_root=tmp_path / "lent",
                            progress=events.append, helper=lending)
-    ran, other_copy = [], copy.deepcopy(comps)
+    ran = []
     lender = threading.Thread(target=lambda: ran.append(lending.serve(other_copy, lambda: False)))
     lender.start()
     score = get_score("loss_reduction")
@@ -290,29 +294,28 @@ def test_a_lent_model_scores_half_the_candidates_with_the_same_result(comps, ima
     finally:
         lending.close()
         lender.join(60)
+    assert True in used and False in used  # both copies scored batches
     alone = score(replace(ctx, cache_root=tmp_path / "alone", helper=None, progress=None), examples, surrogate)
     np.testing.assert_allclose(lent.values, alone.values, rtol=1e-5, atol=1e-7)
     assert lent.forward_passes == alone.forward_passes
-    assert ran and ran[0] == (3 if race else 1)  # one half per scoring round
+    assert ran == [3 if race else 1]  # one task per scoring round
     scored = [e for e in events if e.stage == "score"]
     assert scored[-1].step == scored[-1].total
 
 
-def test_work_lent_to_a_lane_that_stops_fails_instead_of_hanging(comps, images, tmp_path, monkeypatch):
-    """The lending lane failed before serving: the borrower's queued half fails with Cancelled
-    once its own cancel says the job stops, and later rounds do the work themselves."""
-    from bat_app.albat import score as score_module
-    from bat_app.lending import LaneHelp
+def test_a_lender_that_never_comes_costs_the_borrower_nothing(comps, images, tmp_path):
+    """The lending lane is still busy (or failed before serving): the borrower takes every batch
+    itself and does not wait for it; what it queued fails once the lender ends."""
     from bat_app.errors import Cancelled
+    from bat_app.lending import LaneHelp
 
-    monkeypatch.setattr(score_module, "MIN_SPLIT", 1)
     surrogate = train_surrogate(comps, images, CONFIG, 4, tmp_path)
     lending = LaneHelp()
-    polls = []  # the job stops (the other lane failed) after the borrower's own half began
-    ctx = SelectionContext(comps, images, CONFIG, None, params=SelectionParams(draws=2, race=False),
-                           cache_root=tmp_path, helper=lending, cancel=lambda: polls.append(1) or len(polls) > 1)
-    with pytest.raises(Cancelled):
-        get_score("loss_reduction")(ctx, candidates(images), surrogate)
-    lending.end()
-    result = get_score("loss_reduction")(replace(ctx, cancel=None), candidates(images), surrogate)  # alone
+    ctx = SelectionContext(comps, images, CONFIG, None, params=SelectionParams(draws=2, race=False, batch_size=2),
+                           cache_root=tmp_path, helper=lending)
+    result = get_score("loss_reduction")(ctx, candidates(images), surrogate)
     assert result.forward_passes == 2 * 2 * len(candidates(images))
+    queued = lending(lambda components: None)
+    lending.end()
+    with pytest.raises(Cancelled):
+        queued.result(timeout=1)

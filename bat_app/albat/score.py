@@ -39,7 +39,6 @@ import torch
 from peft import LoraConfig, set_peft_model_state_dict
 
 from ..errors import Cancelled, InputError
-from ..lending import result_or_cancel
 from ..train import TrainConfig
 from ..train.data import Example
 from ..models.families import cond_to, stack_cond
@@ -151,50 +150,99 @@ def loss_matrix(components, examples: Sequence[Example], resolution: int, surrog
     return out, timesteps
 
 
-MIN_SPLIT = 16  # candidates per half below which lending the other lane's model is not worth it
+MIN_SPLIT = 2  # batches of candidates below which lending the other lane's model is not worth it
+
+
+class _Chunks:
+    """A scoring round's candidate batches, taken one at a time by whichever model copy is free
+    (ALBAT's lane and the lending lane): a lane that joins late takes only what is left."""
+
+    def __init__(self, count: int, emit: Callable[[int], None]):
+        self.results: list = [None] * count
+        self.errors: list[BaseException] = []
+        self.next = self.finished = 0
+        self.emit = emit
+        self.cond = threading.Condition()
+
+    def claim(self) -> int | None:
+        with self.cond:
+            if self.next >= len(self.results) or self.errors:
+                return None
+            self.next += 1
+            return self.next - 1
+
+    def finish(self, i: int, value=None, error: BaseException | None = None) -> None:
+        with self.cond:
+            self.results[i] = value
+            if error is not None:
+                self.errors.append(error)
+            self.finished += 1
+            self.cond.notify_all()
+        if error is None:
+            self.emit(i)
+
+    def wait(self, cancel: Callable[[], bool] | None) -> list:
+        """Every batch's result, once the ones the other lane took are in too."""
+        with self.cond:
+            while self.finished < self.next:
+                if self.errors:
+                    break
+                self.cond.wait(0.2)
+                if cancel is not None and cancel():
+                    raise Cancelled("Cancelled while scoring candidates.")
+            if self.errors:
+                raise self.errors[0]
+            return self.results
 
 
 def split_loss_matrix(ctx, examples: Sequence[Example], resolution: int, surrogate, *, captions=None,
-                      progress: Callable | None = None, counts: dict | None = None, **kwargs):
-    """``loss_matrix`` on ``ctx.components``, with the second half of the candidates on another
-    copy of the model when ``ctx.helper`` lends one (compare/lanes.py: the plain LoRA's lane,
-    while ALBAT selects). Each candidate's entries do not depend on which candidates share its
-    batch (the draws are shared, draws.py), so the halves join into the same matrix; progress
-    and pass counts add up over both."""
-    half = len(examples) // 2
-    future = None
+                      progress: Callable | None = None, counts: dict | None = None, batch_size: int = 32,
+                      **kwargs):
+    """``loss_matrix`` on ``ctx.components``, sharing the candidates' batches with another copy
+    of the model when ``ctx.helper`` lends one (compare/lanes.py: the plain LoRA's lane, while
+    ALBAT selects): each copy takes the next batch until none is left, so a lender still busy
+    with its own work takes only what remains when it comes. A candidate's entries do not depend
+    on which candidates share its batch (the draws are shared, draws.py): the batches join into
+    the matrix of scoring alone. Progress and pass counts add up over both copies."""
     helper = getattr(ctx, "helper", None)
-    if helper is not None and half >= MIN_SPLIT:
-        done = [0, 0]
-        lock = threading.Lock()
-        emit = progress or (lambda e: None)
-
-        def tally(side: int):
-            def report(event):
-                if event.stage != "score":
-                    return emit(event) if side == 0 else None
-                with lock:  # the two halves' steps, as one bar over all the candidates
-                    done[side] = event.step
-                    emit(ProgressEvent("score", done[0] + done[1], len(examples), message=event.message))
-            return report
-
-        theirs: dict[str, int] = {}
-        rest = list(examples[half:])
-        rest_captions = list(captions[half:]) if captions is not None else None
-        future = helper(lambda components: loss_matrix(
-            components, rest, resolution, surrogate, ctx.config, captions=rest_captions, progress=tally(1),
-            counts=theirs, **kwargs))
-    if future is None:
+    n = len(examples)
+    if helper is None or n < MIN_SPLIT * batch_size:
         return loss_matrix(ctx.components, examples, resolution, surrogate, ctx.config, captions=captions,
-                           progress=progress, counts=counts, **kwargs)
-    mine, timesteps = loss_matrix(ctx.components, examples[:half], resolution, surrogate, ctx.config,
-                                  captions=captions[:half] if captions is not None else None,
-                                  progress=tally(0), counts=counts, **kwargs)
-    other, _ = result_or_cancel(future, ctx.cancel, "the other lane's half of the candidates")
+                           progress=progress, counts=counts, batch_size=batch_size, **kwargs)
+    bounds = [(lo, min(lo + batch_size, n)) for lo in range(0, n, batch_size)]
+    emit = progress or (lambda e: None)
+    scored = [0]
+
+    def report(i: int) -> None:
+        lo, hi = bounds[i]
+        scored[0] += hi - lo  # under no lock: a progress bar may lag a batch
+        emit(ProgressEvent("score", scored[0], n, message=f"{n} candidates"))
+
+    chunks = _Chunks(len(bounds), report)
+    tallies: list[dict] = []
+
+    def take_batches(components) -> None:
+        tally: dict[str, int] = {}
+        tallies.append(tally)
+        while (i := chunks.claim()) is not None:
+            lo, hi = bounds[i]
+            try:
+                part = loss_matrix(components, examples[lo:hi], resolution, surrogate, ctx.config,
+                                   captions=captions[lo:hi] if captions is not None else None,
+                                   counts=tally, batch_size=batch_size, **kwargs)
+            except BaseException as exc:
+                chunks.finish(i, error=exc)
+                raise
+            chunks.finish(i, part)
+
+    helper(take_batches)  # not waited on: the batches it took are (it may come too late for any)
+    take_batches(ctx.components)
+    parts = chunks.wait(ctx.cancel)
     if counts is not None:
-        for key, value in theirs.items():
-            counts[key] = counts.get(key, 0) + value
-    return np.concatenate([mine, other], axis=1), timesteps
+        for tally in tallies:
+            for key, value in tally.items():
+                counts[key] = counts.get(key, 0) + value
+    return np.concatenate([m for m, _ in parts], axis=1), parts[0][1]
 
 
 def loss_reduction(components, examples: Sequence[Example], resolution: int, surrogate: dict[str, torch.Tensor],

@@ -8,9 +8,10 @@ than the longer one's time instead of the sum. The preset says how many lanes pa
 
 The lanes also share ALBAT's selection, the longest stage: the plain LoRA's lane trains ALBAT's
 surrogate first while ALBAT's lane computes the backbone's losses on its candidates (the half of
-the score that needs no surrogate). Then the plain lane lends its model copy to ALBAT's score
-(:class:`LaneHelp`): each scoring round's candidates are split in two halves, one per lane, until
-ALBAT's selection ends; only then does the plain lane train its own LoRA. Without that, ALBAT's
+the score that needs no surrogate). The plain lane then draws the class images both trainings
+need and lends its model copy to ALBAT's score (:class:`~bat_app.lending.LaneHelp`): each scoring
+round's batches of candidates go to whichever copy is free, until ALBAT's selection ends; only
+then does the plain lane train its own LoRA. Without that, ALBAT's
 lane (selection, then training) was the example job's critical path by ~40 s while the plain
 lane finished early and left its core idle. In a job of just these two methods the plain lane,
 once done, lends its copy once more, for ALBAT's preview column (half the prompts each).

@@ -207,6 +207,7 @@ def side_by_side(run: CompareRun, selections, loras, lanes: int) -> None:
     def before(lane: CompareRun, method: str) -> None:
         if method == "none" and "albat" in run.config.methods:
             _train_albat_surrogate(lane)
+            _draw_class_images(lane)
 
     run_in_lanes(run, run.config.methods, lanes, lambda lane, m: select(lane, selections, m),
                  lambda lane, m: train(lane, selections, loras, m),
@@ -278,6 +279,23 @@ def _train_albat_surrogate(run: CompareRun) -> None:
     steps = params.surrogate_steps_for(run.train_config.steps)
     train_surrogate(run.components, run.images, run.train_config, steps, cache_dir(), run.tagged("albat"),
                     run.cancel)
+
+
+def _draw_class_images(run: CompareRun) -> None:
+    """The prior-preservation class images both trainings need, drawn now (into the cache the
+    trainer reads) by the plain lane before it joins ALBAT's score: ALBAT's lane scores alone
+    meanwhile. Drawn later, when both trainings start together, one lane would wait for the
+    other's draw (a lock per class-image folder)."""
+    from ..paths import cache_dir
+    from ..train.prior import ensure_class_images
+
+    config = run.train_config
+    if not (config.prior and config.prior_weight > 0):
+        return
+    emit = run.tagged("none")
+    ensure_class_images(run.components, config.class_prompt_text, config.num_class_images,
+                        config.resolution or run.components.spec.resolution, cache_dir(), seed=config.seed,
+                        progress=lambda done, total: emit(ProgressEvent("class_images", done, total)))
 
 
 def _pool_identity(pool) -> dict | None:
