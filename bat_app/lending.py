@@ -27,7 +27,8 @@ class LaneHelp:
     back when the borrower calls :meth:`close` and the queue is empty, or when ``stop()`` says
     the job is cancelled or failed; tasks still queued then fail with Cancelled. Work queued
     before the lender starts serving waits for it: a borrower waiting on a Future must poll its
-    own cancel (see ``albat.score``), since a lender that fails before serving never runs it.
+    own cancel (``result_or_cancel``), since a lender that fails before serving never runs it;
+    ALBAT's score waits only for the batches the lender actually took (``albat.score._Chunks``).
     """
 
     def __init__(self, only_while_serving: bool = False):
