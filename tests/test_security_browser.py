@@ -115,3 +115,25 @@ def test_results_downloads_and_a_failed_push(page, app, monkeypatch):
     expect(page.get_by_text("The Hub refused the token").first).to_be_visible(timeout=30_000)
     expect(token).to_have_value("", timeout=10_000)  # emptied although the push failed
     assert "hf_notarealtoken123456" not in page.content()
+
+
+def test_an_idle_page_does_not_redraw_sixty_times_a_second(app, page):
+    """Gradio's loading indicator leaves a requestAnimationFrame loop running (ui/idle_page.py): 60
+    frames a second on an idle page, taken from the job when browser and server share a machine.
+    The page's load events show spinners for a few seconds first: the quietest 2 s counts."""
+    context = page.context.browser.new_context()
+    # runs before the page's own scripts: counts every frame asked of the browser
+    context.add_init_script("window.__frames = 0; const native = window.requestAnimationFrame.bind(window);"
+                            "window.requestAnimationFrame = (cb) => { window.__frames++; return native(cb); };")
+    idle = context.new_page()
+    try:
+        idle.goto(app["url"])
+        idle.get_by_role("button", name="Start").wait_for()
+        counts = []
+        while len(counts) < 8 and min(counts, default=999) > 20:
+            idle.evaluate("window.__frames = 0")
+            idle.wait_for_timeout(2000)
+            counts.append(idle.evaluate("window.__frames"))
+    finally:
+        context.close()
+    assert min(counts) <= 20, f"frames asked for per 2 s on an idle page: {counts} (Gradio's loop alone asks 120)"

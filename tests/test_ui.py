@@ -343,7 +343,9 @@ def test_app_wiring(settings):
 
     from bat_app.ui.app import build_app, guarded, launch_options
 
-    assert launch_options(settings)["run_history"] is False  # it would keep the Hub token in the browser
+    options = launch_options(settings)
+    assert options["run_history"] is False  # it would keep the Hub token in the browser
+    assert [m.cls.__name__ for m in options["app_kwargs"]["middleware"]] == ["SlowStatusTrackerLoop"]
 
     demo = build_app(settings)
     config = demo.get_config_file()
@@ -362,6 +364,35 @@ def test_app_wiring(settings):
         guarded(bad)()
     with pytest.raises(ZeroDivisionError):
         guarded(lambda: 1 / 0)()
+
+
+def test_every_html_page_gets_the_idle_page_script_first():
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.responses import HTMLResponse, JSONResponse, StreamingResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from bat_app.ui.idle_page import SCRIPT, SlowStatusTrackerLoop
+
+    page = "<html><head><meta charset='utf-8'><script>gradio()</script></head></html>"
+
+    async def chunks():
+        yield page[:20].encode()
+        yield page[20:].encode()
+
+    app = Starlette(routes=[Route("/", lambda r: HTMLResponse(page), methods=["GET", "HEAD"]),
+                            Route("/chunked", lambda r: StreamingResponse(chunks(), media_type="text/html")),
+                            Route("/api", lambda r: JSONResponse({"html": "<script>"}))],
+                    middleware=[Middleware(SlowStatusTrackerLoop)])
+    client = TestClient(app)
+    for path in ("/", "/chunked"):
+        response = client.get(path)
+        assert response.text == page.replace("<script>", SCRIPT + "<script>", 1)
+        if path == "/":
+            assert int(response.headers["content-length"]) == len(response.content)
+    assert client.get("/api").json() == {"html": "<script>"}  # not a page: untouched
+    assert int(client.head("/").headers["content-length"]) == len(page)
 
 
 def test_settings_and_cli(monkeypatch, tmp_path):

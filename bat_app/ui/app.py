@@ -20,12 +20,14 @@ import logging
 from types import SimpleNamespace
 
 import gradio as gr
+from starlette.middleware import Middleware
 
 from ..errors import BatError
 from ..limits import SEED_MAX, Limits, bounds, check_range, check_text, env_name
 from ..models.presets import presets
 from . import browse, handlers, served, tryit, views
 from .defaults import suggested_settings
+from .idle_page import SlowStatusTrackerLoop
 from .model_note import model_note
 from .public import client_id, public_message, scrub
 from .settings import AppSettings
@@ -460,10 +462,12 @@ def launch_options(settings: AppSettings) -> dict:
     it; where the Gradio cache was put inside the data dir, its jobs and pools folders are.
     Gradio's run history is off: it would keep every call's inputs, the Hub token among them.
     Uploads larger than a photo may be (BAT_LIMIT_PHOTO_MB) are refused by Gradio itself.
+    Every page gets ``idle_page.SCRIPT``, which slows a frame loop Gradio leaves running.
     """
     data = settings.jobs.data_dir.resolve()
     blocked = [data] if data not in served.cache_root().resolve().parents else [settings.jobs.jobs_dir, data / "pools"]
     # Gradio refuses bigger uploads before they reach the disk; the intake checks again per photo.
     max_upload = Limits.from_env().photo_mb * 1024 * 1024
     return {"theme": THEME, "css": CSS, "blocked_paths": [str(p) for p in blocked], "footer_links": ["api"],
-            "run_history": False, "max_file_size": max_upload}
+            "run_history": False, "max_file_size": max_upload,
+            "app_kwargs": {"middleware": [Middleware(SlowStatusTrackerLoop)]}}
