@@ -341,7 +341,8 @@ def test_push_a_finished_job(settings, tmp_path, monkeypatch):
 def test_app_wiring(settings):
     import gradio as gr
 
-    from bat_app.ui.app import build_app, guarded, launch_options
+    from bat_app.ui.app import build_app, launch_options
+    from bat_app.ui.tabs.common import guarded
 
     options = launch_options(settings)
     assert options["run_history"] is False  # it would keep the Hub token in the browser

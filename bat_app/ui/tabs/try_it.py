@@ -1,0 +1,34 @@
+"""The Try it tab: one prompt and seed, drawn by the base model and with a job's LoRA (``/try``)."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from ...limits import SEED_MAX, check_range, check_text, env_name
+from .. import tryit
+from .common import guarded
+
+
+def layout(ui) -> None:
+    with gr.Tab("Try it", id="try"):
+        with gr.Row():
+            ui.try_method = gr.Dropdown([], label="LoRA (method)", scale=1, allow_custom_value=True)
+            ui.prompt = gr.Textbox(label="Prompt", placeholder="a sks dog on the beach", scale=3)
+            ui.try_seed = gr.Number(0, label="seed", precision=0, scale=1)
+        ui.generate = gr.Button("Generate", variant="primary")
+        with gr.Row():
+            ui.base_image = gr.Image(label="base model", type="pil", interactive=False, elem_id="try-base")
+            ui.lora_image = gr.Image(label="with the LoRA", type="pil", interactive=False, elem_id="try-lora")
+
+
+def events(ui, demo) -> None:
+    settings, limits = ui.settings, ui.limits
+
+    @guarded
+    def on_generate(job, method, text, seed_value):
+        check_text("The prompt", text or "", limits.prompt_chars, env_name("prompt_chars"))
+        check_range("seed", 0 if seed_value is None else seed_value, 0, SEED_MAX)
+        return tryit.try_prompt(settings, job, method, text, seed_value)
+
+    ui.generate.click(on_generate, [ui.job_id, ui.try_method, ui.prompt, ui.try_seed],
+                      [ui.base_image, ui.lora_image], api_name="try", concurrency_limit=1)
