@@ -16,6 +16,7 @@ one picture per subject (base and LoRA rows for every prompt).
     python scripts/shapes_personalize.py --subjects dot_star --no-pivotal --out /tmp/p.json
     python scripts/shapes_personalize.py --method albat --lr 1e-3 --out /tmp/a.json   # with ALBAT's items
     python scripts/shapes_personalize.py --method albat --selection '{"score": "prompt_specific"}'
+    python scripts/shapes_personalize.py --images 5 --seed 1 --out /tmp/s1.json   # another training seed
     python scripts/shapes_personalize.py --quick            # a smoke run: writes nothing
 """
 
@@ -60,6 +61,8 @@ def main(argv=None) -> int:
                    "'{\"score\": \"prompt_specific\", \"negative_fraction\": 0.5}' (SelectionParams)")
     p.add_argument("--out", type=Path, default=None, help="default: assets/shapes/personalization.json")
     p.add_argument("--grids", type=Path, default=None, help="folder for one sample grid per subject (png)")
+    p.add_argument("--seed", type=int, default=0, help="training seed (also the selection's draws); "
+                   "the sample seeds stay 0..N-1")
     p.add_argument("--threads", type=int, default=2, help="torch threads (1 on a busy machine)")
     p.add_argument("--quick", action="store_true", help="smoke run: one subject, 5 steps, 2 samples; "
                    "prints the result and leaves assets/ alone (unless --out is given)")
@@ -79,7 +82,7 @@ def main(argv=None) -> int:
         for name in args.subjects:
             subject = get_subject(name)
             config = TrainConfig.for_model("shapes", args.images, token="sks", class_noun=subject.class_noun,
-                                           checkpoint_every=0, seed=0, mixed_precision="no", **overrides)
+                                           checkpoint_every=0, seed=args.seed, mixed_precision="no", **overrides)
             row = measure_subject(name, config, args.images, args.samples, Path(tmp), components, classifier,
                                   args.method, pool_dir, args.selection)
             if args.grids:
@@ -107,7 +110,7 @@ def summarize(results: dict, config: TrainConfig, images: int, method: str = "no
             "subjects_trait_ge_80": sum(r["trait"] >= 0.8 for r in lora),
             "subjects_recontext_ge_70": sum(r["recontext_fidelity"] >= 0.7 for r in lora),
             "n_subjects": len(results), "images_per_subject": images, "method": method,
-            "train": {k: getattr(config, k) for k in ("steps", "lr", "rank", "batch_size", "pivotal",
+            "train": {k: getattr(config, k) for k in ("seed", "steps", "lr", "rank", "batch_size", "pivotal",
                                                        "pivotal_vectors", "embedding_lr", "prior",
                                                        "num_class_images", "aug_weight", "target_modules")},
             "target": "trait >= 0.80 of 'a photo of sks <class>' samples; recontext fidelity >= 0.70"}
