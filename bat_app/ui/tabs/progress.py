@@ -15,6 +15,7 @@ from .common import cancel_handler
 # example job on the 2-core machine (ninth session), CPU the job's own lanes would use.
 TICK_S = 2.0
 
+
 def layout(ui) -> None:
     with gr.Tab("Progress", id="progress"):
         ui.progress = gr.Markdown("No job yet: press **Start** on the Train tab, or connect to a job "

@@ -16,6 +16,7 @@ from .common import guarded
 ADVANCED = ("steps", "rank", "lr", "resolution", "seed", "k", "m", "aug_weight", "pivotal", "prior",
             "num_class_images")
 
+
 def _preset_of(model: str | None) -> str | None:
     return model if model in presets() else None
 
