@@ -107,6 +107,20 @@ def test_pairs_recorded_on_different_runs_add_up_to_one_experiment(tmp_path):
     assert [(r["subject"], r["seed"]) for r in found] == [("dot_star", 0), ("striped_heart", 1)]
 
 
+def test_the_app_recipe_plan_pins_the_apps_training_and_keeps_its_own_records():
+    from bat_app.shapes import get_subject
+
+    bench = _bench_module()
+    registered, app = bench.PLANS["cpu"], bench.PLANS["cpu-app-recipe"]
+    subject = get_subject("dot_star")
+    first, second = (bench.train_config(plan, subject, 0) for plan in (registered, app))
+    assert (first.lr, first.prior) == (5e-4, False) and (second.lr, second.prior) == (1e-3, True)
+    assert second.num_class_images > 0
+    # class images are in every arm's training: no "prior" arm (the app refuses that column too)
+    assert app.arms == [a for a in registered.arms if a != "prior"]
+    assert app.key() != registered.key()  # a record of one plan is never counted for the other
+
+
 @pytest.mark.skipif(not HAVE_SHAPES, reason="shapes backbone not built (python -m bat_app shapes build)")
 def test_quick_run_writes_results_a_plot_and_only_its_own_section(tmp_path, shapes_pool):
     doc = tmp_path / "benchmarks.md"
