@@ -119,6 +119,20 @@ def test_the_app_recipe_plan_pins_the_apps_training_and_keeps_its_own_records():
     # class images are in every arm's training: no "prior" arm (the app refuses that column too)
     assert app.arms == [a for a in registered.arms if a != "prior"]
     assert app.key() != registered.key()  # a record of one plan is never counted for the other
+    # each plan's report says how to run it and writes its own section and plot
+    assert set(bench.MODES) == set(bench.PLANS)
+    assert bench.MODES["cpu-app-recipe"].section != bench.MODES["cpu"].section
+    assert bench.MODES["cpu-app-recipe"].plot != bench.MODES["cpu"].plot
+
+
+def test_the_recorded_pairs_still_belong_to_their_plans():
+    """A change to a real plan would orphan the pairs already recorded (hours of CPU each): the
+    records in docs/bench-albat/<mode> must carry the plan's current key."""
+    bench = _bench_module()
+    for mode in ("cpu", "cpu-app-recipe"):
+        folder = REPO / "docs" / "bench-albat" / mode
+        keys = {json.loads(f.read_text())["plan"] for f in folder.glob("*.json")}
+        assert keys == {bench.PLANS[mode].key()}, f"{folder} holds pairs of another plan: {keys}"
 
 
 @pytest.mark.skipif(not HAVE_SHAPES, reason="shapes backbone not built (python -m bat_app shapes build)")
