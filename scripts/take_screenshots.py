@@ -10,6 +10,7 @@ Results -> Try it -> Jobs. Prints the wall time from Start to Finished: the issu
     python scripts/take_screenshots.py --out /tmp/shots      # anywhere else
     python scripts/take_screenshots.py --pool-ready          # press Start once the app's pool is built
     python scripts/take_screenshots.py --pool-ready --again  # and time a second, identical job
+    python scripts/take_screenshots.py --pool-ready --again --cpu  # and say which process took the CPU
     python scripts/take_screenshots.py --quick               # the page only: load + Use example
 
 The app starts building its shapes pool when it starts; by default Start is pressed as soon as
@@ -21,6 +22,7 @@ pick photos, or any job after the first; the wait is recorded as ``pool_wait_s``
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -71,6 +73,9 @@ def main(argv=None) -> int:
     p.add_argument("--again", action="store_true",
                    help="then press Start once more (the same photos and defaults, a new job) and time that "
                    "second job too: what the caches kept between jobs save")
+    p.add_argument("--cpu", action="store_true",
+                   help="sample every process's CPU time and record, per job, how much the job's process, the "
+                   "app server, the browser and everything else took (cpu_s in the timing file)")
     args = p.parse_args(argv)
     chromium = shutil.which("chromium")
     if chromium is None:
@@ -82,8 +87,14 @@ def main(argv=None) -> int:
     home, port = Path(tempfile.mkdtemp(prefix="bat-shots-home-")), free_port()
     app = start_app(home, port)
     timings = {}
+    sampler = contextlib.nullcontext()
+    if args.cpu:
+        from cpu_by_process import CpuSampler
+
+        sampler = CpuSampler(lambda pid, cmdline: process_kind(pid, cmdline, app.pid))
+    windows = {}  # job -> (start, end), time.perf_counter()
     try:
-        with sync_playwright() as pw:
+        with sampler, sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=chromium, args=ARGS)
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.goto(f"http://127.0.0.1:{port}")
@@ -116,6 +127,7 @@ def main(argv=None) -> int:
             if "Finished" not in progress.inner_text():  # failed or cancelled: say why, do not wait on
                 raise RuntimeError(f"the example job did not finish:\n{progress.inner_text()}")
             timings["start_to_finished_s"] = round(time.perf_counter() - started, 1)
+            windows["first"] = (started, time.perf_counter())
             job_id = re.search(r"[0-9a-f]{32}", progress.inner_text()).group(0)
 
             page.get_by_role("tab", name="Results").click()
@@ -149,11 +161,14 @@ def main(argv=None) -> int:
                 page.get_by_role("button", name="Start").click()
                 second = wait_for_next_job(progress, job_id)
                 timings["again_start_to_finished_s"] = round(time.perf_counter() - started, 1)
+                windows["again"] = (started, time.perf_counter())
                 timings["again_stages_s"] = stage_timings(home, second)
             browser.close()
             # where the time went: the job's own stage timings (validate includes a first
             # job's shapes pool build)
             timings["stages_s"] = stage_timings(home, job_id)
+        if args.cpu:
+            timings["cpu_s"] = {job: sampler.window(*span) for job, span in windows.items()}
     finally:
         app.terminate()
         app.wait(timeout=30)
@@ -163,7 +178,22 @@ def main(argv=None) -> int:
           f"screenshots in {out}")
     if args.again:
         print(f"the same job again: Start -> Finished {timings['again_start_to_finished_s']} s")
+    for job, groups in timings.get("cpu_s", {}).items():
+        print(f"CPU seconds during the {job} job: " + ", ".join(f"{k} {v}" for k, v in groups.items()))
     return 0
+
+
+def process_kind(pid: int, cmdline: str, app_pid: int) -> str:
+    """Which part of the setup a process is, for --cpu."""
+    if pid == app_pid:
+        return "app server"
+    if "bat_app.jobs.runner" in cmdline:
+        return "job"
+    if "chrom" in cmdline.split(" ")[0]:
+        return "browser"
+    if "playwright" in cmdline or pid == os.getpid():
+        return "this script (playwright)"
+    return "other"
 
 
 def stage_timings(home: Path, job_id: str) -> dict:
