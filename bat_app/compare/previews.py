@@ -106,7 +106,11 @@ def _draw(run: CompareRun, prompts: list[str], seeds: list[int], lora, emit) -> 
     """``sample_images`` for one column; with another lane's model lent (``run.helper``, the
     plain lane once it is done: compare/lanes.py) that copy draws the second half of the prompts.
     A sample depends only on its prompt and seed (each seed its own generator), so the halves
-    are the column drawn whole."""
+    are the column drawn whole.
+
+    Halves, not ALBAT's score's batches taken by whichever copy is free (``albat.score._Chunks``):
+    this helper takes work only while it is already idle and serving (``only_while_serving``), so
+    both copies start at once on a core each, and a copy loads the LoRA once per call."""
     half = len(prompts) // 2
     done = [0, 0]
     total = len(prompts) * len(seeds)
