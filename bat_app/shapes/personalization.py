@@ -8,7 +8,7 @@ sample with the attribute classifier:
     subject     "a photo of sks <class>": share of samples showing the trait (target >= 80%)
     recontext   "a photo of sks <class> on a <bg> background" for backgrounds the photos never
                 had, and "... <position>": share with the asked background / position right
-                (prompt fidelity, target >= 70%) and with the trait
+                (prompt fidelity, target >= 70%; also per half) and with the trait
     class       "a photo of <class>" (no trigger): how many distinct object colours the samples
                 show, with and without the LoRA (the class keeps its variety), and how many
                 carry the subject's trait (leakage)
@@ -137,6 +137,10 @@ def measure_lora(name: str, lora_dir: Path, n_images: int = 3, samples: int = 16
         row[label] = {"trait": round(subj["trait"], 3), "class": round(subj["class"], 3),
                       "recontext_fidelity": round(float(np.mean([r["fidelity"] for r in rc])), 3),
                       "recontext_trait": round(float(np.mean([r["trait"] for r in rc])), 3),
+                      # which half misses: new backgrounds, or positions
+                      **{f"recontext_{kind}_fidelity": round(float(np.mean(
+                          [r["fidelity"] for r, (_, wanted) in zip(rc, recontext) if kind in wanted])), 3)
+                         for kind in ("background", "position")},
                       "class_prompt_colours": cls["colours"], "class_prompt_trait": round(cls["trait"], 3)}
     row["prompts"] = prompts
     row["_grids"] = grids
