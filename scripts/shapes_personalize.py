@@ -18,6 +18,11 @@ one picture per subject (base and LoRA rows for every prompt).
     python scripts/shapes_personalize.py --method albat --selection '{"score": "prompt_specific"}'
     python scripts/shapes_personalize.py --images 5 --seed 1 --out /tmp/s1.json   # another training seed
     python scripts/shapes_personalize.py --quick            # a smoke run: writes nothing
+    python scripts/shapes_personalize.py --table docs/shapes-personalization/recipe10-5photos-*.json
+
+``--table`` reads such records (any methods, any training seeds) and prints the per-subject
+table and the paired comparison of two methods: the difference per (subject, training seed),
+same photos and sample seeds, with a bootstrap 95% interval over those pairs.
 """
 
 from __future__ import annotations
@@ -66,7 +71,12 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2, help="torch threads (1 on a busy machine)")
     p.add_argument("--quick", action="store_true", help="smoke run: one subject, 5 steps, 2 samples; "
                    "prints the result and leaves assets/ alone (unless --out is given)")
+    p.add_argument("--table", nargs="+", type=Path, metavar="RECORD",
+                   help="print the table of these records (--out files) and the paired comparison; trains nothing")
     args = p.parse_args(argv)
+    if args.table:
+        print(records_table(args.table))
+        return 0
     if args.quick:
         args.subjects, args.steps, args.samples, args.batch_size = args.subjects[:1], 5, 2, 1
         args.class_images = 4
@@ -117,6 +127,59 @@ def summarize(results: dict, config: TrainConfig, images: int, method: str = "no
                                                        "pivotal_vectors", "embedding_lr", "prior",
                                                        "num_class_images", "aug_weight", "target_modules")},
             "target": "trait >= 0.80 of 'a photo of sks <class>' samples; recontext fidelity >= 0.70"}
+
+
+TABLE_METRICS = (("trait", "trait", 0.8), ("recontext", "recontext_fidelity", 0.7),
+                 ("backgrounds", "recontext_background_fidelity", None),
+                 ("positions", "recontext_position_fidelity", None))
+
+
+def records_table(paths: list[Path]) -> str:
+    """Markdown: per subject and method, each metric at every training seed; then, for the first
+    two methods, the paired difference (second - first) per metric with a bootstrap 95% CI over
+    the (subject, seed) pairs both have."""
+    from bat_app.albat.evaluation import paired_bootstrap
+
+    cells: dict = {}  # (method, subject, seed) -> the LoRA's row
+    for path in paths:
+        record = json.loads(path.read_text())
+        # records from before --seed trained at TrainConfig's default seed, 0
+        method, seed = record["summary"]["method"], record["summary"]["train"].get("seed", 0)
+        for name, row in record["subjects"].items():
+            cells[(method, name, seed)] = row["lora"]
+    # the product's order (none first): the comparison is then "method - plain DreamBooth-LoRA"
+    methods = sorted(dict.fromkeys(m for m, _, _ in cells), key=lambda m: METHODS.index(m) if m in METHODS else 99)
+    subjects = list(dict.fromkeys(n for _, n, _ in cells))
+    seeds = sorted({s for _, _, s in cells})
+    value = lambda m, n, s, key: cells.get((m, n, s), {}).get(key)  # noqa: E731
+    show = lambda v, goal: "-" if v is None else f"**{100 * v:.0f}**" if goal and v < goal else f"{100 * v:.0f}"  # noqa: E731
+    lines = [f"Each cell: % at training seeds {', '.join(map(str, seeds))}; bold below the target "
+             "(trait >= 80, recontext >= 70).", "",
+             "| subject | method | " + " | ".join(label for label, _, _ in TABLE_METRICS) + " |",
+             "| --- | --- |" + " --- |" * len(TABLE_METRICS)]
+    for name in subjects:
+        for m in methods:
+            lines.append(f"| {name} | {m} | " + " | ".join(
+                " / ".join(show(value(m, name, s, key), goal) for s in seeds) for _, key, goal in TABLE_METRICS)
+                + " |")
+    lines.append("")
+    for m in methods:
+        met = [(value(m, n, s, "trait") >= 0.8 and value(m, n, s, "recontext_fidelity") >= 0.7)
+               for n in subjects for s in seeds if (m, n, s) in cells]
+        lines.append(f"- {m}: both targets met in {sum(met)} of {len(met)} (subject, seed) cells.")
+    if len(methods) >= 2:
+        first, second = methods[:2]
+        pairs = [(n, s) for n in subjects for s in seeds if (first, n, s) in cells and (second, n, s) in cells]
+        lines += ["", f"Paired difference {second} - {first} over {len(pairs)} (subject, training seed) pairs "
+                  "(percentage points; mean [95% bootstrap CI]):", "",
+                  "| metric | difference |", "| --- | --- |"]
+        for label, key, _ in TABLE_METRICS:
+            diffs = [value(second, n, s, key) - value(first, n, s, key) for n, s in pairs
+                     if value(second, n, s, key) is not None and value(first, n, s, key) is not None]
+            if diffs:
+                mean, low, high = paired_bootstrap(diffs)
+                lines.append(f"| {label} ({len(diffs)} pairs) | {100 * mean:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}] |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

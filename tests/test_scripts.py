@@ -7,6 +7,7 @@ minute of CPU time are marked slow (wall time on a shared machine can be several
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -70,3 +71,27 @@ def test_quick_mode_runs(script, expected, tmp_path):
                          cwd=tmp_path, env=env, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     assert expected in out.stdout + out.stderr
+
+
+def test_the_personalization_table_pairs_methods_by_subject_and_seed(tmp_path):
+    """shapes_personalize.py --table: cells per training seed, and the paired difference per
+    (subject, seed) that both methods have; a pair missing from one method is left out."""
+    def record(method, seed, rows):
+        lora = lambda trait, rc: {"trait": trait, "recontext_fidelity": rc}  # noqa: E731
+        return {"summary": {"method": method, "train": {"seed": seed}},
+                "subjects": {name: {"lora": lora(*v)} for name, v in rows.items()}}
+
+    files = {"a.json": record("none", 0, {"x": (0.9, 0.6), "y": (1.0, 0.8)}),
+             "b.json": record("albat", 0, {"x": (0.8, 0.9), "y": (1.0, 1.0)}),
+             "c.json": record("none", 1, {"x": (0.5, 0.7)})}  # no albat at seed 1: not a pair
+    for name, data in files.items():
+        (tmp_path / name).write_text(json.dumps(data))
+    out = subprocess.run([sys.executable, str(SCRIPTS / "shapes_personalize.py"), "--table",
+                          *(str(tmp_path / n) for n in files)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "| x | none | 90 / **50** | **60** / 70 |" in out.stdout
+    assert "| x | albat | 80 / - | 90 / - |" in out.stdout
+    assert "- none: both targets met in 1 of 3" in out.stdout and "- albat: both targets met in 2 of 2" in out.stdout
+    # albat - none: trait (-10, 0) -> -5.0; recontext (+30, +20) -> +25.0, every resample between
+    assert "| trait (2 pairs) | -5.0 [-10.0, +0.0] |" in out.stdout
+    assert "| recontext (2 pairs) | +25.0 [+20.0, +30.0] |" in out.stdout
