@@ -71,6 +71,9 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2, help="torch threads (1 on a busy machine)")
     p.add_argument("--quick", action="store_true", help="smoke run: one subject, 5 steps, 2 samples; "
                    "prints the result and leaves assets/ alone (unless --out is given)")
+    p.add_argument("--context-captions", action="store_true",
+                   help="train on per-photo captions that also state each photo's position and background "
+                   "(\"a photo of sks heart at the bottom on a black background\"), as a user who captions would")
     p.add_argument("--table", nargs="+", type=Path, metavar="RECORD",
                    help="print the table of these records (--out files) and the paired comparison; trains nothing")
     args = p.parse_args(argv)
@@ -92,9 +95,11 @@ def main(argv=None) -> int:
         for name in args.subjects:
             subject = get_subject(name)
             config = TrainConfig.for_model("shapes", args.images, token="sks", class_noun=subject.class_noun,
-                                           checkpoint_every=0, seed=args.seed, mixed_precision="no", **overrides)
+                                           checkpoint_every=0, seed=args.seed, mixed_precision="no",
+                                           captions=args.context_captions, **overrides)
+            photos = captioned_copies(name, args.images, Path(tmp) / "photos" / name) if args.context_captions else None
             row = measure_subject(name, config, args.images, args.samples, Path(tmp), components, classifier,
-                                  args.method, pool_dir, args.selection)
+                                  args.method, pool_dir, args.selection, photo_folder=photos)
             if args.grids:
                 args.grids.mkdir(parents=True, exist_ok=True)
                 grid_image(row).save(args.grids / f"{name}.png")
@@ -104,6 +109,7 @@ def main(argv=None) -> int:
                   f"train+judge {row['train_seconds']}s)", flush=True)
     summary = summarize(results, config, args.images, args.method)
     summary["selection"] = args.selection
+    summary["context_captions"] = args.context_captions
     out = args.out or (None if args.quick else shapes_paths().root / "personalization.json")
     if out is not None:
         out.write_text(json.dumps({"summary": summary, "subjects": results}, indent=2) + "\n")
@@ -129,26 +135,42 @@ def summarize(results: dict, config: TrainConfig, images: int, method: str = "no
             "target": "trait >= 0.80 of 'a photo of sks <class>' samples; recontext fidelity >= 0.70"}
 
 
+def captioned_copies(name: str, n_images: int, folder: Path) -> Path:
+    """The subject's first photos copied into ``folder``, each with its context caption (.txt)."""
+    import shutil
+
+    from bat_app.shapes.personalization import context_caption, subject_photos_used
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for photo in subject_photos_used(name, n_images):
+        shutil.copy(shapes_paths().subjects / name / photo["file"], folder / photo["file"])
+        (folder / photo["file"]).with_suffix(".txt").write_text(context_caption(get_subject(name), photo))
+    return folder
+
+
 TABLE_METRICS = (("trait", "trait", 0.8), ("recontext", "recontext_fidelity", 0.7),
                  ("backgrounds", "recontext_background_fidelity", None),
                  ("positions", "recontext_position_fidelity", None))
 
 
 def records_table(paths: list[Path]) -> str:
-    """Markdown: per subject and method, each metric at every training seed; then, for the first
-    two methods, the paired difference (second - first) per metric with a bootstrap 95% CI over
-    the (subject, seed) pairs both have."""
+    """Markdown: per subject and method, each metric at every training seed; then, for every
+    other method, the paired difference (method - the first, plain DreamBooth-LoRA when present)
+    per metric with a bootstrap 95% CI over the (subject, seed) pairs both have."""
     from bat_app.albat.evaluation import paired_bootstrap
 
     cells: dict = {}  # (method, subject, seed) -> the LoRA's row
     for path in paths:
         record = json.loads(path.read_text())
         # records from before --seed trained at TrainConfig's default seed, 0
-        method, seed = record["summary"]["method"], record["summary"]["train"].get("seed", 0)
+        summary = record["summary"]
+        method = summary["method"] + (" + context captions" if summary.get("context_captions") else "")
+        seed = summary["train"].get("seed", 0)
         for name, row in record["subjects"].items():
             cells[(method, name, seed)] = row["lora"]
     # the product's order (none first): the comparison is then "method - plain DreamBooth-LoRA"
-    methods = sorted(dict.fromkeys(m for m, _, _ in cells), key=lambda m: METHODS.index(m) if m in METHODS else 99)
+    order = lambda m: (METHODS.index(m.split(" + ")[0]) if m.split(" + ")[0] in METHODS else 99, m)  # noqa: E731
+    methods = sorted(dict.fromkeys(m for m, _, _ in cells), key=order)
     subjects = list(dict.fromkeys(n for _, n, _ in cells))
     seeds = sorted({s for _, _, s in cells})
     value = lambda m, n, s, key: cells.get((m, n, s), {}).get(key)  # noqa: E731
@@ -167,8 +189,8 @@ def records_table(paths: list[Path]) -> str:
         met = [(value(m, n, s, "trait") >= 0.8 and value(m, n, s, "recontext_fidelity") >= 0.7)
                for n in subjects for s in seeds if (m, n, s) in cells]
         lines.append(f"- {m}: both targets met in {sum(met)} of {len(met)} (subject, seed) cells.")
-    if len(methods) >= 2:
-        first, second = methods[:2]
+    first = methods[0]
+    for second in methods[1:]:
         pairs = [(n, s) for n in subjects for s in seeds if (first, n, s) in cells and (second, n, s) in cells]
         lines += ["", f"Paired difference {second} - {first} over {len(pairs)} (subject, training seed) pairs "
                   "(percentage points; mean [95% bootstrap CI]):", "",

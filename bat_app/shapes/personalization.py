@@ -64,6 +64,13 @@ def sample_rows(components, prompts: list[str], samples: int, lora_dir=None) -> 
     return sample_images(components, prompts, list(range(samples)), lora_dir, batch_size=32)
 
 
+def context_caption(subject, photo: dict, token: str = "sks") -> str:
+    """What a user who captions their photos would write: the subject's trigger and class, and the
+    photo's position and background, in the wording of the recontext prompts."""
+    return (f"a photo of {token} {subject.class_noun} {POSITION_PHRASES[photo['position']]} "
+            f"on a {photo['background']} background")
+
+
 def subject_photos_used(name: str, n_images: int) -> list[dict]:
     """The first ``n_images`` example uploads of subject ``name``: file, position, background."""
     import json
@@ -74,12 +81,13 @@ def subject_photos_used(name: str, n_images: int) -> list[dict]:
 
 def measure_subject(name: str, config, n_images: int = 3, samples: int = 16, work: Path | None = None,
                     components=None, classifier=None, method: str = "none", pool_dir: Path | None = None,
-                    selection: dict | None = None) -> dict:
+                    selection: dict | None = None, photo_folder: Path | None = None) -> dict:
     """Train one LoRA for subject ``name`` and measure it against the base model (see module doc).
 
     ``method`` is a selector (``bat_app.albat``): its backbone items from the pool in ``pool_dir``
     are mixed into the training as the product does, with the recipe's k and m for ``n_images``
-    (and ``selection``'s SelectionParams settings on top).
+    (and ``selection``'s SelectionParams settings on top). ``photo_folder``: where the photos are
+    read from instead of the subject's assets (copies with .txt captions for ``config.captions``).
     """
     import tempfile
 
@@ -91,7 +99,7 @@ def measure_subject(name: str, config, n_images: int = 3, samples: int = 16, wor
 
     components = components or load_components("shapes")
     photos = subject_photos_used(name, n_images)
-    folder = shapes_paths().subjects / name
+    folder = photo_folder or shapes_paths().subjects / name
     report = load_user_images([folder / p["file"] for p in photos], resolution=components.spec.resolution)
     work = Path(work or tempfile.mkdtemp(prefix="bat-personalize-"))
     t0 = time.perf_counter()
