@@ -71,9 +71,10 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2, help="torch threads (1 on a busy machine)")
     p.add_argument("--quick", action="store_true", help="smoke run: one subject, 5 steps, 2 samples; "
                    "prints the result and leaves assets/ alone (unless --out is given)")
-    p.add_argument("--context-captions", action="store_true",
+    p.add_argument("--context-captions", nargs="?", const="all", choices=("all", "half"), default=None,
                    help="train on per-photo captions that also state each photo's position and background "
-                   "(\"a photo of sks heart at the bottom on a black background\"), as a user who captions would")
+                   "(\"a photo of sks heart at the bottom on a black background\"), as a user who captions would; "
+                   "'half': each photo twice, once so and once with the plain instance prompt")
     p.add_argument("--table", nargs="+", type=Path, metavar="RECORD",
                    help="print the table of these records (--out files) and the paired comparison; trains nothing")
     args = p.parse_args(argv)
@@ -96,8 +97,9 @@ def main(argv=None) -> int:
             subject = get_subject(name)
             config = TrainConfig.for_model("shapes", args.images, token="sks", class_noun=subject.class_noun,
                                            checkpoint_every=0, seed=args.seed, mixed_precision="no",
-                                           captions=args.context_captions, **overrides)
-            photos = captioned_copies(name, args.images, Path(tmp) / "photos" / name) if args.context_captions else None
+                                           captions=bool(args.context_captions), **overrides)
+            photos = captioned_copies(name, args.images, Path(tmp) / "photos" / name, args.context_captions == "half",
+                                      config.prompt) if args.context_captions else None
             row = measure_subject(name, config, args.images, args.samples, Path(tmp), components, classifier,
                                   args.method, pool_dir, args.selection, photo_folder=photos)
             if args.grids:
@@ -135,16 +137,20 @@ def summarize(results: dict, config: TrainConfig, images: int, method: str = "no
             "target": "trait >= 0.80 of 'a photo of sks <class>' samples; recontext fidelity >= 0.70"}
 
 
-def captioned_copies(name: str, n_images: int, folder: Path) -> Path:
-    """The subject's first photos copied into ``folder``, each with its context caption (.txt)."""
+def captioned_copies(name: str, n_images: int, folder: Path, half: bool = False, prompt: str = "") -> Path:
+    """The subject's first photos copied into ``folder``, each with its context caption (.txt);
+    with ``half`` each photo also a second time with the plain instance ``prompt`` as caption."""
     import shutil
 
     from bat_app.shapes.personalization import context_caption, subject_photos_used
 
     folder.mkdir(parents=True, exist_ok=True)
     for photo in subject_photos_used(name, n_images):
-        shutil.copy(shapes_paths().subjects / name / photo["file"], folder / photo["file"])
-        (folder / photo["file"]).with_suffix(".txt").write_text(context_caption(get_subject(name), photo))
+        source, stem = shapes_paths().subjects / name / photo["file"], Path(photo["file"]).stem
+        captions = {stem: context_caption(get_subject(name), photo)} | ({f"{stem}-plain": prompt} if half else {})
+        for file_stem, caption in captions.items():
+            shutil.copy(source, folder / f"{file_stem}.png")
+            (folder / f"{file_stem}.txt").write_text(caption)
     return folder
 
 
@@ -164,7 +170,9 @@ def records_table(paths: list[Path]) -> str:
         record = json.loads(path.read_text())
         # records from before --seed trained at TrainConfig's default seed, 0
         summary = record["summary"]
-        method = summary["method"] + (" + context captions" if summary.get("context_captions") else "")
+        captions = summary.get("context_captions")
+        method = summary["method"] + ({"half": " + context captions (half)"}.get(captions, " + context captions")
+                                      if captions else "")
         seed = summary["train"].get("seed", 0)
         for name, row in record["subjects"].items():
             cells[(method, name, seed)] = row["lora"]

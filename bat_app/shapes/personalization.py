@@ -86,8 +86,8 @@ def measure_subject(name: str, config, n_images: int = 3, samples: int = 16, wor
 
     ``method`` is a selector (``bat_app.albat``): its backbone items from the pool in ``pool_dir``
     are mixed into the training as the product does, with the recipe's k and m for ``n_images``
-    (and ``selection``'s SelectionParams settings on top). ``photo_folder``: where the photos are
-    read from instead of the subject's assets (copies with .txt captions for ``config.captions``).
+    (and ``selection``'s SelectionParams settings on top). ``photo_folder``: the training photos
+    are every .png there instead (copies with .txt captions for ``config.captions``).
     """
     import tempfile
 
@@ -99,8 +99,9 @@ def measure_subject(name: str, config, n_images: int = 3, samples: int = 16, wor
 
     components = components or load_components("shapes")
     photos = subject_photos_used(name, n_images)
-    folder = photo_folder or shapes_paths().subjects / name
-    report = load_user_images([folder / p["file"] for p in photos], resolution=components.spec.resolution)
+    files = (sorted(photo_folder.glob("*.png")) if photo_folder is not None
+             else [shapes_paths().subjects / name / p["file"] for p in photos])
+    report = load_user_images(files, resolution=components.spec.resolution)
     work = Path(work or tempfile.mkdtemp(prefix="bat-personalize-"))
     t0 = time.perf_counter()
     params = SelectionParams(seed=config.seed, **{**recipe_for("shapes").selection_settings(n_images),
