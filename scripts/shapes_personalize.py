@@ -21,8 +21,8 @@ one picture per subject (base and LoRA rows for every prompt).
     python scripts/shapes_personalize.py --table docs/shapes-personalization/recipe10-5photos-*.json
 
 ``--table`` reads such records (any methods, any training seeds) and prints the per-subject
-table and the paired comparison of two methods: the difference per (subject, training seed),
-same photos and sample seeds, with a bootstrap 95% interval over those pairs.
+table and each method paired with plain DreamBooth-LoRA: the difference per (subject, training
+seed), same photos and sample seeds, with a bootstrap 95% interval over those pairs.
 """
 
 from __future__ import annotations
@@ -168,12 +168,11 @@ def records_table(paths: list[Path]) -> str:
     cells: dict = {}  # (method, subject, seed) -> the LoRA's row
     for path in paths:
         record = json.loads(path.read_text())
-        # records from before --seed trained at TrainConfig's default seed, 0
         summary = record["summary"]
         captions = summary.get("context_captions")
         method = summary["method"] + ({"half": " + context captions (half)"}.get(captions, " + context captions")
                                       if captions else "")
-        seed = summary["train"].get("seed", 0)
+        seed = summary["train"].get("seed", 0)  # records from before --seed: TrainConfig's default
         for name, row in record["subjects"].items():
             cells[(method, name, seed)] = row["lora"]
     # the product's order (none first): the comparison is then "method - plain DreamBooth-LoRA"
