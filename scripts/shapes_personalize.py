@@ -72,9 +72,10 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="smoke run: one subject, 5 steps, 2 samples; "
                    "prints the result and leaves assets/ alone (unless --out is given)")
     p.add_argument("--context-captions", nargs="?", const="all", choices=("all", "half"), default=None,
-                   help="train on per-photo captions that also state each photo's position and background "
-                   "(\"a photo of sks heart at the bottom on a black background\"), as a user who captions would; "
-                   "'half': each photo twice, once so and once with the plain instance prompt")
+                   help="train on the example photos' shipped captions, which state each photo's position and "
+                   "background (\"a photo of sks heart at the bottom on a black background\"), as the app's "
+                   "'Use example' does; the value is the trainer's caption_mix ('half': each photo also once "
+                   "with the plain instance prompt)")
     p.add_argument("--table", nargs="+", type=Path, metavar="RECORD",
                    help="print the table of these records (--out files) and the paired comparison; trains nothing")
     args = p.parse_args(argv)
@@ -97,9 +98,10 @@ def main(argv=None) -> int:
             subject = get_subject(name)
             config = TrainConfig.for_model("shapes", args.images, token="sks", class_noun=subject.class_noun,
                                            checkpoint_every=0, seed=args.seed, mixed_precision="no",
-                                           captions=bool(args.context_captions), **overrides)
-            photos = captioned_copies(name, args.images, Path(tmp) / "photos" / name, args.context_captions == "half",
-                                      config.prompt) if args.context_captions else None
+                                           captions=bool(args.context_captions),
+                                           caption_mix=args.context_captions or "half", **overrides)
+            photos = (captioned_copies(name, args.images, Path(tmp) / "photos" / name)
+                      if args.context_captions else None)
             row = measure_subject(name, config, args.images, args.samples, Path(tmp), components, classifier,
                                   args.method, pool_dir, args.selection, photo_folder=photos)
             if args.grids:
@@ -133,30 +135,47 @@ def summarize(results: dict, config: TrainConfig, images: int, method: str = "no
             "n_subjects": len(results), "images_per_subject": images, "method": method,
             "train": {k: getattr(config, k) for k in ("seed", "steps", "lr", "rank", "batch_size", "pivotal",
                                                        "pivotal_vectors", "embedding_lr", "prior",
-                                                       "num_class_images", "aug_weight", "target_modules")},
+                                                       "num_class_images", "aug_weight", "target_modules",
+                                                       "captions", "caption_mix")},
             "target": "trait >= 0.80 of 'a photo of sks <class>' samples; recontext fidelity >= 0.70"}
 
 
-def captioned_copies(name: str, n_images: int, folder: Path, half: bool = False, prompt: str = "") -> Path:
-    """The subject's first photos copied into ``folder``, each with its context caption (.txt);
-    with ``half`` each photo also a second time with the plain instance ``prompt`` as caption."""
+def captioned_copies(name: str, n_images: int, folder: Path) -> Path:
+    """The subject's first photos copied into ``folder``, each with its shipped caption as .txt."""
     import shutil
 
-    from bat_app.shapes.personalization import context_caption, subject_photos_used
+    from bat_app.shapes.personalization import subject_photos_used
 
     folder.mkdir(parents=True, exist_ok=True)
     for photo in subject_photos_used(name, n_images):
-        source, stem = shapes_paths().subjects / name / photo["file"], Path(photo["file"]).stem
-        captions = {stem: context_caption(get_subject(name), photo)} | ({f"{stem}-plain": prompt} if half else {})
-        for file_stem, caption in captions.items():
-            shutil.copy(source, folder / f"{file_stem}.png")
-            (folder / f"{file_stem}.txt").write_text(caption)
+        shutil.copy(shapes_paths().subjects / name / photo["file"], folder / photo["file"])
+        (folder / photo["file"]).with_suffix(".txt").write_text(photo["caption"])
     return folder
 
 
 TABLE_METRICS = (("trait", "trait", 0.8), ("recontext", "recontext_fidelity", 0.7),
                  ("backgrounds", "recontext_background_fidelity", None),
                  ("positions", "recontext_position_fidelity", None))
+
+
+def method_label(summary: dict) -> str:
+    """A record's method as the table names it: the selector, and the captions it trained on."""
+    captions = summary.get("context_captions")
+    suffix = {"half": " + context captions (half)"}.get(captions, " + context captions") if captions else ""
+    return summary["method"] + suffix
+
+
+def method_order(label: str) -> tuple:
+    """The product's order (none first): the comparison is then "method - plain DreamBooth-LoRA"."""
+    selector = label.split(" + ")[0]
+    return (METHODS.index(selector) if selector in METHODS else len(METHODS), label)
+
+
+def cell_text(value: float | None, goal: float | None) -> str:
+    """A percentage, bold when below its target; "-" when the record lacks it."""
+    if value is None:
+        return "-"
+    return f"**{100 * value:.0f}**" if goal and value < goal else f"{100 * value:.0f}"
 
 
 def records_table(paths: list[Path]) -> str:
@@ -169,19 +188,17 @@ def records_table(paths: list[Path]) -> str:
     for path in paths:
         record = json.loads(path.read_text())
         summary = record["summary"]
-        captions = summary.get("context_captions")
-        method = summary["method"] + ({"half": " + context captions (half)"}.get(captions, " + context captions")
-                                      if captions else "")
+        method = method_label(summary)
         seed = summary["train"].get("seed", 0)  # records from before --seed: TrainConfig's default
         for name, row in record["subjects"].items():
             cells[(method, name, seed)] = row["lora"]
-    # the product's order (none first): the comparison is then "method - plain DreamBooth-LoRA"
-    order = lambda m: (METHODS.index(m.split(" + ")[0]) if m.split(" + ")[0] in METHODS else 99, m)  # noqa: E731
-    methods = sorted(dict.fromkeys(m for m, _, _ in cells), key=order)
+    methods = sorted(dict.fromkeys(m for m, _, _ in cells), key=method_order)
     subjects = list(dict.fromkeys(n for _, n, _ in cells))
     seeds = sorted({s for _, _, s in cells})
-    value = lambda m, n, s, key: cells.get((m, n, s), {}).get(key)  # noqa: E731
-    show = lambda v, goal: "-" if v is None else f"**{100 * v:.0f}**" if goal and v < goal else f"{100 * v:.0f}"  # noqa: E731
+
+    def value(m, n, s, key):
+        return cells.get((m, n, s), {}).get(key)
+
     lines = [f"Each cell: % at training seeds {', '.join(map(str, seeds))}; bold below the target "
              "(trait >= 80, recontext >= 70).", "",
              "| subject | method | " + " | ".join(label for label, _, _ in TABLE_METRICS) + " |",
@@ -189,7 +206,7 @@ def records_table(paths: list[Path]) -> str:
     for name in subjects:
         for m in methods:
             lines.append(f"| {name} | {m} | " + " | ".join(
-                " / ".join(show(value(m, name, s, key), goal) for s in seeds) for _, key, goal in TABLE_METRICS)
+                " / ".join(cell_text(value(m, name, s, key), goal) for s in seeds) for _, key, goal in TABLE_METRICS)
                 + " |")
     lines.append("")
     for m in methods:

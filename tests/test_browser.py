@@ -50,7 +50,8 @@ def server(tmp_path_factory, request):
         if plan["pool_size"]:
             mp.setenv("BAT_SHAPES_POOL_SIZE", plan["pool_size"])
         demo, worker, url = launch_app(root / "home", **overrides)
-        yield {"url": url, "plan": plan, "subjects": overrides["subjects_dir"], "model": overrides["model"]}
+        yield {"url": url, "plan": plan, "subjects": overrides["subjects_dir"], "model": overrides["model"],
+               "home": root / "home"}
         stop_app(demo, worker)
 
 
@@ -89,6 +90,9 @@ def test_train_compare_download_in_the_browser(server, browser, tmp_path):
     page.locator("#uploads input[type=file]").set_input_files(images)
     expect(page.locator("#uploads img")).to_have_count(len(images), timeout=30_000)
     page.get_by_label("Class noun").fill(class_noun)
+    captions = [f"on a {colour} background" for colour in ("red", "green", "blue", "white", "black")][:len(images)]
+    captions[1] = ""  # a photo without a caption trains on the plain instance prompt
+    page.locator("#captions textarea").fill("\n".join(captions))
     page.get_by_label("ALBAT (BAT)").uncheck()
     page.get_by_label("random backbone images").check()
     page.get_by_text("Advanced settings").click()
@@ -115,6 +119,14 @@ def test_train_compare_download_in_the_browser(server, browser, tmp_path):
     page.screenshot(path=str(shots / "progress.png"), full_page=True)
     expect(progress).to_contain_text("Finished", timeout=600_000)
     timings["start_to_done_s"] = time.perf_counter() - started
+    # the captions box reached the job: one caption file per stored photo, in the gallery's order
+    from bat_app import jobs
+
+    settings = jobs.JobSettings.from_env(data_dir=server["home"])
+    stored = jobs.status(job_id, settings=settings)["images"]
+    folder = jobs.job_dir(job_id, settings=settings)
+    assert [(folder / name).with_suffix(".txt").read_text() for name in stored] == \
+        [line or f"a photo of sks {class_noun}" for line in captions]
 
     # --- results: both columns, metrics, downloads ----------------------------------------
     tab("Results").click()

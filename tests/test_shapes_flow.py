@@ -25,9 +25,16 @@ def test_upload_select_train_preview_download(tmp_path, shapes_pool):
     from bat_app.models import build_pipeline, load_components
 
     subject = json.loads((assets_dir() / "subjects" / SUBJECT / "subject.json").read_text())
-    photos = sorted((assets_dir() / "subjects" / SUBJECT).glob("*.png"))[:3]
+    # the upload as "Use example" makes it: three photos, each with its shipped caption
+    photos = []
+    for photo in subject["photos"][:3]:
+        photos.append(tmp_path / "upload" / photo["file"])
+        photos[-1].parent.mkdir(exist_ok=True)
+        photos[-1].write_bytes((assets_dir() / "subjects" / SUBJECT / photo["file"]).read_bytes())
+        photos[-1].with_suffix(".txt").write_text(photo["caption"])
     config = CompareConfig(token="sks", class_noun=subject["class_noun"], model="shapes", pool="shapes",
-                           methods=["none", "albat"], train={"steps": 30, "checkpoint_every": 15, "num_class_images": 8},
+                           methods=["none", "albat"],
+                           train={"steps": 30, "checkpoint_every": 15, "num_class_images": 8, "captions": True},
                            selection={"m": 20, "k": 200, "draws": 2}, seeds=[0, 1], num_prompts=3)
     result = run_compare(config, photos, tmp_path / "run")
     out = tmp_path / "run"

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from bat_app.errors import InputError
+from bat_app.paths import assets_dir
 from bat_app.shapes import (ATTRIBUTES, SUBJECTS, ShapesWorld, caption_for, parse_caption, render,
                             subject_photos)
 from bat_app.shapes.world import EXCLUDED_COLOUR_PATTERNS, is_pretraining
@@ -118,6 +119,9 @@ def test_write_subjects_layout(tmp_path):
         meta = json.loads((folder / "subject.json").read_text())
         assert {"class_noun", "trait", "attributes"} <= set(meta)
         assert 3 <= len(list(folder.glob("*.png"))) <= 10
+        # the shipped examples are this writer's output, captions included
+        assert (folder / "subject.json").read_text() == \
+            (assets_dir() / "subjects" / folder.name / "subject.json").read_text()
 
 
 def test_pool_command_writes_the_stream(tmp_path):

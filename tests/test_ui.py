@@ -12,6 +12,7 @@ from PIL import Image
 from bat_app import jobs
 from bat_app.errors import ImageError, InputError
 from bat_app.models.presets import presets
+from bat_app.paths import assets_dir
 from bat_app.ui import handlers, model_note, views
 from bat_app.ui.defaults import suggested_settings
 from bat_app.ui.settings import AppSettings
@@ -198,6 +199,29 @@ def test_start_job_queues_and_refuses_bad_input(settings, tmp_path):
     assert row[:4] == [job["job_id"], "cancelled", "cancelled", "none"]
 
 
+def test_captions_travel_with_the_photos_into_the_job(settings):
+    paths = example_paths(settings, 3)
+    lines = "on the beach\n\na photo of sks disc on a red background\n"  # the middle photo has none
+    job = handlers.start_job(settings, paths, class_noun="disc", methods=["none"], steps=3, captions=lines)
+    assert job["config"]["train"]["captions"] is True
+    folder = jobs.job_dir(job["job_id"], settings=settings.jobs)
+    record = jobs.status(job["job_id"], settings=settings.jobs)
+    texts = [(folder / image).with_suffix(".txt").read_text() for image in record["images"]]
+    # a blank line: the plain instance prompt, so training reads a caption for every photo
+    assert texts == ["on the beach", "a photo of sks disc", "a photo of sks disc on a red background"]
+    handlers.cancel_job(settings, job["job_id"])
+
+    plain = handlers.start_job(settings, paths, class_noun="disc", methods=["none"], steps=3, captions=" \n ")
+    assert "captions" not in plain["config"]["train"]  # an empty box: no captions
+    handlers.cancel_job(settings, plain["job_id"])
+    with pytest.raises(InputError, match="2 caption line\\(s\\) for 3 photo\\(s\\): write one line per photo"):
+        handlers.start_job(settings, paths, class_noun="disc", methods=["none"], captions="a\nb")
+    with pytest.raises(InputError, match="Caption 2 is 301 characters long; the limit is 300"):
+        handlers.start_job(settings, paths, class_noun="disc", methods=["none"], captions=f"a\n{'x' * 301}\nc")
+    with pytest.raises(InputError, match="1 caption\\(s\\) for 3 image\\(s\\)"):
+        jobs.submit(job["config"], paths, settings=settings.jobs, captions=["only one"])
+
+
 def test_photo_limits_tell_web_users_no_operator_setting(settings, tmp_path, monkeypatch):
     import numpy as np
 
@@ -248,6 +272,11 @@ def test_public_messages():
 def test_examples(settings):
     (ex,) = handlers.list_examples(settings.subjects_dir)
     assert ex.name == "red_disc" and ex.class_noun == "disc" and len(ex.images) == 4
+    assert ex.captions == [""] * 4  # this subject.json gives none
+    shipped = {e.name: e for e in handlers.list_examples(assets_dir() / "subjects")}
+    meta = json.loads((assets_dir() / "subjects" / "dot_star" / "subject.json").read_text())
+    assert shipped["dot_star"].captions == [p["caption"] for p in meta["photos"]]
+    assert all(len(e.captions) == len(e.images) and all(e.captions) for e in shipped.values())
     assert handlers.list_examples(None) == [] and handlers.list_examples(Path("/nonexistent")) == []
     with pytest.raises(InputError, match="available: red_disc"):
         handlers.get_example(settings.subjects_dir, "cat")

@@ -22,7 +22,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..errors import ClientQueueFull, QueueFull
+from ..errors import ClientQueueFull, InputError, QueueFull
 from .pipelines import config_reader_for
 from .queue import connect
 from .record import CANCELLED, FINISHED, QUEUED, RUNNING, JobRecord
@@ -31,7 +31,8 @@ from .store import CONFIG, INPUTS, write_json_atomic
 
 
 def submit(config, images: Sequence[str | Path] | str | Path, *, pipeline: str = "compare",
-           settings: JobSettings | None = None, client: str | None = None, limits=None) -> str:
+           settings: JobSettings | None = None, client: str | None = None, limits=None,
+           captions: Sequence[str | None] | None = None) -> str:
     """Validate ``config`` and ``images``, copy them into a new job folder, queue it; returns the id.
 
     Args:
@@ -45,6 +46,9 @@ def submit(config, images: Sequence[str | Path] | str | Path, *, pipeline: str =
             None (the CLI, an operator) has no cap. Only a keyed hash of it is stored.
         limits: a ``bat_app.limits.Limits`` (default: from the environment); the config was
             checked against them when it was built, the photos are checked here.
+        captions: one per image, in order (None or blank: none for that image), each saved as the
+            image's .txt caption in the job; an image without one keeps the .txt beside its source,
+            if any. The config's ``train.captions`` says whether training reads them.
 
     Raises:
         QueueFull: ``settings.max_queue`` jobs are already waiting.
@@ -60,6 +64,7 @@ def submit(config, images: Sequence[str | Path] | str | Path, *, pipeline: str =
     data = parsed.to_dict() if hasattr(parsed, "to_dict") else dict(config)
     sources = [Path(p) for p in images] if isinstance(images, (list, tuple)) else Path(images)
     report = load_user_images(sources, limits=limits.intake())
+    texts = _caption_texts(report.images, captions)
     client_key = _client_key(store.root, client) if client else None
 
     job_id = secrets.token_hex(16)
@@ -67,8 +72,10 @@ def submit(config, images: Sequence[str | Path] | str | Path, *, pipeline: str =
     try:
         (staging / INPUTS).mkdir(parents=True)
         names = _input_names([Path(u.name).name for u in report.images])
-        for user, name in zip(report.images, names):
+        for user, name, text in zip(report.images, names, texts):
             shutil.copyfile(user.source, staging / INPUTS / name)
+            if text:
+                (staging / INPUTS / name).with_suffix(".txt").write_text(text, encoding="utf-8")
         write_json_atomic(staging / CONFIG, data)
         record = JobRecord(job_id, pipeline=pipeline, images=[f"{INPUTS}/{n}" for n in names],
                            client=client_key)
@@ -200,6 +207,18 @@ def _view(record: JobRecord, queued: list[str], folder: Path) -> dict:
     view["queue_length"] = len(queued)
     view["dir"] = str(folder)
     return view
+
+
+def _caption_texts(images, captions) -> list[str | None]:
+    """Each image's caption: the one given for it, else the .txt beside its source (or None)."""
+    from bat_app.train.data import read_caption
+
+    if captions is not None and len(captions) != len(images):
+        raise InputError(f"{len(captions)} caption(s) for {len(images)} image(s): give one per image, "
+                         f"in the images' order (an empty one for an image without).")
+    given = list(captions) if captions is not None else [None] * len(images)
+    return [(text or "").strip() or (read_caption(Path(user.source)) if user.source else None)
+            for user, text in zip(images, given)]
 
 
 def _input_names(names: list[str]) -> list[str]:

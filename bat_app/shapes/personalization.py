@@ -65,10 +65,9 @@ def sample_rows(components, prompts: list[str], samples: int, lora_dir=None) -> 
 
 
 def context_caption(subject, photo: dict, token: str = "sks") -> str:
-    """What a user who captions their photos would write: the subject's trigger and class, and the
-    photo's position and background, in the wording of the recontext prompts."""
-    return (f"a photo of {token} {subject.class_noun} {POSITION_PHRASES[photo['position']]} "
-            f"on a {photo['background']} background")
+    """What training makes of an example photo's shipped caption: the instance prompt, then the
+    photo's position and background in the wording of the recontext prompts."""
+    return f"a photo of {token} {subject.class_noun} {photo['caption']}"
 
 
 def subject_photos_used(name: str, n_images: int) -> list[dict]:

@@ -4,7 +4,8 @@ Each subject is one object with fixed attributes; its ``trait`` (a colour+patter
 listed in ``world.EXCLUDED_COLOUR_PATTERNS``, or a marking) is what the base model cannot draw
 and what a personalization has to teach. ``write_subjects()`` saves 5 "user photos" of each
 (varied position and background, 64 px like an upload) under ``assets/subjects/<name>/`` with
-a ``subject.json``.
+a ``subject.json`` that gives each photo's position, background and caption (what a user who
+captions would write: where the object is and on what, e.g. "at the top on a teal background").
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from bat_app.errors import InputError
-from bat_app.shapes.world import COLOURS, POSITIONS, is_pretraining, render
+from bat_app.shapes.world import COLOURS, POSITION_PHRASES, POSITIONS, is_pretraining, render
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,12 @@ def subject_photos(subject: Subject, n: int = 5, seed: int = 0, resolution: int 
     return out
 
 
+def photo_caption(position: str, background: str) -> str:
+    """A photo's caption without the trigger, in the words of the recontext prompts; training
+    puts the instance prompt in front ("a photo of sks square at the top on a teal background")."""
+    return f"{POSITION_PHRASES[position]} on a {background} background"
+
+
 def write_subjects(root: Path, n: int = 5, seed: int = 0) -> list[Path]:
     """Write assets/subjects/<name>/{00..}.png + subject.json for every subject."""
     folders = []
@@ -83,8 +90,8 @@ def write_subjects(root: Path, n: int = 5, seed: int = 0) -> list[Path]:
         photos = []
         for i, (image, a) in enumerate(subject_photos(subject, n, seed)):
             image.save(folder / f"{i:02d}.png")
-            photos.append({"file": f"{i:02d}.png", "position": a["position"],
-                           "background": a["background"]})
+            photos.append({"file": f"{i:02d}.png", "position": a["position"], "background": a["background"],
+                           "caption": photo_caption(a["position"], a["background"])})
         meta = {**asdict(subject), "instance_prompt": f"a photo of sks {subject.class_noun}",
                 "photos": photos}
         (folder / "subject.json").write_text(json.dumps(meta, indent=2) + "\n")

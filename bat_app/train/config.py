@@ -23,6 +23,7 @@ PRECISIONS = ("auto", "no", "fp16", "bf16")
 OPTIMIZERS = ("adamw", "adamw8bit")
 QUANTIZATIONS = ("nf4",)
 LR_SCHEDULES = ("constant", "constant_with_warmup", "cosine", "linear")
+CAPTION_MIXES = ("half", "all")
 
 
 @dataclass
@@ -32,6 +33,11 @@ class TrainConfig:
     class_noun: str = "object"         # the subject's class ("dog", "backpack", "star")
     instance_prompt: str | None = None  # default: "a photo of {token} {class_noun}"
     captions: bool = False             # use each image's same-name .txt caption instead
+    # With captions, "half": each photo is trained once with its caption and once with the plain
+    # instance prompt (measured on shapes: captions that name the background and position teach
+    # the LoRA to follow them, and the plain half keeps the trait on the bare trigger, which
+    # captions alone lost for one subject); "all": the captions only.
+    caption_mix: str = "half"
 
     # --- optimisation --------------------------------------------------------------------
     steps: int = 400                   # DreamBooth-LoRA on SD 1.5 converges in ~400-800 steps
@@ -120,6 +126,8 @@ class TrainConfig:
                 raise InputError(f"`{name}` must be true or false, got {value!r}.")
         if self.memory_profile is not None and not isinstance(self.memory_profile, str):
             raise InputError(f"`memory_profile` must be a profile name or null, got {self.memory_profile!r}.")
+        if self.caption_mix not in CAPTION_MIXES:
+            raise InputError(f"`caption_mix` must be one of {CAPTION_MIXES}, got {self.caption_mix!r}.")
         if self.lr_schedule not in LR_SCHEDULES:
             raise InputError(f"`lr_schedule` must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}.")
         if self.target_modules is not None and not self.target_modules:

@@ -54,10 +54,12 @@ def read_caption(image_path: Path) -> str | None:
     return None
 
 
-def instance_examples(images, prompt: str, token: str, use_captions: bool = False) -> list[Example]:
-    """Examples for the user's images. With ``use_captions`` each image's .txt caption is used;
-    a caption without the trigger token gets the instance prompt in front, so it still teaches
-    the token."""
+def instance_examples(images, prompt: str, token: str, use_captions: bool = False,
+                      caption_mix: str = "half") -> list[Example]:
+    """Examples for the user's images. With ``use_captions`` each image's .txt caption is used: one
+    with the trigger token as written, one without it continues the instance prompt ("on the
+    beach" -> "a photo of sks dog on the beach"), so it still teaches the token. ``caption_mix``
+    "half" adds each image a second time with the plain instance prompt (see TrainConfig)."""
     examples = []
     for item in images:
         caption = prompt
@@ -69,8 +71,10 @@ def instance_examples(images, prompt: str, token: str, use_captions: bool = Fals
                 raise InputError(
                     f"{item.name}: --captions is on but {Path(item.source).with_suffix('.txt').name} is "
                     f"missing or empty. Add a caption file or drop --captions.")
-            caption = text if token in text.split() else f"{prompt}, {text}"
+            caption = text if token in text.split() else f"{prompt} {text}"
         examples.append(Example(item.image, caption, name=item.name))
+        if use_captions and caption_mix == "half":
+            examples.append(Example(item.image, prompt, name=item.name))
     return examples
 
 

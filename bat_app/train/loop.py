@@ -219,7 +219,8 @@ def check_inputs(components: Components, images: Sequence, config: TrainConfig, 
 
 
 def prepare_groups(components, images, config, augment, resolution, cache_root, emit) -> list[ExampleGroup]:
-    groups = [ExampleGroup("instance", instance_examples(images, config.prompt, config.token, config.captions), 1.0)]
+    groups = [ExampleGroup("instance", instance_examples(images, config.prompt, config.token, config.captions,
+                                                            config.caption_mix), 1.0)]
     if config.prior and config.prior_weight > 0:
         prompt = config.class_prompt_text
         paths = ensure_class_images(

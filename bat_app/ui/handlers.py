@@ -48,6 +48,13 @@ class Example:
     class_noun: str
     images: list[Path]
     description: str = ""
+    captions: list[str] = field(default_factory=list)  # one per image ("" for none), from subject.json
+
+
+def _example_captions(meta: dict, images: list[Path]) -> list[str]:
+    """subject.json's per-photo captions in the images' order ("" where a photo has none)."""
+    by_file = {p.get("file"): p.get("caption", "") for p in meta.get("photos", [])}
+    return [by_file.get(image.name, "") for image in images]
 
 
 def list_examples(subjects_dir: Path | None) -> list[Example]:
@@ -60,7 +67,7 @@ def list_examples(subjects_dir: Path | None) -> list[Example]:
         images = sorted(p for p in meta_path.parent.iterdir()
                         if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
         out.append(Example(meta_path.parent.name, meta.get("class_noun", "object"), images,
-                           meta.get("description", "")))
+                           meta.get("description", ""), _example_captions(meta, images)))
     return out
 
 
@@ -245,10 +252,11 @@ def _number(key: str, value, kind):
 def build_config(settings: AppSettings, *, token: str = "sks", class_noun: str = "", model: str | None = None,
                  pool: str | None = None, methods: list[str] | None = None, steps=None, rank=None, lr=None,
                  resolution=None, seed=None, k=None, m=None, aug_weight=None, pivotal=None,
-                 prior=None, num_class_images=None, n_images: int = 5) -> CompareConfig:
+                 prior=None, num_class_images=None, n_images: int = 5, captions: bool = False) -> CompareConfig:
     """The CompareConfig a Start press (or an API call) submits; empty fields take the defaults for
     ``n_images``. Model and pool must be among what the server offers; every number is within
-    ``bat_app.limits`` (the message names the field, the limit and the fix)."""
+    ``bat_app.limits`` (the message names the field, the limit and the fix). ``captions``: the
+    photos come with captions (``parse_captions``) and training reads them."""
     limits = Limits.from_env()
     for label, text in (("The trigger token", token), ("The class noun", class_noun)):
         if text is not None and not isinstance(text, str):
@@ -297,6 +305,8 @@ def build_config(settings: AppSettings, *, token: str = "sks", class_noun: str =
             if not isinstance(value, bool):
                 raise InputError(f"{name} must be true or false, got {value!r}.")
             train[name] = value
+    if captions:
+        train["captions"] = True
     train["checkpoint_every"] = max(1, train["steps"] // 4)
     # The preset's memory profile for this server's GPU (the model note says which and why).
     if (profile := memory_profile(preset)) is not None:
@@ -313,17 +323,39 @@ def build_config(settings: AppSettings, *, token: str = "sks", class_noun: str =
     return config
 
 
-def start_job(settings: AppSettings, images, client: str | None = None, **form) -> dict:
+def parse_captions(text, n_images: int) -> list[str] | None:
+    """The Captions box: one line per photo, in the gallery's order (an empty line: that photo has
+    none), or None when the box is empty. Each line is at most ``prompt_chars`` characters."""
+    if text is None or (isinstance(text, str) and not text.strip()):
+        return None
+    if not isinstance(text, str):
+        raise InputError(f"Captions must be text (one line per photo), got {type(text).__name__}.")
+    lines = [line.strip() for line in text.strip("\n").splitlines()]
+    if len(lines) != n_images:
+        raise InputError(f"{len(lines)} caption line(s) for {n_images} photo(s): write one line per photo, in the "
+                         f"gallery's order (an empty line for a photo without one), or clear the captions.")
+    limit = Limits.from_env().prompt_chars
+    for i, line in enumerate(lines, 1):
+        check_text(f"Caption {i}", line, limit, None)
+    return lines
+
+
+def start_job(settings: AppSettings, images, client: str | None = None, captions=None, **form) -> dict:
     """Check the form and the images, submit the job for ``client`` (per-client cap; None: no
-    cap). Returns job_id, queue_position, running (jobs running now), warnings, config."""
+    cap). ``captions``: the Captions box (``parse_captions``). Returns job_id, queue_position,
+    running (jobs running now), warnings, config."""
     paths = image_paths(images)
     limits = Limits.from_env()
     if not limits.photos_min <= len(paths) <= limits.photos_max:
         fix = "upload" if len(paths) < limits.photos_min else "remove some, keeping"
         raise InputError(f"{len(paths)} photo(s) uploaded: {fix} {limits.photos_min}-{limits.photos_max} photos "
                          f"of the subject (drag them onto the upload box), then press Start again.")
-    config = build_config(settings, n_images=len(paths), **form)
-    job_id = jobs.submit(config, paths, settings=settings.jobs, client=client, limits=limits)
+    lines = parse_captions(captions, len(paths))
+    config = build_config(settings, n_images=len(paths), captions=lines is not None, **form)
+    if lines is not None:  # a photo without a caption trains on the plain instance prompt
+        prompt = config.train_config(len(paths)).prompt
+        lines = [line or prompt for line in lines]
+    job_id = jobs.submit(config, paths, settings=settings.jobs, client=client, limits=limits, captions=lines)
     status = jobs.status(job_id, settings=settings.jobs)
     warnings = [m["text"].removeprefix("warning: ") for m in status["messages"] if m["text"].startswith("warning: ")]
     if config.pool == GENERATED:

@@ -35,6 +35,14 @@ def layout(ui) -> None:
                                        file_types=["image"], type="filepath", columns=5, height=260,
                                        elem_id="uploads")
                 ui.notes = gr.Markdown(elem_classes="bat-note")
+                # (the label must not contain "prompt": the Try-it box is found by that label)
+                ui.captions = gr.Textbox(
+                    label="Captions (optional): one line per photo, in the gallery's order", lines=3,
+                    max_lines=10, elem_id="captions",
+                    placeholder="on the beach\nat the bottom on a blue background\n(an empty line: none)",
+                    info="say what differs from photo to photo (place, background, position) so the LoRA "
+                         "learns the subject, not its surroundings; a line without the trigger continues "
+                         "'a photo of <trigger> <class>'")
                 if examples:
                     with gr.Row():
                         ui.example = gr.Dropdown([e.name for e in examples], value=examples[0].name,
@@ -117,17 +125,20 @@ def events(ui, demo) -> None:
             # fire for values an event sets)
             ex = handlers.get_example(settings.subjects_dir, name)
             paths = served.publish_example(ex.name, ex.images)
-            return [paths, ex.class_noun, *on_images(paths, model_name)]
+            captions = "\n".join(ex.captions) if any(ex.captions) else ""
+            return [paths, ex.class_noun, captions, *on_images(paths, model_name)]
 
-        ui.use_example.click(on_example, [ui.example, ui.model], [ui.images, ui.class_noun, ui.notes, *ui.advanced],
+        ui.use_example.click(on_example, [ui.example, ui.model],
+                             [ui.images, ui.class_noun, ui.captions, ui.notes, *ui.advanced],
                              api_visibility="private")
 
     @guarded
     def on_start(value, token_, noun, model_, pool_, methods_, steps_, rank_, lr_, resolution_, seed_, k_, m_,
-                 aug_weight_, pivotal_=None, prior_=None, class_images_=None, request: gr.Request = None):
+                 aug_weight_, pivotal_=None, prior_=None, class_images_=None, captions_=None,
+                 request: gr.Request = None):
         adv_values = (steps_, rank_, lr_, resolution_, seed_, k_, m_, aug_weight_, pivotal_, prior_, class_images_)
         job = handlers.start_job(settings, value, client=client_id(request, settings.proxy_hops), token=token_,
-                                 class_noun=noun, model=model_, pool=pool_, methods=methods_,
+                                 class_noun=noun, model=model_, pool=pool_, methods=methods_, captions=captions_,
                                  **dict(zip(ADVANCED, adv_values)))
         for line in job["warnings"]:
             gr.Warning(scrub(line))
@@ -141,7 +152,9 @@ def events(ui, demo) -> None:
     def follow(job, known):  # a new job to watch: "?" makes the next tick redraw the selection gallery
         return job, job, views.remember(known, job), gr.Timer(active=True), gr.Tabs(selected="progress"), "?"
 
-    ui.start.click(on_start, [ui.images, ui.token, ui.class_noun, ui.model, ui.pool, ui.methods, *ui.advanced],
+    # captions last: API clients that send the older argument list still work
+    ui.start.click(on_start, [ui.images, ui.token, ui.class_noun, ui.model, ui.pool, ui.methods, *ui.advanced,
+                              ui.captions],
                    [ui.job_id, ui.start_info], api_name="submit").success(
         follow, [ui.job_id, ui.history], [ui.watching, ui.remembered, ui.history, ui.timer, ui.tabs, ui.gallery_key],
         api_visibility="private")
