@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
 # --- train -------------------------------------------------------------------------------
 
 def _add_train(sub) -> None:
+    from .train.config import CAPTION_MIXES
+
     p = sub.add_parser("train", help="train a DreamBooth-LoRA from a folder of images",
                        description="Train a DreamBooth-LoRA on a few images of one subject.")
     p.add_argument("--images", required=True, nargs="+", help="folder of images, or image files")
@@ -87,7 +89,12 @@ def _add_train(sub) -> None:
     p.add_argument("--prior", action=argparse.BooleanOptionalAction, default=None,
                    help="prior preservation with generated class images (default: the preset's recipe)")
     p.add_argument("--num-class-images", type=int, default=None)
-    p.add_argument("--captions", action="store_true", help="use each image's same-name .txt caption")
+    p.add_argument("--captions", action="store_true",
+                   help="use each image's same-name .txt caption (one without the trigger continues the "
+                        "instance prompt: 'on the beach' -> 'a photo of sks dog on the beach')")
+    p.add_argument("--caption-mix", choices=CAPTION_MIXES, default=None,
+                   help="with --captions: 'half' (default) also trains each image with the plain instance "
+                        "prompt, so the bare trigger keeps the subject; 'all': the captions only")
     p.add_argument("--train-text-encoder", action="store_true", help="also train a text-encoder LoRA")
     p.add_argument("--checkpoint-every", type=int, default=None)
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
@@ -153,7 +160,8 @@ def train_config_from_args(args, n_images: int | None = None):
              "seed": args.seed, "num_class_images": args.num_class_images,
              "checkpoint_every": args.checkpoint_every, "pivotal": getattr(args, "pivotal", None),
              "embedding_lr": getattr(args, "embedding_lr", None), "prior": args.prior,
-             "memory_profile": getattr(args, "memory_profile", None)}
+             "memory_profile": getattr(args, "memory_profile", None),
+             "caption_mix": getattr(args, "caption_mix", None)}
     data.update({k: v for k, v in flags.items() if v is not None})
     for flag in ("captions", "train_text_encoder"):
         if getattr(args, flag):

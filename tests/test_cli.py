@@ -66,3 +66,14 @@ def test_serve_command_and_app_entry_do_not_import_each_other():
 
     assert "bat_app.ui.serve" in module_imports("bat_app.ui.cli")
     assert not any(name.startswith("bat_app.ui.cli") for name in module_imports("bat_app.ui.serve"))
+
+
+def test_caption_flags_reach_the_training_config(tiny_model_dir, subject_dir):
+    from bat_app.cli import build_parser, train_config_from_args
+
+    base = ["train", "--images", str(subject_dir), "--class-noun", "disc", "--model", str(tiny_model_dir),
+            "--out", "o"]
+    plain = train_config_from_args(build_parser().parse_args(base), 4)
+    assert plain.captions is False and plain.caption_mix == "half"
+    given = train_config_from_args(build_parser().parse_args([*base, "--captions", "--caption-mix", "all"]), 4)
+    assert given.captions is True and given.caption_mix == "all"
