@@ -141,15 +141,16 @@ def summarize(results: dict, config: TrainConfig, images: int, method: str = "no
 
 
 def captioned_copies(name: str, n_images: int, folder: Path) -> Path:
-    """The subject's first photos copied into ``folder``, each with its shipped caption as .txt."""
+    """The subject's first photos copied into ``folder``, each with its shipped .txt caption."""
     import shutil
 
     from bat_app.shapes.personalization import subject_photos_used
 
     folder.mkdir(parents=True, exist_ok=True)
     for photo in subject_photos_used(name, n_images):
-        shutil.copy(shapes_paths().subjects / name / photo["file"], folder / photo["file"])
-        (folder / photo["file"]).with_suffix(".txt").write_text(photo["caption"])
+        image = shapes_paths().subjects / name / photo["file"]
+        for source in (image, image.with_suffix(".txt")):
+            shutil.copy(source, folder / source.name)
     return folder
 
 

@@ -6,6 +6,7 @@ backbone's own losses."""
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -319,3 +320,26 @@ def test_a_lender_that_never_comes_costs_the_borrower_nothing(comps, images, tmp
     lending.end()
     with pytest.raises(Cancelled):
         queued.result(timeout=1)
+
+
+def test_the_surrogate_of_captioned_photos_is_keyed_by_their_captions(comps, subject_dir, tmp_path):
+    """Same pixels, other captions: another surrogate (a cached one would have learned other text)."""
+    import shutil
+
+    from bat_app.images import load_user_images
+
+    for photo in sorted(subject_dir.glob("*.png")):
+        shutil.copy(photo, tmp_path / photo.name)
+    photos = load_user_images(tmp_path).images
+    captioned = replace(CONFIG, captions=True)
+
+    def key(config, text):
+        for photo in photos:
+            Path(photo.source).with_suffix(".txt").write_text(text)
+        return surrogate_path(comps, photos, config, 5, tmp_path / "cache")
+
+    plain = key(CONFIG, "on the grass")
+    assert key(CONFIG, "on the sand") == plain  # captions off: their text does not matter
+    on_grass = key(captioned, "on the grass")
+    assert on_grass != plain and key(captioned, "on the sand") != on_grass
+    assert key(replace(captioned, caption_mix="all"), "on the grass") != on_grass

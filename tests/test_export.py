@@ -108,6 +108,21 @@ def test_model_card(trained):
     for needle in ("pipe.load_lora_weights", "AUTOMATIC1111", "ComfyUI", "models/Lora/",
                    result.files["kohya"].name, "| rank | 4 |", "| alpha | 8 |"):
         assert needle in card, needle
+    assert "**Captions:**" not in card  # trained on the instance prompt alone
+
+
+def test_the_card_of_a_captioned_training_says_how_to_prompt_it():
+    from dataclasses import replace
+
+    from bat_app.export.model_card import model_card
+    from bat_app.train import TrainConfig
+
+    config = TrainConfig(token="sks", class_noun="dog", captions=True)
+    card = model_card(config, "stable-diffusion-v1-5/stable-diffusion-v1-5", "sks_dog_kohya.safetensors")
+    assert "**Captions:** trained on a caption per photo (each photo also with the plain trigger prompt)" in card
+    assert "after `a photo of sks dog` steer the scene" in card
+    assert "also with the plain" not in model_card(replace(config, caption_mix="all"),
+                                                   "stable-diffusion-v1-5/stable-diffusion-v1-5", "x.safetensors")
 
 
 def test_full_disk_is_a_clear_error(trained, tmp_path, monkeypatch):

@@ -27,7 +27,8 @@ def test_a_context_caption_states_position_and_background_as_the_prompts_do(tmp_
     photos = json.loads((folder / "subject.json").read_text())["photos"][:3]  # the fewest the app takes
     for each in photos:
         (tmp_path / each["file"]).write_bytes((folder / each["file"]).read_bytes())
-        (tmp_path / each["file"]).with_suffix(".txt").write_text(each["caption"])  # as a job stores them
+        txt = (folder / each["file"]).with_suffix(".txt")
+        (tmp_path / txt.name).write_bytes(txt.read_bytes())  # as a job stores them
     images = load_user_images([tmp_path / each["file"] for each in photos]).images
     prompt = "a photo of sks circle"
     captioned = [context_caption(subject, each) for each in photos]
@@ -49,7 +50,8 @@ def test_the_shipped_captions_are_what_the_subject_writer_writes():
 
     for meta_path in sorted((assets_dir() / "subjects").glob("*/subject.json")):
         for photo in json.loads(meta_path.read_text())["photos"]:
-            assert photo["caption"] == photo_caption(photo["position"], photo["background"]), meta_path
+            caption = (meta_path.parent / photo["file"]).with_suffix(".txt").read_text().strip()
+            assert caption == photo_caption(photo["position"], photo["background"]), meta_path
 
 
 def test_a_caption_mix_outside_the_known_ones_is_refused():

@@ -30,8 +30,9 @@ def test_upload_select_train_preview_download(tmp_path, shapes_pool):
     for photo in subject["photos"][:3]:
         photos.append(tmp_path / "upload" / photo["file"])
         photos[-1].parent.mkdir(exist_ok=True)
-        photos[-1].write_bytes((assets_dir() / "subjects" / SUBJECT / photo["file"]).read_bytes())
-        photos[-1].with_suffix(".txt").write_text(photo["caption"])
+        for suffix in (".png", ".txt"):
+            source = (assets_dir() / "subjects" / SUBJECT / photo["file"]).with_suffix(suffix)
+            photos[-1].with_suffix(suffix).write_bytes(source.read_bytes())
     config = CompareConfig(token="sks", class_noun=subject["class_noun"], model="shapes", pool="shapes",
                            methods=["none", "albat"],
                            train={"steps": 30, "checkpoint_every": 15, "num_class_images": 8, "captions": True},

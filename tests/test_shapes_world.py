@@ -120,8 +120,9 @@ def test_write_subjects_layout(tmp_path):
         assert {"class_noun", "trait", "attributes"} <= set(meta)
         assert 3 <= len(list(folder.glob("*.png"))) <= 10
         # the shipped examples are this writer's output, captions included
-        assert (folder / "subject.json").read_text() == \
-            (assets_dir() / "subjects" / folder.name / "subject.json").read_text()
+        for written in sorted(folder.glob("*.json")) + sorted(folder.glob("*.txt")):
+            assert written.read_text() == (assets_dir() / "subjects" / folder.name / written.name).read_text()
+        assert len(list(folder.glob("*.txt"))) == len(list(folder.glob("*.png")))
 
 
 def test_pool_command_writes_the_stream(tmp_path):

@@ -272,10 +272,11 @@ def test_public_messages():
 def test_examples(settings):
     (ex,) = handlers.list_examples(settings.subjects_dir)
     assert ex.name == "red_disc" and ex.class_noun == "disc" and len(ex.images) == 4
-    assert ex.captions == [""] * 4  # this subject.json gives none
+    assert ex.captions == [""] * 4  # no .txt beside these photos
+    (ex.images[1].with_suffix(".txt")).write_text("on the grass\n")
+    assert handlers.get_example(settings.subjects_dir, "red_disc").captions == ["", "on the grass", "", ""]
     shipped = {e.name: e for e in handlers.list_examples(assets_dir() / "subjects")}
-    meta = json.loads((assets_dir() / "subjects" / "dot_star" / "subject.json").read_text())
-    assert shipped["dot_star"].captions == [p["caption"] for p in meta["photos"]]
+    assert shipped["dot_star"].captions[0] == "in the center on a blue background"
     assert all(len(e.captions) == len(e.images) and all(e.captions) for e in shipped.values())
     assert handlers.list_examples(None) == [] and handlers.list_examples(Path("/nonexistent")) == []
     with pytest.raises(InputError, match="available: red_disc"):

@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from ..paths import path_lock, private_tmp
 from ..train import TrainConfig, train_lora
-from ..train.data import Example
+from ..train.data import Example, instance_examples
 
 
 
@@ -34,13 +34,16 @@ def surrogate_config(config: TrainConfig, steps: int) -> TrainConfig:
 
 def surrogate_path(components, images, config: TrainConfig, steps: int, cache_root: Path) -> Path:
     """Where the surrogate for these images and settings is cached: the key is the model, the
-    surrogate's settings and the images' pixel hashes."""
+    surrogate's settings, the images' pixel hashes and, with captions, the captions."""
     cfg = surrogate_config(config, steps)
     key = hashlib.sha256(json.dumps({
         "model": str(components.spec.source), "config": cfg.fingerprint(),
         # another VAE (SDXL's fp16 fix) gives other latents, so another surrogate
         **({"vae": str(components.spec.vae)} if components.spec.vae is not None else {}),
-        "images": [Example(u.image, "").key for u in images]}, sort_keys=True).encode()).hexdigest()[:16]
+        "images": [Example(u.image, "").key for u in images],
+        # the same photos with other captions train another surrogate
+        **({"captions": [e.caption for e in instance_examples(images, cfg.prompt, cfg.token, True, cfg.caption_mix)]}
+           if cfg.captions else {})}, sort_keys=True).encode()).hexdigest()[:16]
     return Path(cache_root) / "surrogates" / f"{key}.safetensors"
 
 

@@ -117,6 +117,10 @@ def model_card(config: TrainConfig, base_model, kohya_name: str, method: str = "
         f"A DreamBooth-LoRA (method: `{method}`) of one subject, for {made_for}.", "",
         f"**Trigger:** put `{config.token} {config.class_noun}` in the prompt, e.g. `{trigger}`.", "",
     ]
+    if config.captions:
+        half = " (each photo also with the plain trigger prompt)" if config.caption_mix == "half" else ""
+        lines += [f"**Captions:** trained on a caption per photo{half}; words like the captions' (a place, a "
+                  f"background, a position) after `{trigger}` steer the scene.", ""]
     if base.license:
         lines += [f"**Licence:** the base model's licence (`{base.license}`) applies to this LoRA and to what "
                   "you make with it.", ""]

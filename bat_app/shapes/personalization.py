@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from bat_app.shapes.paths import shapes_paths
-from bat_app.shapes.subjects import get_subject
+from bat_app.shapes.subjects import get_subject, photo_caption
 from bat_app.shapes.world import COLOURS, POSITION_PHRASES
 
 RECONTEXT_POSITIONS = ("left", "right", "top")
@@ -67,7 +67,7 @@ def sample_rows(components, prompts: list[str], samples: int, lora_dir=None) -> 
 def context_caption(subject, photo: dict, token: str = "sks") -> str:
     """What training makes of an example photo's shipped caption: the instance prompt, then the
     photo's position and background in the wording of the recontext prompts."""
-    return f"a photo of {token} {subject.class_noun} {photo['caption']}"
+    return f"a photo of {token} {subject.class_noun} {photo_caption(photo['position'], photo['background'])}"
 
 
 def subject_photos_used(name: str, n_images: int) -> list[dict]:

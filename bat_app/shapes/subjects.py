@@ -4,8 +4,9 @@ Each subject is one object with fixed attributes; its ``trait`` (a colour+patter
 listed in ``world.EXCLUDED_COLOUR_PATTERNS``, or a marking) is what the base model cannot draw
 and what a personalization has to teach. ``write_subjects()`` saves 5 "user photos" of each
 (varied position and background, 64 px like an upload) under ``assets/subjects/<name>/`` with
-a ``subject.json`` that gives each photo's position, background and caption (what a user who
-captions would write: where the object is and on what, e.g. "at the top on a teal background").
+a ``subject.json`` (each photo's position and background), and beside each photo its caption as
+a same-name .txt, the format training reads: what a user who captions would write, where the
+object is and on what ("at the top on a teal background").
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ def photo_caption(position: str, background: str) -> str:
 
 
 def write_subjects(root: Path, n: int = 5, seed: int = 0) -> list[Path]:
-    """Write assets/subjects/<name>/{00..}.png + subject.json for every subject."""
+    """Write assets/subjects/<name>/{00..}.png, their .txt captions and subject.json for every subject."""
     folders = []
     for subject in SUBJECTS:
         folder = Path(root) / subject.name
@@ -90,8 +91,8 @@ def write_subjects(root: Path, n: int = 5, seed: int = 0) -> list[Path]:
         photos = []
         for i, (image, a) in enumerate(subject_photos(subject, n, seed)):
             image.save(folder / f"{i:02d}.png")
-            photos.append({"file": f"{i:02d}.png", "position": a["position"], "background": a["background"],
-                           "caption": photo_caption(a["position"], a["background"])})
+            (folder / f"{i:02d}.txt").write_text(photo_caption(a["position"], a["background"]) + "\n")
+            photos.append({"file": f"{i:02d}.png", "position": a["position"], "background": a["background"]})
         meta = {**asdict(subject), "instance_prompt": f"a photo of sks {subject.class_noun}",
                 "photos": photos}
         (folder / "subject.json").write_text(json.dumps(meta, indent=2) + "\n")

@@ -183,7 +183,7 @@ class TrainConfig:
         """Hash of the settings that change the result (checkpoints refuse a different one)."""
         # memory_profile and compile do not change the result; settings added later hash only when
         # set, so checkpoints made before them still resume.
-        later = {"optimizer": "adamw", "quantize": None}
+        later = {"optimizer": "adamw", "quantize": None, "caption_mix": "half"}
         data = {k: v for k, v in self.to_dict().items()
                 if k not in ignore and k not in ("checkpoint_every", "keep_checkpoints", "memory_profile", "compile")
                 and not (k in later and v == later[k])}

@@ -23,6 +23,7 @@ from ..images import IntakeLimits, load_user_images
 from ..limits import Limits, check_field, check_text
 from ..models.memory import check_environment
 from ..models.presets import presets
+from ..train.data import read_caption
 from .defaults import suggested_settings
 from .model_note import memory_profile
 from .public import scrub
@@ -48,17 +49,12 @@ class Example:
     class_noun: str
     images: list[Path]
     description: str = ""
-    captions: list[str] = field(default_factory=list)  # one per image ("" for none), from subject.json
-
-
-def _example_captions(meta: dict, images: list[Path]) -> list[str]:
-    """subject.json's per-photo captions in the images' order ("" where a photo has none)."""
-    by_file = {p.get("file"): p.get("caption", "") for p in meta.get("photos", [])}
-    return [by_file.get(image.name, "") for image in images]
+    captions: list[str] = field(default_factory=list)  # one per image ("" for none): its .txt
 
 
 def list_examples(subjects_dir: Path | None) -> list[Example]:
-    """Every ``<name>/subject.json`` with its images under ``subjects_dir`` (none if missing)."""
+    """Every ``<name>/subject.json`` with its images (and their .txt captions) under
+    ``subjects_dir`` (none if missing)."""
     if subjects_dir is None or not Path(subjects_dir).is_dir():
         return []
     out = []
@@ -67,7 +63,7 @@ def list_examples(subjects_dir: Path | None) -> list[Example]:
         images = sorted(p for p in meta_path.parent.iterdir()
                         if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
         out.append(Example(meta_path.parent.name, meta.get("class_noun", "object"), images,
-                           meta.get("description", ""), _example_captions(meta, images)))
+                           meta.get("description", ""), [read_caption(image) or "" for image in images]))
     return out
 
 
