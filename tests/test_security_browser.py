@@ -42,9 +42,12 @@ def page(app):
         browser.close()
 
 
-def test_bounds_and_example_defaults_in_the_form(page):
+def test_bounds_and_example_defaults_in_the_form(page, app):
     from playwright.sync_api import expect
 
+    photos = sorted((app["subjects"] / "red_disc").glob("*.png"))
+    for i, photo in enumerate(photos):  # the example's captions, as the shipped subjects have them
+        photo.with_suffix(".txt").write_text(f"on a plain background, view {i}")
     page.get_by_text("Advanced settings").click()
     steps = page.get_by_label("steps", exact=True)
     steps.fill("7")
@@ -53,6 +56,14 @@ def test_bounds_and_example_defaults_in_the_form(page):
     expect(page.get_by_text("4 photo(s).")).to_be_visible(timeout=10_000)  # the photo count note
     expect(steps).to_have_value("400", timeout=10_000)                     # defaults for 4 photos
     expect(page.get_by_label("Class noun")).to_have_value("disc")
+    captions = page.locator("#captions textarea")
+    expect(captions).to_have_value("")  # the example's captions only when asked for
+    page.get_by_label("with its captions").check()
+    page.get_by_role("button", name="Use example").click()
+    expect(captions).to_have_value("\n".join(f"on a plain background, view {i}" for i in range(len(photos))))
+    page.get_by_label("with its captions").uncheck()
+    page.get_by_role("button", name="Use example").click()
+    expect(captions).to_have_value("")
 
     steps.fill("100000")
     page.get_by_role("button", name="Start").click()

@@ -47,6 +47,10 @@ def layout(ui) -> None:
                     with gr.Row():
                         ui.example = gr.Dropdown([e.name for e in examples], value=examples[0].name,
                                                  label="Or start from an example subject", scale=3)
+                        # off by default: on the shapes examples the captions raised prompt
+                        # following but cost the trait (docs/shapes.md, fifteenth session)
+                        ui.example_captions = gr.Checkbox(False, label="with its captions", scale=1,
+                                                          info="one line per photo: where it is, on what")
                         ui.use_example = gr.Button("Use example", scale=1)
             with gr.Column(scale=2):
                 ui.token = gr.Textbox("sks", label="Trigger token", info="a rare word that will mean your subject")
@@ -120,15 +124,15 @@ def events(ui, demo) -> None:
 
     if ui.examples:
         @guarded
-        def on_example(name, model_name):
+        def on_example(name, with_captions, model_name):
             # the same note and photo-count defaults as an upload (Gallery.change does not
             # fire for values an event sets)
             ex = handlers.get_example(settings.subjects_dir, name)
             paths = served.publish_example(ex.name, ex.images)
-            captions = "\n".join(ex.captions) if any(ex.captions) else ""
+            captions = "\n".join(ex.captions) if with_captions and any(ex.captions) else ""
             return [paths, ex.class_noun, captions, *on_images(paths, model_name)]
 
-        ui.use_example.click(on_example, [ui.example, ui.model],
+        ui.use_example.click(on_example, [ui.example, ui.example_captions, ui.model],
                              [ui.images, ui.class_noun, ui.captions, ui.notes, *ui.advanced],
                              api_visibility="private")
 
