@@ -218,6 +218,11 @@ def test_captions_travel_with_the_photos_into_the_job(settings):
         handlers.start_job(settings, paths, class_noun="disc", methods=["none"], captions="a\nb")
     with pytest.raises(InputError, match="Caption 2 is 301 characters long; the limit is 300"):
         handlers.start_job(settings, paths, class_noun="disc", methods=["none"], captions=f"a\n{'x' * 301}\nc")
+    # while photos come and go, the note under them says when the lines no longer match
+    assert handlers.caption_count_note("a\nb\nc", 3) == [] and handlers.caption_count_note("", 4) == []
+    assert handlers.caption_count_note("a\nb\nc", 4) == [
+        "3 caption line(s) for 4 photo(s): write one line per photo, in the gallery's order (an empty line for "
+        "a photo without one), or clear the captions."]
     with pytest.raises(InputError, match="1 caption\\(s\\) for 3 image\\(s\\)"):
         jobs.submit(job["config"], paths, settings=settings.jobs, captions=["only one"])
 

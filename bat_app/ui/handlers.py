@@ -336,6 +336,16 @@ def parse_captions(text, n_images: int) -> list[str] | None:
     return lines
 
 
+def caption_count_note(text, n_images: int) -> list[str]:
+    """A line when the Captions box no longer has one line per photo (photos added or removed
+    after writing them), so the user fixes it before Start refuses; nothing otherwise."""
+    try:
+        parse_captions(text, n_images)
+    except InputError as exc:
+        return [str(exc)] if n_images else []
+    return []
+
+
 def start_job(settings: AppSettings, images, client: str | None = None, captions=None, **form) -> dict:
     """Check the form and the images, submit the job for ``client`` (per-client cap; None: no
     cap). ``captions``: the Captions box (``parse_captions``). Returns job_id, queue_position,

@@ -102,16 +102,17 @@ def layout(ui) -> None:
 def events(ui, demo) -> None:
     settings = ui.settings
 
-    def on_images(value, model_name):
+    def on_images(value, model_name, captions=None):
         paths = handlers.image_paths(value)
-        lines = handlers.check_uploads(paths)
+        lines = handlers.check_uploads(paths) + handlers.caption_count_note(captions, len(paths))
         for line in lines:
             gr.Warning(line)
         d = suggested_settings(len(paths), _preset_of(model_name))
         note = (f"{len(paths)} photo(s). " if paths else "") + " ".join(lines)
         return [note, *[d[key] for key in ADVANCED]]
 
-    ui.images.change(on_images, [ui.images, ui.model], [ui.notes, *ui.advanced], api_visibility="private")
+    ui.images.change(on_images, [ui.images, ui.model, ui.captions], [ui.notes, *ui.advanced],
+                     api_visibility="private")
 
     def on_model(model_name, value):
         choices = handlers.pool_choices(settings, model_name)
