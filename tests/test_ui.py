@@ -220,6 +220,7 @@ def test_captions_travel_with_the_photos_into_the_job(settings):
         handlers.start_job(settings, paths, class_noun="disc", methods=["none"], captions=f"a\n{'x' * 301}\nc")
     # while photos come and go, the note under them says when the lines no longer match
     assert handlers.caption_count_note("a\nb\nc", 3) == [] and handlers.caption_count_note("", 4) == []
+    assert handlers.parse_captions("\nb\n\n\n\n", 3) == ["", "b", ""]  # empty lines count up to the photos
     assert handlers.caption_count_note("a\nb\nc", 4) == [
         "3 caption line(s) for 4 photo(s): write one line per photo, in the gallery's order (an empty line for "
         "a photo without one), or clear the captions."]

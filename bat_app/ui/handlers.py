@@ -326,7 +326,9 @@ def parse_captions(text, n_images: int) -> list[str] | None:
         return None
     if not isinstance(text, str):
         raise InputError(f"Captions must be text (one line per photo), got {type(text).__name__}.")
-    lines = [line.strip() for line in text.strip("\n").splitlines()]
+    lines = [line.strip() for line in text.splitlines()]  # a leading empty line: the first photo has none
+    while len(lines) > n_images and not lines[-1]:  # trailing empty lines past the photos say nothing
+        lines.pop()
     if len(lines) != n_images:
         raise InputError(f"{len(lines)} caption line(s) for {n_images} photo(s): write one line per photo, in the "
                          f"gallery's order (an empty line for a photo without one), or clear the captions.")
