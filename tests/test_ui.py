@@ -14,6 +14,7 @@ from bat_app.errors import ImageError, InputError
 from bat_app.models.presets import presets
 from bat_app.paths import assets_dir
 from bat_app.ui import handlers, model_note, views
+from bat_app.ui.captions import caption_count_note, parse_captions
 from bat_app.ui.defaults import suggested_settings
 from bat_app.ui.settings import AppSettings
 from conftest import make_subject_images
@@ -219,9 +220,9 @@ def test_captions_travel_with_the_photos_into_the_job(settings):
     with pytest.raises(InputError, match="Caption 2 is 301 characters long; the limit is 300"):
         handlers.start_job(settings, paths, class_noun="disc", methods=["none"], captions=f"a\n{'x' * 301}\nc")
     # while photos come and go, the note under them says when the lines no longer match
-    assert handlers.caption_count_note("a\nb\nc", 3) == [] and handlers.caption_count_note("", 4) == []
-    assert handlers.parse_captions("\nb\n\n\n\n", 3) == ["", "b", ""]  # empty lines count up to the photos
-    assert handlers.caption_count_note("a\nb\nc", 4) == [
+    assert caption_count_note("a\nb\nc", 3) == [] and caption_count_note("", 4) == []
+    assert parse_captions("\nb\n\n\n\n", 3) == ["", "b", ""]  # empty lines count up to the photos
+    assert caption_count_note("a\nb\nc", 4) == [
         "3 caption line(s) for 4 photo(s): write one line per photo, in the gallery's order (an empty line for "
         "a photo without one), or clear the captions."]
     with pytest.raises(InputError, match="1 caption\\(s\\) for 3 image\\(s\\)"):

@@ -24,6 +24,7 @@ from ..limits import Limits, check_field, check_text
 from ..models.memory import check_environment
 from ..models.presets import presets
 from ..train.data import read_caption
+from .captions import parse_captions
 from .defaults import suggested_settings
 from .model_note import memory_profile
 from .public import scrub
@@ -317,35 +318,6 @@ def build_config(settings: AppSettings, *, token: str = "sks", class_noun: str =
     if profile is not None:  # e.g. Flux on 24 GB without bitsandbytes: refused now, not after the queue
         check_environment(config.train_config(), preset)
     return config
-
-
-def parse_captions(text, n_images: int) -> list[str] | None:
-    """The Captions box: one line per photo, in the gallery's order (an empty line: that photo has
-    none), or None when the box is empty. Each line is at most ``prompt_chars`` characters."""
-    if text is None or (isinstance(text, str) and not text.strip()):
-        return None
-    if not isinstance(text, str):
-        raise InputError(f"Captions must be text (one line per photo), got {type(text).__name__}.")
-    lines = [line.strip() for line in text.splitlines()]  # a leading empty line: the first photo has none
-    while len(lines) > n_images and not lines[-1]:  # trailing empty lines past the photos say nothing
-        lines.pop()
-    if len(lines) != n_images:
-        raise InputError(f"{len(lines)} caption line(s) for {n_images} photo(s): write one line per photo, in the "
-                         f"gallery's order (an empty line for a photo without one), or clear the captions.")
-    limit = Limits.from_env().prompt_chars
-    for i, line in enumerate(lines, 1):
-        check_text(f"Caption {i}", line, limit, None)
-    return lines
-
-
-def caption_count_note(text, n_images: int) -> list[str]:
-    """A line when the Captions box no longer has one line per photo (photos added or removed
-    after writing them), so the user fixes it before Start refuses; nothing otherwise."""
-    try:
-        parse_captions(text, n_images)
-    except InputError as exc:
-        return [str(exc)] if n_images else []
-    return []
 
 
 def start_job(settings: AppSettings, images, client: str | None = None, captions=None, **form) -> dict:

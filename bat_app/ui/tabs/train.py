@@ -8,6 +8,7 @@ import gradio as gr
 from ...limits import Limits, bounds
 from ...models.presets import presets
 from .. import handlers, served, views
+from ..captions import caption_count_note
 from ..defaults import suggested_settings
 from ..model_note import model_note
 from ..public import client_id, scrub
@@ -104,7 +105,7 @@ def events(ui, demo) -> None:
 
     def on_images(value, model_name, captions=None):
         paths = handlers.image_paths(value)
-        lines = handlers.check_uploads(paths) + handlers.caption_count_note(captions, len(paths))
+        lines = handlers.check_uploads(paths) + caption_count_note(captions, len(paths))
         for line in lines:
             gr.Warning(line)
         d = suggested_settings(len(paths), _preset_of(model_name))
