@@ -27,6 +27,7 @@ from pathlib import Path
 from .errors import InputError, LimitError
 
 SEED_MAX = 2**32 - 1          # numpy's seed range; torch would take more, nothing needs it
+MAX_PRIOR_CONTEXTS = 256       # phrases the class images' prompts take in turn (TrainConfig.prior_contexts)
 RESOLUTION_FACTOR = 2         # training above twice a model's native size only costs memory
 ENV_PREFIX = "BAT_LIMIT_"
 # A class noun becomes part of file names (the kohya LoRA, the model card): letters, digits,
@@ -229,6 +230,12 @@ def check_train(train, limits: Limits, model: str | None = None) -> None:
     for label, prompt in (("instance_prompt", train.instance_prompt), ("class_prompt", train.class_prompt)):
         if prompt is not None:
             check_text(label, prompt, limits.prompt_chars, env_name("prompt_chars"))
+    contexts = train.prior_contexts or []
+    if len(contexts) > MAX_PRIOR_CONTEXTS:
+        raise LimitError(f"prior_contexts lists {len(contexts)} phrases; the limit is {MAX_PRIOR_CONTEXTS}: "
+                         f"keep fewer (each class image takes the next one in turn).")
+    for phrase in contexts:
+        check_text("prior_contexts entry", phrase, limits.prompt_chars, env_name("prompt_chars"))
     for label, modules in (("target_modules", train.target_modules),
                            ("text_encoder_targets", train.text_encoder_targets)):
         if modules is None and label == "target_modules":  # the model family's default

@@ -76,6 +76,10 @@ def main(argv=None) -> int:
                    "background (\"a photo of sks heart at the bottom on a black background\"), as the app's "
                    "'Use example' does; the value is the trainer's caption_mix ('half': each photo also once "
                    "with the plain instance prompt)")
+    p.add_argument("--prior-contexts", choices=("world",), default=None,
+                   help="'world': the class images' prompts take in turn the bare class prompt, each position "
+                   "phrase and each background phrase of the shapes world (TrainConfig.prior_contexts); "
+                   "default: the recipe's")
     p.add_argument("--table", nargs="+", type=Path, metavar="RECORD",
                    help="print the table of these records (--out files) and the paired comparison; trains nothing")
     args = p.parse_args(argv)
@@ -88,7 +92,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     overrides = {"steps": args.steps, "lr": args.lr, "rank": args.rank, "batch_size": args.batch_size,
                  "pivotal": args.pivotal, "embedding_lr": args.embedding_lr,
-                 "num_class_images": args.class_images, "target_modules": args.targets}
+                 "num_class_images": args.class_images, "target_modules": args.targets,
+                 "prior_contexts": world_contexts() if args.prior_contexts == "world" else None}
     components = load_components("shapes", device="cpu")
     classifier = load_attribute_classifier(shapes_paths().classifier)
     results, config = {}, None
@@ -136,8 +141,15 @@ def summarize(results: dict, config: TrainConfig, images: int, method: str = "no
             "train": {k: getattr(config, k) for k in ("seed", "steps", "lr", "rank", "batch_size", "pivotal",
                                                        "pivotal_vectors", "embedding_lr", "prior",
                                                        "num_class_images", "aug_weight", "target_modules",
-                                                       "captions", "caption_mix")},
+                                                       "captions", "caption_mix", "prior_contexts")},
             "target": "trait >= 0.80 of 'a photo of sks <class>' samples; recontext fidelity >= 0.70"}
+
+
+def world_contexts() -> list[str]:
+    """The bare class prompt, then each position and each background phrase of the shapes world."""
+    from bat_app.shapes.world import COLOURS, POSITION_PHRASES, _article
+
+    return ["", *POSITION_PHRASES.values(), *(f"on {_article(c)} {c} background" for c in COLOURS)]
 
 
 def captioned_copies(name: str, n_images: int, folder: Path) -> Path:
@@ -160,9 +172,12 @@ TABLE_METRICS = (("trait", "trait", 0.8), ("recontext", "recontext_fidelity", 0.
 
 
 def method_label(summary: dict) -> str:
-    """A record's method as the table names it: the selector, and the captions it trained on."""
+    """A record's method as the table names it: the selector, the captions it trained on, and
+    whether its class images went through contexts."""
     captions = summary.get("context_captions")
     suffix = {"half": " + context captions (half)"}.get(captions, " + context captions") if captions else ""
+    if summary["train"].get("prior_contexts"):
+        suffix += f" + prior contexts ({len(summary['train']['prior_contexts'])})"
     return summary["method"] + suffix
 
 

@@ -293,7 +293,7 @@ def _draw_class_images(run: CompareRun) -> None:
     if not (config.prior and config.prior_weight > 0):
         return
     emit = run.tagged("none")
-    ensure_class_images(run.components, config.class_prompt_text, config.num_class_images,
+    ensure_class_images(run.components, config.class_prompt_cycle, config.num_class_images,
                         config.resolution or run.components.spec.resolution, cache_dir(), seed=config.seed,
                         progress=lambda done, total: emit(ProgressEvent("class_images", done, total)))
 

@@ -69,6 +69,10 @@ class TrainConfig:
     prior_weight: float = 1.0          # DreamBooth's default
     num_class_images: int = 100        # class images generated (and cached) for prior preservation
     class_prompt: str | None = None    # default: "a photo of {class_noun}"
+    # Phrases the class images' prompts go through in turn ("on the left", "on a red background";
+    # "" is the bare class prompt): the prior then also keeps what the model does with those words,
+    # which training on photos without captions would otherwise wear away. None: the bare prompt only.
+    prior_contexts: list[str] | None = None
 
     # --- running -------------------------------------------------------------------------
     checkpoint_every: int = 100        # 0 disables checkpoints (and resume)
@@ -126,6 +130,11 @@ class TrainConfig:
                 raise InputError(f"`{name}` must be true or false, got {value!r}.")
         if self.memory_profile is not None and not isinstance(self.memory_profile, str):
             raise InputError(f"`memory_profile` must be a profile name or null, got {self.memory_profile!r}.")
+        if self.prior_contexts is not None and (
+                not isinstance(self.prior_contexts, list) or not self.prior_contexts
+                or not all(isinstance(c, str) for c in self.prior_contexts)):
+            raise InputError(f"`prior_contexts` must be null or a non-empty list of phrases (\"\" for the "
+                             f"bare class prompt), got {self.prior_contexts!r:.80}.")
         if self.caption_mix not in CAPTION_MIXES:
             raise InputError(f"`caption_mix` must be one of {CAPTION_MIXES}, got {self.caption_mix!r}.")
         if self.lr_schedule not in LR_SCHEDULES:
@@ -149,6 +158,12 @@ class TrainConfig:
     @property
     def class_prompt_text(self) -> str:
         return self.class_prompt or f"a photo of {self.class_noun}"
+
+    @property
+    def class_prompt_cycle(self) -> list[str]:
+        """The class images' prompts, taken in turn: class image i is drawn from entry i mod len."""
+        base = self.class_prompt_text
+        return [f"{base} {c}".strip() for c in self.prior_contexts] if self.prior_contexts else [base]
 
     def resolve_targets(self, family) -> "TrainConfig":
         """This config with ``target_modules`` filled in: the given ones, else the family's default."""
@@ -183,7 +198,7 @@ class TrainConfig:
         """Hash of the settings that change the result (checkpoints refuse a different one)."""
         # memory_profile and compile do not change the result; settings added later hash only when
         # set, so checkpoints made before them still resume.
-        later = {"optimizer": "adamw", "quantize": None, "caption_mix": "half"}
+        later = {"optimizer": "adamw", "quantize": None, "caption_mix": "half", "prior_contexts": None}
         data = {k: v for k, v in self.to_dict().items()
                 if k not in ignore and k not in ("checkpoint_every", "keep_checkpoints", "memory_profile", "compile")
                 and not (k in later and v == later[k])}

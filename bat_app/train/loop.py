@@ -38,7 +38,7 @@ from .encode import LatentCache, TextCache, sample_latents
 from .offload import idle_text_encoders_offloaded
 from .objective import draw_noise
 from .pivotal import PivotalTokens
-from .prior import ensure_class_images, load_class_images
+from .prior import class_prompts, ensure_class_images, load_class_images
 from ..progress import ProgressCallback, ProgressEvent, RateMeter
 
 log = logging.getLogger(__name__)
@@ -222,11 +222,12 @@ def prepare_groups(components, images, config, augment, resolution, cache_root, 
     groups = [ExampleGroup("instance", instance_examples(images, config.prompt, config.token, config.captions,
                                                             config.caption_mix), 1.0)]
     if config.prior and config.prior_weight > 0:
-        prompt = config.class_prompt_text
+        cycle = config.class_prompt_cycle
         paths = ensure_class_images(
-            components, prompt, config.num_class_images, resolution, cache_root, seed=config.seed,
+            components, cycle, config.num_class_images, resolution, cache_root, seed=config.seed,
             progress=lambda done, total: emit(ProgressEvent("class_images", done, total)))
-        groups.append(ExampleGroup("prior", [Example(im, prompt) for im in load_class_images(paths)],
+        prompts = class_prompts(cycle, len(paths))
+        groups.append(ExampleGroup("prior", [Example(im, p) for im, p in zip(load_class_images(paths), prompts)],
                                    config.prior_weight))
     if augment and config.aug_weight > 0:
         groups.append(ExampleGroup("augment", list(augment), config.aug_weight))

@@ -2,8 +2,10 @@
 
 DreamBooth's recipe: sample ``n`` images of the bare class prompt ("a photo of dog") from the
 frozen backbone and keep training on them (weight ``prior_weight``) so the class does not
-collapse onto the subject. Generated images are cached per model + prompt + resolution +
-sampler, so a second run (or another method of a compare) reuses them and only tops up.
+collapse onto the subject. The prompt may also be a cycle of prompts (the class prompt with
+``TrainConfig.prior_contexts``): image i is drawn from entry i mod len. Generated images are
+cached per model + prompt(s) + resolution + sampler, so a second run (or another method of a
+compare) reuses them and only tops up.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from PIL import Image
@@ -24,29 +26,46 @@ from .encode import vae_fingerprint
 
 
 
-def class_image_dir(components: Components, prompt: str, resolution: int, root: Path) -> Path:
+def _cycle(prompt: str | Sequence[str]) -> list[str]:
+    cycle = [prompt] if isinstance(prompt, str) else list(prompt)
+    if not cycle:
+        raise ValueError("no class prompt")
+    return cycle
+
+
+def class_image_dir(components: Components, prompt: str | Sequence[str], resolution: int, root: Path) -> Path:
     spec = components.spec
-    key = json.dumps({"model": str(spec.source), "vae": vae_fingerprint(components), "prompt": prompt,
+    cycle = _cycle(prompt)
+    # one prompt keys as before, so class images drawn by earlier versions are still found
+    key = json.dumps({"model": str(spec.source), "vae": vae_fingerprint(components),
+                      "prompt": cycle[0] if len(cycle) == 1 else cycle,
                       "resolution": resolution, "sampling": spec.training_sampling()}, sort_keys=True)
     return Path(root) / "class_images" / hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-def ensure_class_images(components: Components, prompt: str, n: int, resolution: int, root: Path,
-                        seed: int = 0, batch_size: int | None = None,
+def ensure_class_images(components: Components, prompt: str | Sequence[str], n: int, resolution: int,
+                        root: Path, seed: int = 0, batch_size: int | None = None,
                         progress: Callable[[int, int], None] | None = None) -> list[Path]:
-    """Return ``n`` cached class images for ``prompt``, generating only the missing ones.
+    """Return ``n`` cached class images for ``prompt`` (one, or a cycle), generating only the missing ones.
 
-    Image i is always drawn with seed ``seed + i``, so a top-up gives the same images a single
-    run would have. ``batch_size`` images per pipeline call (default: the preset's ``sample_batch``).
+    Image i is always drawn with seed ``seed + i`` (and prompt i mod len), so a top-up gives the
+    same images a single run would have. ``batch_size`` images per pipeline call (default: the preset's ``sample_batch``).
     """
     folder = class_image_dir(components, prompt, resolution, root)
     with path_lock(folder):  # two lanes wanting these class images draw them once
         return _draw_missing(components, prompt, n, resolution, folder, seed, batch_size, progress)
 
 
+def class_prompts(prompt: str | Sequence[str], n: int) -> list[str]:
+    """The prompt each of ``n`` class images is drawn from."""
+    cycle = _cycle(prompt)
+    return [cycle[i % len(cycle)] for i in range(n)]
+
+
 def _draw_missing(components, prompt, n, resolution, folder: Path, seed, batch_size, progress) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "prompt.txt").write_text(prompt)
+    (folder / "prompt.txt").write_text("\n".join(_cycle(prompt)))
+    prompts = class_prompts(prompt, n)
     paths = [folder / f"{seed + i:05d}.png" for i in range(n)]
     missing = [i for i, p in enumerate(paths) if not p.is_file()]
     if missing:
@@ -57,7 +76,7 @@ def _draw_missing(components, prompt, n, resolution, folder: Path, seed, batch_s
             chunk = missing[start:start + batch_size]
             generators = [torch.Generator().manual_seed(seed + i) for i in chunk]
             with torch.no_grad():
-                images = pipe([prompt] * len(chunk), height=resolution, width=resolution,
+                images = pipe([prompts[i] for i in chunk], height=resolution, width=resolution,
                               num_inference_steps=sampling.get("steps", 30),
                               guidance_scale=sampling.get("guidance_scale", 7.5),
                               generator=generators).images
