@@ -89,6 +89,10 @@ def _add_train(sub) -> None:
     p.add_argument("--prior", action=argparse.BooleanOptionalAction, default=None,
                    help="prior preservation with generated class images (default: the preset's recipe)")
     p.add_argument("--num-class-images", type=int, default=None)
+    p.add_argument("--prior-context", dest="prior_contexts", action="append", default=None, metavar="PHRASE",
+                   help="with --prior: class images are drawn from the class prompt with each such phrase in "
+                        "turn ('on the beach'; '' for the bare prompt), so the LoRA keeps what the model does "
+                        "with those words (repeat it; default: the recipe's)")
     p.add_argument("--captions", action="store_true",
                    help="use each image's same-name .txt caption (one without the trigger continues the "
                         "instance prompt: 'on the beach' -> 'a photo of sks dog on the beach')")
@@ -161,7 +165,8 @@ def train_config_from_args(args, n_images: int | None = None):
              "checkpoint_every": args.checkpoint_every, "pivotal": getattr(args, "pivotal", None),
              "embedding_lr": getattr(args, "embedding_lr", None), "prior": args.prior,
              "memory_profile": getattr(args, "memory_profile", None),
-             "caption_mix": getattr(args, "caption_mix", None)}
+             "caption_mix": getattr(args, "caption_mix", None),
+             "prior_contexts": getattr(args, "prior_contexts", None)}
     data.update({k: v for k, v in flags.items() if v is not None})
     for flag in ("captions", "train_text_encoder"):
         if getattr(args, flag):

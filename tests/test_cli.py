@@ -77,3 +77,14 @@ def test_caption_flags_reach_the_training_config(tiny_model_dir, subject_dir):
     assert plain.captions is False and plain.caption_mix == "half"
     given = train_config_from_args(build_parser().parse_args([*base, "--captions", "--caption-mix", "all"]), 4)
     assert given.captions is True and given.caption_mix == "all"
+
+
+def test_prior_context_flags_reach_the_training_config(tiny_model_dir, subject_dir):
+    from bat_app.cli import build_parser, train_config_from_args
+
+    base = ["train", "--images", str(subject_dir), "--class-noun", "disc", "--model", str(tiny_model_dir),
+            "--out", "o", "--prior"]
+    assert train_config_from_args(build_parser().parse_args(base), 4).prior_contexts is None  # sd15's recipe
+    given = train_config_from_args(build_parser().parse_args(
+        [*base, "--prior-context", "", "--prior-context", "on the beach"]), 4)
+    assert given.class_prompt_cycle == ["a photo of disc", "a photo of disc on the beach"]
