@@ -91,8 +91,8 @@ def _add_train(sub) -> None:
     p.add_argument("--num-class-images", type=int, default=None)
     p.add_argument("--prior-context", dest="prior_contexts", action="append", default=None, metavar="PHRASE",
                    help="with --prior: class images are drawn from the class prompt with each such phrase in "
-                        "turn ('on the beach'; '' for the bare prompt), so the LoRA keeps what the model does "
-                        "with those words (repeat it; default: the recipe's)")
+                        "turn ('on the beach'; '' for the bare prompt; repeat it). Off in every recipe: on the "
+                        "shapes backbone it lowered prompt following (docs/shapes.md, sixteenth session)")
     p.add_argument("--captions", action="store_true",
                    help="use each image's same-name .txt caption (one without the trigger continues the "
                         "instance prompt: 'on the beach' -> 'a photo of sks dog on the beach')")

@@ -72,6 +72,8 @@ class TrainConfig:
     # Phrases the class images' prompts go through in turn ("on the left", "on a red background";
     # "" is the bare class prompt): the prior then also keeps what the model does with those words,
     # which training on photos without captions would otherwise wear away. None: the bare prompt only.
+    # Measured on shapes (docs/shapes.md, sixteenth session): prompt following fell 9 points, so
+    # no recipe turns it on.
     prior_contexts: list[str] | None = None
 
     # --- running -------------------------------------------------------------------------
