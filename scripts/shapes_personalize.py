@@ -57,6 +57,9 @@ def main(argv=None) -> int:
     p.add_argument("--pivotal", action=argparse.BooleanOptionalAction, default=None,
                    help="pivotal tuning on/off (default: the recipe's)")
     p.add_argument("--embedding-lr", type=float, default=None, help="default: the recipe's")
+    p.add_argument("--embedding-retract", type=float, default=None,
+                   help="pull the pivotal vectors' spread toward the table's by this power per step "
+                   "(TrainConfig.embedding_retract; default: the recipe's)")
     p.add_argument("--class-images", type=int, default=None, help="class images for prior preservation "
                    "(default: the recipe's)")
     p.add_argument("--method", default="none", choices=METHODS,
@@ -92,6 +95,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     overrides = {"steps": args.steps, "lr": args.lr, "rank": args.rank, "batch_size": args.batch_size,
                  "pivotal": args.pivotal, "embedding_lr": args.embedding_lr,
+                 "embedding_retract": args.embedding_retract,
                  "num_class_images": args.class_images, "target_modules": args.targets,
                  "prior_contexts": world_contexts() if args.prior_contexts == "world" else None}
     components = load_components("shapes", device="cpu")
@@ -141,7 +145,8 @@ def summarize(results: dict, config: TrainConfig, images: int, method: str = "no
             "train": {k: getattr(config, k) for k in ("seed", "steps", "lr", "rank", "batch_size", "pivotal",
                                                        "pivotal_vectors", "embedding_lr", "prior",
                                                        "num_class_images", "aug_weight", "target_modules",
-                                                       "captions", "caption_mix", "prior_contexts")},
+                                                       "captions", "caption_mix", "prior_contexts",
+                                                       "embedding_retract")},
             "target": "trait >= 0.80 of 'a photo of sks <class>' samples; recontext fidelity >= 0.70"}
 
 
@@ -176,8 +181,13 @@ def method_label(summary: dict) -> str:
     whether its class images went through contexts."""
     captions = summary.get("context_captions")
     suffix = {"half": " + context captions (half)"}.get(captions, " + context captions") if captions else ""
-    if summary["train"].get("prior_contexts"):
-        suffix += f" + prior contexts ({len(summary['train']['prior_contexts'])})"
+    train = summary["train"]
+    if train.get("prior_contexts"):
+        suffix += f" + prior contexts ({len(train['prior_contexts'])})"
+    if train.get("target_modules"):
+        suffix += " + LoRA on " + " ".join(train["target_modules"])
+    if train.get("embedding_retract"):
+        suffix += f" + retract {train['embedding_retract']:g}"
     return summary["method"] + suffix
 
 

@@ -63,6 +63,45 @@ def test_pivotal_vectors_are_trained_exported_and_the_model_is_left_as_it_was(co
     assert (saved[0] - saved[1]).norm() > 1e-3
 
 
+def test_retract_pulls_the_vectors_spread_toward_the_table(comps):
+    from bat_app.train.pivotal import PivotalTokens
+
+    table_std = float(comps.text_encoder.get_input_embeddings().weight.float().std())
+    pivotal = PivotalTokens(comps, "sks", vectors=2, seed=0)
+    try:
+        with torch.no_grad():
+            pivotal.params[0].mul_(5.0)  # as loud as the shapes backbone's trained trigger gets
+        before = pivotal.params[0].detach().clone()
+        pivotal.retract(0.0)
+        torch.testing.assert_close(pivotal.params[0].detach(), before)   # 0: free
+        pivotal.retract(0.5)
+        ratio = table_std / float(before.std())
+        torch.testing.assert_close(pivotal.params[0].detach(), before * ratio ** 0.5)
+        for _ in range(60):
+            pivotal.retract(0.5)
+        assert abs(float(pivotal.params[0].detach().std()) / table_std - 1) < 1e-3
+    finally:
+        pivotal.remove()
+
+
+def test_training_with_retract_keeps_the_trigger_as_loud_as_a_word(comps, images, tmp_path):
+    table_std = float(comps.text_encoder.get_input_embeddings().weight.float().std())
+    free = train_lora(comps, images, quick(embedding_lr=0.5), tmp_path / "free", export=False)
+    pulled = train_lora(comps, images, quick(embedding_lr=0.5, embedding_retract=0.5), tmp_path / "pulled",
+                        export=False)
+    free_std, pulled_std = (float(r.embeddings["emb_params"].std()) for r in (free, pulled))
+    assert free_std > 2 * table_std                     # unchecked, the vectors grow
+    assert abs(pulled_std / table_std - 1) < abs(free_std / table_std - 1) / 2
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, "0.1"])
+def test_embedding_retract_outside_0_to_1_is_refused(bad):
+    from bat_app.errors import InputError
+
+    with pytest.raises(InputError, match="embedding_retract"):
+        quick(embedding_retract=bad)
+
+
 def test_pivotal_embeddings_load_with_diffusers_and_change_the_output(comps, images, tmp_path):
     out = tmp_path / "out"
     train_lora(comps, images, quick(steps=6, embedding_lr=0.5), out)

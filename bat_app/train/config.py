@@ -61,6 +61,9 @@ class TrainConfig:
     pivotal: bool = False              # train fresh embedding vectors for the trigger with the LoRA
     pivotal_vectors: int = 2           # vectors the trigger gets: "sks" -> tokens "sks sks_1"
     embedding_lr: float = 1e-3         # their learning rate (lora-ease and diffusers' advanced script: ~1e-3)
+    # After each step the vectors' spread is pulled toward the embedding table's by this power
+    # (PivotalTokens.retract; diffusers' advanced script: 0.1). 0: free, as before.
+    embedding_retract: float = 0.0
 
     # --- data ----------------------------------------------------------------------------
     resolution: int | None = None      # None: the model's native resolution
@@ -111,6 +114,9 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not 0 < value < 1:
                 raise InputError(f"`{name}` must be a number in (0, 1), got {value!r}; 1e-4 is typical.")
+        if not isinstance(self.embedding_retract, (int, float)) or not 0 <= self.embedding_retract <= 1:
+            raise InputError(f"`embedding_retract` must be a number in [0, 1], got {self.embedding_retract!r}; "
+                             f"0.1 is diffusers' advanced script's.")
         for name in ("aug_weight", "prior_weight", "max_grad_norm"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or value < 0:
@@ -200,7 +206,8 @@ class TrainConfig:
         """Hash of the settings that change the result (checkpoints refuse a different one)."""
         # memory_profile and compile do not change the result; settings added later hash only when
         # set, so checkpoints made before them still resume.
-        later = {"optimizer": "adamw", "quantize": None, "caption_mix": "half", "prior_contexts": None}
+        later = {"optimizer": "adamw", "quantize": None, "caption_mix": "half", "prior_contexts": None,
+                 "embedding_retract": 0.0}
         data = {k: v for k, v in self.to_dict().items()
                 if k not in ignore and k not in ("checkpoint_every", "keep_checkpoints", "memory_profile", "compile")
                 and not (k in later and v == later[k])}

@@ -162,6 +162,8 @@ def train_lora(
                     torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
                 scaler.step(optimizer)
                 scaler.update()
+                if pivotal is not None:
+                    pivotal.retract(config.embedding_retract)
                 lr_scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 losses.append(float(loss.detach()))
