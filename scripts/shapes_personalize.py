@@ -51,6 +51,7 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=None, help="default: the recipe's")
     p.add_argument("--lr", type=float, default=None, help="default: the recipe's")
     p.add_argument("--rank", type=int, default=None, help="default: the recipe's")
+    p.add_argument("--lr-schedule", default=None, help="TrainConfig.lr_schedule (default: constant)")
     p.add_argument("--batch-size", type=int, default=None, help="default: the recipe's")
     p.add_argument("--targets", nargs="+", default=None,
                    help="LoRA target modules (default: the family's, attention projections)")
@@ -95,7 +96,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     overrides = {"steps": args.steps, "lr": args.lr, "rank": args.rank, "batch_size": args.batch_size,
                  "pivotal": args.pivotal, "embedding_lr": args.embedding_lr,
-                 "embedding_retract": args.embedding_retract,
+                 "embedding_retract": args.embedding_retract, "lr_schedule": args.lr_schedule,
                  "num_class_images": args.class_images, "target_modules": args.targets,
                  "prior_contexts": world_contexts() if args.prior_contexts == "world" else None}
     components = load_components("shapes", device="cpu")
@@ -146,7 +147,7 @@ def summarize(results: dict, config: TrainConfig, images: int, method: str = "no
                                                        "pivotal_vectors", "embedding_lr", "prior",
                                                        "num_class_images", "aug_weight", "target_modules",
                                                        "captions", "caption_mix", "prior_contexts",
-                                                       "embedding_retract")},
+                                                       "embedding_retract", "lr_schedule")},
             "target": "trait >= 0.80 of 'a photo of sks <class>' samples; recontext fidelity >= 0.70"}
 
 
@@ -186,6 +187,8 @@ def method_label(summary: dict) -> str:
         suffix += f" + prior contexts ({len(train['prior_contexts'])})"
     if train.get("target_modules"):
         suffix += " + LoRA on " + " ".join(train["target_modules"])
+    if train.get("lr_schedule", "constant") != "constant":
+        suffix += f" + {train['lr_schedule']} lr {train['lr']:g}"
     if train.get("embedding_retract"):
         suffix += f" + retract {train['embedding_retract']:g}"
     return summary["method"] + suffix
