@@ -217,3 +217,18 @@ def test_prior_preservation_trains_on_class_images(comps, images, tmp_path):
     assert len(result.losses) == 3
     assert [e.step for e in events if e.stage == "class_images"][-1] == 2
     assert len(list((tmp_path / "cache" / "class_images").glob("*/*.png"))) == 2
+
+
+def test_the_drop_schedule_trains_the_last_fifth_at_a_tenth_of_the_lr():
+    from bat_app.train.loop import make_optimizer
+
+    param = [torch.nn.Parameter(torch.zeros(2))]
+    optimizer, scheduler = make_optimizer(param, [], quick(steps=10, lr_schedule="drop"))
+    used = []
+    for _ in range(10):
+        used.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert used == pytest.approx([1e-3] * 8 + [1e-4] * 2)
+    with pytest.raises(InputError, match="lr_drop_fraction"):
+        quick(lr_schedule="drop", lr_drop_fraction=1.0)

@@ -22,7 +22,7 @@ from ..errors import InputError
 PRECISIONS = ("auto", "no", "fp16", "bf16")
 OPTIMIZERS = ("adamw", "adamw8bit")
 QUANTIZATIONS = ("nf4",)
-LR_SCHEDULES = ("constant", "constant_with_warmup", "cosine", "linear")
+LR_SCHEDULES = ("constant", "constant_with_warmup", "cosine", "linear", "drop")
 CAPTION_MIXES = ("half", "all")
 
 
@@ -44,7 +44,8 @@ class TrainConfig:
     batch_size: int = 1                # instance images per step (each other group adds as many)
     lr: float = 1e-4                   # UNet LoRA learning rate (diffusers' DreamBooth-LoRA default)
     text_encoder_lr: float = 5e-5      # only with train_text_encoder
-    lr_schedule: str = "constant"
+    lr_schedule: str = "constant"     # "drop": constant, then a tenth for the last lr_drop_fraction of steps
+    lr_drop_fraction: float = 0.2
     warmup_steps: int = 0
     max_grad_norm: float = 1.0
     seed: int = 0
@@ -145,6 +146,8 @@ class TrainConfig:
                              f"bare class prompt), got {self.prior_contexts!r:.80}.")
         if self.caption_mix not in CAPTION_MIXES:
             raise InputError(f"`caption_mix` must be one of {CAPTION_MIXES}, got {self.caption_mix!r}.")
+        if not isinstance(self.lr_drop_fraction, (int, float)) or not 0 < self.lr_drop_fraction < 1:
+            raise InputError(f"`lr_drop_fraction` must be a number in (0, 1), got {self.lr_drop_fraction!r}.")
         if self.lr_schedule not in LR_SCHEDULES:
             raise InputError(f"`lr_schedule` must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}.")
         if self.target_modules is not None and not self.target_modules:
@@ -207,7 +210,7 @@ class TrainConfig:
         # memory_profile and compile do not change the result; settings added later hash only when
         # set, so checkpoints made before them still resume.
         later = {"optimizer": "adamw", "quantize": None, "caption_mix": "half", "prior_contexts": None,
-                 "embedding_retract": 0.0}
+                 "embedding_retract": 0.0, "lr_drop_fraction": 0.2}
         data = {k: v for k, v in self.to_dict().items()
                 if k not in ignore and k not in ("checkpoint_every", "keep_checkpoints", "memory_profile", "compile")
                 and not (k in later and v == later[k])}

@@ -276,8 +276,12 @@ def make_optimizer(unet_params, te_params, config: TrainConfig, pivotal: Pivotal
         # No weight decay: it would pull the trigger towards the zero vector, a dead token.
         groups.append({"params": list(pivotal.params), "lr": config.embedding_lr, "weight_decay": 0.0})
     optimizer = adamw_class(config.optimizer)(groups, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
-    scheduler = get_scheduler(config.lr_schedule, optimizer=optimizer, num_warmup_steps=config.warmup_steps,
-                              num_training_steps=config.steps)
+    if config.lr_schedule == "drop":  # diffusers' piecewise schedule: x1, then x0.1 from the drop step on
+        drop = max(1, round(config.steps * (1 - config.lr_drop_fraction)))
+        scheduler = get_scheduler("piecewise_constant", optimizer=optimizer, step_rules=f"1:{drop},0.1")
+    else:
+        scheduler = get_scheduler(config.lr_schedule, optimizer=optimizer, num_warmup_steps=config.warmup_steps,
+                                  num_training_steps=config.steps)
     return optimizer, scheduler
 
 
