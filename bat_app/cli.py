@@ -17,9 +17,11 @@ import sys
 from pathlib import Path
 
 from .errors import BatError
+from .progress import TqdmProgress
 
 # Commands that live with their layer register themselves here (module: register(subparsers)).
-COMMAND_MODULES = ("bat_app.pool.cli", "bat_app.shapes.cli", "bat_app.jobs.cli", "bat_app.ui.cli")
+COMMAND_MODULES = ("bat_app.compare.cli", "bat_app.pool.cli", "bat_app.shapes.cli", "bat_app.jobs.cli",
+                   "bat_app.ui.cli")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,7 +50,6 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
     _add_train(sub)
     _add_select(sub)
-    _add_compare(sub)
     _add_presets(sub)
     for name in COMMAND_MODULES:
         try:
@@ -108,12 +109,12 @@ def _add_train(sub) -> None:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--vae", default=None, metavar="HUB_ID|FOLDER",
                    help="a VAE to load in place of the model's own (default: the preset's, e.g. sdxl's fp16 fix)")
-    _add_memory_profile(p)
+    add_memory_profile(p)
     _add_selection_args(p, required=False)
     p.set_defaults(func=run_train)
 
 
-def _add_memory_profile(p) -> None:
+def add_memory_profile(p) -> None:
     p.add_argument("--memory-profile", default=None, metavar="NAME|auto",
                    help="the preset's memory and speed settings for a GPU size (`bat-app presets` lists them); "
                         "auto: the largest that fits this GPU (default: none, the trainer's defaults)")
@@ -265,88 +266,6 @@ def run_select(args) -> int:
     took = sum(selection.timings.values())
     print(f"done: selected {len(selection)} items with '{args.method}' in {took:.1f}s -> "
           f"{Path(args.out) / 'selection.jsonl'}, {Path(args.out) / 'contact_sheet.png'}")
-    return 0
-
-
-class TqdmProgress:
-    """ProgressEvents -> one tqdm bar per stage (loss and ETA in the postfix)."""
-
-    def __init__(self):
-        self.bar = None
-        self.stage = None
-
-    def __call__(self, event) -> None:
-        from tqdm import tqdm
-
-        stage = f"{event.method}: {event.stage}" if event.method else event.stage
-        if stage != self.stage or self.bar is None or self.bar.total != event.total:
-            self.close()
-            self.stage = stage
-            self.bar = tqdm(total=event.total, desc=stage, unit="step" if event.stage == "train" else "it",
-                            initial=event.step if event.stage == "train" else 0, dynamic_ncols=True)
-        self.bar.n = event.step
-        if event.loss is not None:
-            self.bar.set_postfix(loss=f"{event.loss:.4f}", refresh=False)
-        if event.message:
-            self.bar.set_description(f"{stage} ({event.message})", refresh=False)
-        self.bar.refresh()
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
-
-# --- compare -----------------------------------------------------------------------------
-
-def _add_compare(sub) -> None:
-    p = sub.add_parser("compare", help="train the baselines and ALBAT, render grids side by side, score them",
-                       description="Select and train every method with equal steps and seeds, then sample the "
-                                   "same prompts and seeds through the base model and each LoRA.")
-    p.add_argument("--images", required=True, nargs="+")
-    p.add_argument("--out", required=True)
-    p.add_argument("--class-noun", default=None)
-    p.add_argument("--token", default=None)
-    p.add_argument("--model", default=None)
-    p.add_argument("--pool", default=None, help="pool folder, or 'shapes' (built in the data dir on first use)")
-    p.add_argument("--methods", default=None, help="comma-separated, e.g. none,prior,random,clip,albat")
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--m", type=int, default=None, help="items ALBAT may select (others get as many as it kept)")
-    p.add_argument("--seeds", default=None, help="comma-separated preview seeds (default 0,1)")
-    p.add_argument("--num-prompts", type=int, default=None, help="use only N prompts of the set")
-    p.add_argument("--no-safety-checker", dest="safety_checker", action="store_false", default=None,
-                   help="show previews as drawn, not through the model's safety checker (when it has one)")
-    p.add_argument("--config", type=Path, help="a job/compare config JSON (flags override it)")
-    _add_memory_profile(p)
-    p.set_defaults(func=run_compare_cmd)
-
-
-def run_compare_cmd(args) -> int:
-    from .compare import CompareConfig, run_compare
-
-    data = CompareConfig.from_file(args.config).to_dict() if args.config else {}
-    for key in ("class_noun", "token", "model", "pool", "num_prompts", "safety_checker"):
-        if getattr(args, key) is not None:
-            data[key] = getattr(args, key)
-    if args.methods:
-        data["methods"] = [m.strip() for m in args.methods.split(",") if m.strip()]
-    if args.seeds:
-        data["seeds"] = [int(s) for s in args.seeds.split(",")]
-    for key, value in (("steps", args.steps), ("memory_profile", args.memory_profile)):
-        if value is not None:
-            data["train"] = {**data.get("train", {}), key: value}
-    if args.m is not None:
-        data["selection"] = {**data.get("selection", {}), "m": args.m}
-    config = CompareConfig.from_dict(data)
-    bars = TqdmProgress()
-    try:
-        result = run_compare(config, [Path(p) for p in args.images] if len(args.images) > 1 else Path(args.images[0]),
-                             args.out, progress=bars)
-    finally:
-        bars.close()
-    print(Path(args.out, result.outputs["report"]).read_text())
-    print(f"done: {len(config.methods)} methods in {sum(result.timings.values()):.0f}s -> "
-          f"{Path(args.out) / result.outputs['report']}, {Path(args.out) / result.outputs['grid']}")
     return 0
 
 

@@ -1,5 +1,5 @@
 """The one progress-event type of every long step (training, selection, pool building, jobs),
-and a steady it/s + ETA estimate.
+and a steady it/s + ETA estimate; ``TqdmProgress`` turns the events into the CLI's tqdm bars.
 
 Orchestrators (the trainer, a compare run, ``pool build``, a job) call ``progress(event)``; the
 CLI turns events into tqdm bars, a job records them for the web app's progress and ETA.
@@ -47,3 +47,32 @@ class RateMeter:
     def eta(self, step: int, total: int) -> float | None:
         rate = self.rate(step)
         return (total - step) / rate if rate else None
+
+
+class TqdmProgress:
+    """ProgressEvents -> one tqdm bar per stage (loss and ETA in the postfix)."""
+
+    def __init__(self):
+        self.bar = None
+        self.stage = None
+
+    def __call__(self, event) -> None:
+        from tqdm import tqdm
+
+        stage = f"{event.method}: {event.stage}" if event.method else event.stage
+        if stage != self.stage or self.bar is None or self.bar.total != event.total:
+            self.close()
+            self.stage = stage
+            self.bar = tqdm(total=event.total, desc=stage, unit="step" if event.stage == "train" else "it",
+                            initial=event.step if event.stage == "train" else 0, dynamic_ncols=True)
+        self.bar.n = event.step
+        if event.loss is not None:
+            self.bar.set_postfix(loss=f"{event.loss:.4f}", refresh=False)
+        if event.message:
+            self.bar.set_description(f"{stage} ({event.message})", refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
