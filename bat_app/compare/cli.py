@@ -34,7 +34,7 @@ def register(sub) -> None:
 
 
 def run_compare_cmd(args) -> int:
-    from .compare import CompareConfig, run_compare
+    from . import CompareConfig, run_compare
 
     data = CompareConfig.from_file(args.config).to_dict() if args.config else {}
     for key in ("class_noun", "token", "model", "pool", "num_prompts", "safety_checker"):
