@@ -38,6 +38,7 @@ import torch
 from bat_app.albat import METHODS, needs_pool
 from bat_app.compare.pools import ensure_shapes_pool
 from bat_app.models import load_components
+from bat_app.models.recipe import recipe_for
 from bat_app.shapes import SUBJECTS, get_subject, load_attribute_classifier, shapes_paths
 from bat_app.shapes.personalization import grid_image, measure_subject
 from bat_app.train import TrainConfig
@@ -187,6 +188,8 @@ def method_label(summary: dict) -> str:
         suffix += f" + prior contexts ({len(train['prior_contexts'])})"
     if train.get("target_modules"):
         suffix += " + LoRA on " + " ".join(train["target_modules"])
+    if train.get("batch_size") and train["batch_size"] != recipe_for("shapes").batch_size:
+        suffix += f" + batch {train['batch_size']}"
     if train.get("lr_schedule", "constant") != "constant":
         suffix += f" + {train['lr_schedule']} lr {train['lr']:g}"
     if train.get("embedding_retract"):

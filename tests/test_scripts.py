@@ -95,3 +95,18 @@ def test_the_personalization_table_pairs_methods_by_subject_and_seed(tmp_path):
     # albat - none: trait (-10, 0) -> -5.0; recontext (+30, +20) -> +25.0, every resample between
     assert "| trait (2 pairs) | -5.0 [-10.0, +0.0] |" in out.stdout
     assert "| recontext (2 pairs) | +25.0 [+20.0, +30.0] |" in out.stdout
+
+
+def test_the_personalization_table_names_each_arm_by_what_it_changed():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("shapes_personalize", SCRIPTS / "shapes_personalize.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.method_label({"method": "albat", "train": {"seed": 1, "batch_size": 2}}) == "albat"
+    arm = {"method": "none", "context_captions": "half",
+           "train": {"batch_size": 4, "prior_contexts": ["", "on the left"], "target_modules": ["attn2.to_k"],
+                     "lr_schedule": "drop", "lr": 1e-3, "embedding_retract": 0.1}}
+    assert script.method_label(arm) == ("none + context captions (half) + prior contexts (2) + LoRA on attn2.to_k"
+                                        " + batch 4 + drop lr 0.001 + retract 0.1")
+    assert len(script.world_contexts()) == 16 and "on an orange background" in script.world_contexts()
