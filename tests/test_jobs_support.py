@@ -157,6 +157,8 @@ def job_env(monkeypatch, tmp_path):
         "BAT_JOB_PIPELINES": PIPELINES,
         "BAT_JOB_HEARTBEAT_S": "0.3",
         "BAT_JOB_STALE_S": "3",
+        # a lock left by a killed process frees well inside the tests' 60 s waits (default 60 s)
+        "BAT_JOB_LOCK_S": "10",
         "BAT_JOB_CANCEL_GRACE_S": "2",
         "BAT_JOB_POLL_S": "0.05",
         "BAT_JOB_PROGRESS_S": "0.1",

@@ -72,7 +72,7 @@ class Dispatch:
 
 
 def open_store(settings: JobSettings) -> JobStore:
-    locks = (RedisLocks(settings.redis_url, f"bat:{settings.queue_name}") if settings.redis_url
+    locks = (RedisLocks(settings.redis_url, f"bat:{settings.queue_name}", settings.lock_timeout_s) if settings.redis_url
              else FileLocks(settings.jobs_dir))
     return JobStore(settings.jobs_dir, locks)
 

@@ -25,6 +25,7 @@ ENV = {
     "max_per_client": "BAT_MAX_PER_CLIENT",
     "heartbeat_s": "BAT_JOB_HEARTBEAT_S",
     "stale_after_s": "BAT_JOB_STALE_S",
+    "lock_timeout_s": "BAT_JOB_LOCK_S",
     "cancel_grace_s": "BAT_JOB_CANCEL_GRACE_S",
     "max_retries": "BAT_JOB_MAX_RETRIES",
     "poll_s": "BAT_JOB_POLL_S",
@@ -47,6 +48,7 @@ class JobSettings:
     max_per_client: int = 2            # queued + running jobs one web client may have (the CLI has no cap)
     heartbeat_s: float = 5.0           # how often a worker renews the lease of its running job
     stale_after_s: float = 30.0        # a running job with no heartbeat for this long is re-queued
+    lock_timeout_s: float = 60.0       # Redis mode: a record lock held this long (its holder killed) is freed
     cancel_grace_s: float = 10.0       # after a cancel, the job process gets this long to stop itself
     max_retries: int = 3               # re-queues after a worker death; the next death fails the job
     poll_s: float = 0.25               # SQLite queue poll interval (Redis blocks and wakes at once)
@@ -59,7 +61,8 @@ class JobSettings:
     prewarm_modules: str = "bat_app.compare.config"  # what it imports (comma-separated): torch, diffusers ...
 
     def __post_init__(self):
-        for name in ("heartbeat_s", "stale_after_s", "poll_s", "progress_every_s", "cleanup_every_s"):
+        for name in ("heartbeat_s", "stale_after_s", "lock_timeout_s", "poll_s", "progress_every_s",
+                     "cleanup_every_s"):
             if not getattr(self, name) > 0:
                 raise InputError(f"Job setting `{name}` must be > 0, got {getattr(self, name)!r}.")
         if self.stale_after_s <= self.heartbeat_s:
