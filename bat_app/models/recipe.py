@@ -49,7 +49,6 @@ class Recipe:
     max_m: int
     k_per_m: int                # ... and the retrieval shortlist ALBAT scores: k = max(min_k, k_per_m * m)
     min_k: int
-    prior_contexts: list[str] | None = None  # phrases the class prompts take in turn (TrainConfig)
     note: str = ""              # where the numbers come from
 
     @classmethod
@@ -69,7 +68,6 @@ class Recipe:
                 "batch_size": self.batch_size, "pivotal": self.pivotal,
                 "pivotal_vectors": self.pivotal_vectors, "embedding_lr": self.embedding_lr,
                 "prior": self.prior, "num_class_images": self.class_images,
-                "prior_contexts": list(self.prior_contexts) if self.prior_contexts else None,
                 "aug_weight": self.aug_weight_few if n <= MIN_PHOTOS else self.aug_weight}
 
     def selection_settings(self, n_images: int | None = None) -> dict:

@@ -59,14 +59,13 @@ class PivotalTokens:
         self.keys = [key for _, key in components.family.pivotal_embedding_keys]
         self.names = [token] + [f"{token}_{i}" for i in range(1, vectors)]
         self.params: list[torch.nn.Parameter] = []
-        self._table_std: list[float] = []  # each encoder's embedding table spread, what retract() pulls toward
+        self._table_std: list[float] | None = None  # each table's spread, what retract() pulls toward
         self._ids: list[torch.Tensor] = []
         self._hooks = []
         for index, key in zip(self.encoders, self.keys):
             te, tok = components.text_encoders[index], components.tokenizers[index]
             start = init[key].float().cpu() if init and key in init else initial_vectors(components, vectors, seed, index)
             embedding = te.get_input_embeddings()
-            self._table_std.append(float(embedding.weight.detach().float().std()))
             self.pipe.load_textual_inversion(start.to(embedding.weight.dtype), token=token, text_encoder=te,
                                              tokenizer=tok)
             param = torch.nn.Parameter(start.to(te.device))
@@ -94,6 +93,9 @@ class PivotalTokens:
         with power 0.1."""
         if power <= 0:
             return
+        if self._table_std is None:  # measured once, and only when asked: a float copy of each table
+            self._table_std = [float(self.components.text_encoders[i].get_input_embeddings().weight.float().std())
+                               for i in self.encoders]
         for param, table_std in zip(self.params, self._table_std):
             param.mul_((table_std / float(param.float().std().clamp_min(1e-12))) ** power)
 
