@@ -27,6 +27,8 @@ from pathlib import Path
 from .errors import InputError, LimitError
 
 SEED_MAX = 2**32 - 1          # numpy's seed range; torch would take more, nothing needs it
+STRENGTH_MIN, STRENGTH_MAX = 0.0, 2.0   # "Try it"'s LoRA strength: off .. twice as trained
+GUIDANCE_MIN, GUIDANCE_MAX = 1.0, 20.0  # "Try it"'s CFG scale (1: no guidance)
 MAX_PRIOR_CONTEXTS = 256       # phrases the class images' prompts take in turn (TrainConfig.prior_contexts)
 RESOLUTION_FACTOR = 2         # training above twice a model's native size only costs memory
 ENV_PREFIX = "BAT_LIMIT_"

@@ -19,6 +19,8 @@ one picture per subject (base and LoRA rows for every prompt).
     python scripts/shapes_personalize.py --images 5 --seed 1 --out /tmp/s1.json   # another training seed
     python scripts/shapes_personalize.py --quick            # a smoke run: writes nothing
     python scripts/shapes_personalize.py --table docs/shapes-personalization/recipe10-5photos-*.json
+    python scripts/shapes_personalize.py --seed 2 --keep-loras /tmp/l2 --out /tmp/l2.json  # LoRAs kept
+    python scripts/shapes_personalize.py --judge /tmp/l2 --guidance 6 --out /tmp/l2-g6.json  # re-sampled
 
 ``--table`` reads such records (any methods, any training seeds) and prints the per-subject
 table and each method paired with plain DreamBooth-LoRA: the difference per (subject, training
@@ -85,6 +87,13 @@ def main(argv=None) -> int:
                    help="'world': the class images' prompts take in turn the bare class prompt, each position "
                    "phrase and each background phrase of the shapes world (TrainConfig.prior_contexts); "
                    "default: the recipe's")
+    p.add_argument("--keep-loras", type=Path, default=None, metavar="DIR",
+                   help="train into DIR/<subject> and keep the LoRAs (and the record, DIR/record.json)")
+    p.add_argument("--judge", type=Path, default=None, metavar="DIR",
+                   help="no training: sample and judge the LoRAs a --keep-loras run left in DIR")
+    p.add_argument("--guidance", type=float, default=None, help="CFG scale of the judged samples "
+                   "(default: the preset's)")
+    p.add_argument("--lora-scale", type=float, default=1.0, help="LoRA strength of the judged samples")
     p.add_argument("--table", nargs="+", type=Path, metavar="RECORD",
                    help="print the table of these records (--out files) and the paired comparison; trains nothing")
     args = p.parse_args(argv)
@@ -95,6 +104,8 @@ def main(argv=None) -> int:
         args.subjects, args.steps, args.samples, args.batch_size = args.subjects[:1], 5, 2, 1
         args.class_images = 4
     torch.set_num_threads(args.threads)
+    if args.judge:
+        return judge_kept(args)
     overrides = {"steps": args.steps, "lr": args.lr, "rank": args.rank, "batch_size": args.batch_size,
                  "pivotal": args.pivotal, "embedding_lr": args.embedding_lr,
                  "embedding_retract": args.embedding_retract, "lr_schedule": args.lr_schedule,
@@ -105,6 +116,7 @@ def main(argv=None) -> int:
     results, config = {}, None
     pool_dir = ensure_shapes_pool() if needs_pool(args.method) else None
     with tempfile.TemporaryDirectory() as tmp:
+        work = args.keep_loras or Path(tmp)
         for name in args.subjects:
             subject = get_subject(name)
             config = TrainConfig.for_model("shapes", args.images, token="sks", class_noun=subject.class_noun,
@@ -113,7 +125,7 @@ def main(argv=None) -> int:
                                            caption_mix=args.context_captions or "half", **overrides)
             photos = (captioned_copies(name, args.images, Path(tmp) / "photos" / name)
                       if args.context_captions else None)
-            row = measure_subject(name, config, args.images, args.samples, Path(tmp), components, classifier,
+            row = measure_subject(name, config, args.images, args.samples, work, components, classifier,
                                   args.method, pool_dir, args.selection, photo_folder=photos)
             if args.grids:
                 args.grids.mkdir(parents=True, exist_ok=True)
@@ -125,9 +137,41 @@ def main(argv=None) -> int:
     summary = summarize(results, config, args.images, args.method)
     summary["selection"] = args.selection
     summary["context_captions"] = args.context_captions
+    record = json.dumps({"summary": summary, "subjects": results}, indent=2) + "\n"
     out = args.out or (None if args.quick else shapes_paths().root / "personalization.json")
     if out is not None:
-        out.write_text(json.dumps({"summary": summary, "subjects": results}, indent=2) + "\n")
+        out.write_text(record)
+    if args.keep_loras:
+        (args.keep_loras / "record.json").write_text(record)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def judge_kept(args) -> int:
+    """Sample and judge the LoRAs of a --keep-loras run again, with --guidance and --lora-scale:
+    the same training (its record's settings), other sampling settings."""
+    from bat_app.shapes.personalization import measure_lora
+
+    kept = json.loads((args.judge / "record.json").read_text())
+    summary = kept["summary"]
+    components = load_components("shapes", device="cpu")
+    classifier = load_attribute_classifier(shapes_paths().classifier)
+    results = {}
+    for name, old in kept["subjects"].items():
+        row = measure_lora(name, args.judge / name, summary["images_per_subject"], args.samples, "sks",
+                           components, classifier, lora_scale=args.lora_scale, guidance=args.guidance)
+        row.pop("_grids")
+        results[name] = {**{k: v for k, v in old.items() if k not in row}, **row}
+        print(f"{name}: LoRA {row['lora']}  base {row['base']}", flush=True)
+    lora = [r["lora"] for r in results.values()]
+    summary = {**summary, "sampling": {"guidance": args.guidance, "lora_scale": args.lora_scale},
+               "lora_trait_mean": round(float(np.mean([r["trait"] for r in lora])), 3),
+               "lora_recontext_fidelity_mean": round(float(np.mean([r["recontext_fidelity"] for r in lora])), 3),
+               "subjects_trait_ge_80": sum(r["trait"] >= 0.8 for r in lora),
+               "subjects_recontext_ge_70": sum(r["recontext_fidelity"] >= 0.7 for r in lora)}
+    record = json.dumps({"summary": summary, "subjects": results}, indent=2) + "\n"
+    if args.out:
+        args.out.write_text(record)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -194,6 +238,11 @@ def method_label(summary: dict) -> str:
         suffix += f" + {train['lr_schedule']} lr {train['lr']:g}"
     if train.get("embedding_retract"):
         suffix += f" + retract {train['embedding_retract']:g}"
+    sampling = summary.get("sampling") or {}
+    if sampling.get("guidance"):
+        suffix += f" + guidance {sampling['guidance']:g}"
+    if sampling.get("lora_scale", 1.0) != 1.0:
+        suffix += f" + LoRA scale {sampling['lora_scale']:g}"
     return summary["method"] + suffix
 
 

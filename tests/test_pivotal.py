@@ -188,3 +188,20 @@ def test_loading_a_lora_for_previews_leaves_other_threads_modules_real(comps, im
     monkeypatch.setattr(LoraModel, "_create_and_replace", spy)
     sample_images(comps, ["a photo of sks disc"], [0], out)
     assert made and set(made) == {"cpu"}
+
+
+def test_lora_strength_and_guidance_change_the_samples_as_asked(comps, images, tmp_path):
+    out = tmp_path / "out"
+    train_lora(comps, images, quick(steps=6, pivotal=False, lr=5e-2), out)
+    prompt, pixels = ["a photo of disc"], lambda rows: np.asarray(rows[0][0], float)
+    base = pixels(sample_images(comps, prompt, [0]))
+    full = pixels(sample_images(comps, prompt, [0], out))
+    off = pixels(sample_images(comps, prompt, [0], out, lora_scale=0.0))
+    double = pixels(sample_images(comps, prompt, [0], out, lora_scale=2.0))
+    assert np.abs(full - base).mean() > 0.5
+    np.testing.assert_allclose(off, base, atol=1.0)        # strength 0: the base model's picture
+    assert np.abs(double - base).mean() > np.abs(full - base).mean()  # twice the step away from base
+    again = pixels(sample_images(comps, prompt, [0], out))  # the strength was for that call only
+    np.testing.assert_array_equal(again, full)
+    other_cfg = pixels(sample_images(comps, prompt, [0], guidance_scale=comps.spec.sampling["guidance_scale"] + 3))
+    assert np.abs(other_cfg - base).mean() > 0.5

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -355,6 +356,29 @@ def test_results_of_a_finished_job(settings, tmp_path):
 
     with pytest.raises(InputError, match="prompt is empty"):
         try_prompt(settings, job_id, "none", " ")
+    with pytest.raises(InputError, match=r"LoRA strength must be between 0 and 2, got 2.5: lower it to 2"):
+        try_prompt(settings, job_id, "none", "a sks disc", strength=2.5)
+    with pytest.raises(InputError, match=r"guidance \(CFG scale\) must be between 1 and 20, got 0.5"):
+        try_prompt(settings, job_id, "none", "a sks disc", guidance=0.5)
+
+
+def test_try_it_draws_with_the_strength_and_guidance_asked(settings, tmp_path, monkeypatch):
+    import bat_app.preview as preview
+    from bat_app.ui import tryit
+
+    job_id = finished_job(settings, tmp_path)
+    calls = []
+
+    def fake_sample(components, prompts, seeds, lora_dir=None, **kw):
+        calls.append((lora_dir is not None, kw))
+        return [[Image.new("RGB", (32, 32))]]
+
+    monkeypatch.setattr(preview, "sample_images", fake_sample)
+    monkeypatch.setattr(tryit, "_components", lambda model: None)
+    settings = dataclasses.replace(settings, safety_checker=False)  # nothing to check in fakes
+    base, tuned = tryit.try_prompt(settings, job_id, "none", "a sks disc", seed=3, strength=0.6, guidance=7.5)
+    assert calls == [(False, {"guidance_scale": 7.5}), (True, {"lora_scale": 0.6, "guidance_scale": 7.5})]
+    assert base.size == tuned.size == (256, 256)  # shown enlarged
 
 
 def test_push_a_finished_job(settings, tmp_path, monkeypatch):

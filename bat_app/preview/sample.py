@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 from typing import Callable, Sequence
@@ -18,10 +19,13 @@ from ..models.fingerprint import model_fingerprint
 
 def sample_images(components: Components, prompts: Sequence[str], seeds: Sequence[int],
                   lora_dir: str | Path | None = None, batch_size: int | None = None,
-                  progress: Callable[[int, int], None] | None = None) -> list[list[Image.Image]]:
+                  progress: Callable[[int, int], None] | None = None, lora_scale: float = 1.0,
+                  guidance_scale: float | None = None) -> list[list[Image.Image]]:
     """images[p][s] for prompt p and seed s; with ``lora_dir`` its diffusers LoRA is applied.
 
     Seed s always draws the same initial noise, so columns of a grid differ only by the weights.
+    ``lora_scale`` is the LoRA's strength (the weight A1111 and ComfyUI users set; the trigger's
+    embeddings are not scaled); ``guidance_scale`` overrides the preset's CFG scale.
     """
     pipe = build_pipeline(components)
     sampling = components.spec.sampling
@@ -46,6 +50,7 @@ def sample_images(components: Components, prompts: Sequence[str], seeds: Sequenc
                 load_trigger_embeddings(components, pipe, *embedding)
         finally:
             diffusers_logging.set_verbosity(level)
+    scale_kwargs = lora_scale_kwargs(pipe, lora_scale) if lora_dir is not None and lora_scale != 1.0 else {}
     jobs = [(p, s) for p in range(len(prompts)) for s in range(len(seeds))]
     out: list[list[Image.Image | None]] = [[None] * len(seeds) for _ in prompts]
     try:
@@ -54,7 +59,8 @@ def sample_images(components: Components, prompts: Sequence[str], seeds: Sequenc
             with torch.no_grad():
                 images = pipe([prompts[p] for p, _ in chunk], height=resolution, width=resolution,
                               num_inference_steps=sampling.get("steps", 30),
-                              guidance_scale=sampling.get("guidance_scale", 7.5),
+                              guidance_scale=guidance_scale or sampling.get("guidance_scale", 7.5),
+                              **scale_kwargs,
                               generator=[torch.Generator().manual_seed(seeds[s]) for _, s in chunk]).images
             for (p, s), image in zip(chunk, images):
                 out[p][s] = image
@@ -66,6 +72,14 @@ def sample_images(components: Components, prompts: Sequence[str], seeds: Sequenc
         if embedding is not None:
             unload_trigger_embeddings(components, pipe)
     return out
+
+
+def lora_scale_kwargs(pipe, scale: float) -> dict:
+    """The pipeline argument that scales the PEFT LoRA layers for one call: SD and SDXL take
+    ``cross_attention_kwargs``, Flux ``joint_attention_kwargs``."""
+    name = "joint_attention_kwargs" if "joint_attention_kwargs" in inspect.signature(pipe.__call__).parameters \
+        else "cross_attention_kwargs"
+    return {name: {"scale": float(scale)}}
 
 
 def load_trigger_embeddings(components: Components, pipe, path: Path, token: str) -> None:

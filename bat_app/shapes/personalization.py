@@ -58,10 +58,12 @@ def _judge(classifier, images, subject, wanted: dict | None = None) -> dict:
     return out
 
 
-def sample_rows(components, prompts: list[str], samples: int, lora_dir=None) -> list[list]:
+def sample_rows(components, prompts: list[str], samples: int, lora_dir=None, lora_scale: float = 1.0,
+                guidance: float | None = None) -> list[list]:
     from bat_app.preview import sample_images
 
-    return sample_images(components, prompts, list(range(samples)), lora_dir, batch_size=32)
+    return sample_images(components, prompts, list(range(samples)), lora_dir, batch_size=32,
+                         lora_scale=lora_scale, guidance_scale=guidance)
 
 
 def context_caption(subject, photo: dict, token: str = "sks") -> str:
@@ -115,8 +117,9 @@ def measure_subject(name: str, config, n_images: int = 3, samples: int = 16, wor
 
 
 def measure_lora(name: str, lora_dir: Path, n_images: int = 3, samples: int = 16, token: str = "sks",
-                 components=None, classifier=None) -> dict:
-    """Sample a trained LoRA folder (and the base model) and judge the samples (see module doc)."""
+                 components=None, classifier=None, lora_scale: float = 1.0, guidance: float | None = None) -> dict:
+    """Sample a trained LoRA folder (and the base model) and judge the samples (see module doc).
+    ``lora_scale`` and ``guidance`` change how both are sampled (default: the preset's)."""
     from bat_app.models import load_components
     from bat_app.shapes import load_attribute_classifier
 
@@ -131,11 +134,11 @@ def measure_lora(name: str, lora_dir: Path, n_images: int = 3, samples: int = 16
     row = {"subject": name, "trait_wanted": subject.trait, "photos": n_images, "samples": samples}
     grids = {}
     for label, lora in (("base", None), ("lora", lora_dir)):
-        key = (id(components), tuple(prompts), samples)
+        key = (id(components), tuple(prompts), samples, guidance)
         if lora is None and key in _BASE_SAMPLES:  # the base model's samples do not change
             images = _BASE_SAMPLES[key]
         else:
-            images = sample_rows(components, prompts, samples, lora)
+            images = sample_rows(components, prompts, samples, lora, lora_scale, guidance)
             if lora is None:
                 _BASE_SAMPLES[key] = images
         grids[label] = images

@@ -1,6 +1,7 @@
 """Try it: any prompt through a finished LoRA next to the base model, same seed; push to the Hub.
 
     base, lora = try_prompt(settings, job_id, "albat", "a sks star on a blue background", seed=3)
+    base, lora = try_prompt(settings, job_id, "albat", "a sks star", strength=0.8, guidance=6)
     url = push_job_to_hub(settings, job_id, "albat", "me/sks-star", token)
 """
 
@@ -12,6 +13,7 @@ from functools import lru_cache
 from PIL import Image
 
 from ..errors import InputError
+from ..limits import GUIDANCE_MAX, GUIDANCE_MIN, STRENGTH_MAX, STRENGTH_MIN, check_range
 from .settings import AppSettings
 from .views import lora_dir
 
@@ -27,10 +29,12 @@ def _components(model: str):
     return load_components(model)
 
 
-def try_prompt(settings: AppSettings, job_id: str, method: str, prompt: str, seed: int | float | None = 0
-               ) -> tuple[Image.Image, Image.Image]:
+def try_prompt(settings: AppSettings, job_id: str, method: str, prompt: str, seed: int | float | None = 0,
+               strength: float = 1.0, guidance: float | None = None) -> tuple[Image.Image, Image.Image]:
     """(base image, LoRA image) for ``prompt`` with the same seed, i.e. the same initial noise;
-    through the model's safety checker when the operator's setting has it on (and the model has one)."""
+    through the model's safety checker when the operator's setting has it on (and the model has one).
+    ``strength`` scales the LoRA (the weight A1111/ComfyUI users set); ``guidance`` is the CFG
+    scale of both images (None: the model's preset)."""
     from ..preview import sample_images
     from ..preview.safety import check_images
 
@@ -40,10 +44,14 @@ def try_prompt(settings: AppSettings, job_id: str, method: str, prompt: str, see
     seed = int(seed or 0)
     if seed < 0:
         raise InputError(f"The seed must be 0 or more, got {seed}.")
+    check_range("LoRA strength", strength, STRENGTH_MIN, STRENGTH_MAX, integer=False)
+    if guidance is not None:
+        check_range("guidance (CFG scale)", guidance, GUIDANCE_MIN, GUIDANCE_MAX, integer=False)
     with _LOCK:
         components = _components(config["model"])
-        base = sample_images(components, [prompt], [seed])[0][0]
-        tuned = sample_images(components, [prompt], [seed], folder)[0][0]
+        base = sample_images(components, [prompt], [seed], guidance_scale=guidance)[0][0]
+        tuned = sample_images(components, [prompt], [seed], folder, lora_scale=strength,
+                              guidance_scale=guidance)[0][0]
         if settings.safety_checker:
             (base, tuned), _ = check_images(components, [base, tuned])
     return _enlarge(base), _enlarge(tuned)
