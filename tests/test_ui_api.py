@@ -12,7 +12,9 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from bat_app.paths import assets_dir
 from conftest import make_subject_images
@@ -126,7 +128,12 @@ def test_submit_status_results(client, app):
     assert "| none |" in report
 
     base, tuned = client.predict(job_id, "none", "a sks disc on a blue background", 3, api_name="/try")
-    assert Path(base).is_file() and Path(tuned).is_file()
+    assert Path(base).is_file() and Path(tuned).is_file()  # a client of the older 4-input /try still works
+    # strength 0: the LoRA's picture is the base model's (no trigger in the prompt: its vectors are idle)
+    base, off = client.predict(job_id, "none", "a disc on a blue background", 3, 0.0, 0, api_name="/try")
+    _, full = client.predict(job_id, "none", "a disc on a blue background", 3, 1.0, 0, api_name="/try")
+    assert np.abs(np.asarray(Image.open(full), float) - np.asarray(Image.open(base), float)).mean() > 0.5
+    assert np.abs(np.asarray(Image.open(off), float) - np.asarray(Image.open(base), float)).mean() < 1.0
 
 
 def test_the_pool_browser_shows_what_a_pool_holds(client, app, tiny_pool_dir):

@@ -18,8 +18,9 @@ def layout(ui) -> None:
         with gr.Row():
             ui.try_strength = gr.Slider(STRENGTH_MIN, STRENGTH_MAX, value=1.0, step=0.05, label="LoRA strength",
                                         info="1 as trained; lower it if the subject overrides your prompt")
-            ui.try_guidance = gr.Number(None, label="guidance (CFG scale)", minimum=GUIDANCE_MIN,
-                                        maximum=GUIDANCE_MAX, info="empty: the model's default")
+            # 0, not empty, for the default: an API client may then leave both new inputs out
+            ui.try_guidance = gr.Number(0, label="guidance (CFG scale)", minimum=0, maximum=GUIDANCE_MAX,
+                                        info=f"0: the model's default; else {GUIDANCE_MIN:g} to {GUIDANCE_MAX:g}")
         ui.generate = gr.Button("Generate", variant="primary")
         with gr.Row():
             ui.base_image = gr.Image(label="base model", type="pil", interactive=False, elem_id="try-base")
@@ -34,7 +35,7 @@ def events(ui, demo) -> None:
         check_text("The prompt", text or "", limits.prompt_chars, env_name("prompt_chars"))
         check_range("seed", 0 if seed_value is None else seed_value, 0, SEED_MAX)
         return tryit.try_prompt(settings, job, method, text, seed_value,
-                                1.0 if strength is None else float(strength), guidance)
+                                1.0 if strength is None else float(strength), guidance or None)
 
     ui.generate.click(on_generate, [ui.job_id, ui.try_method, ui.prompt, ui.try_seed, ui.try_strength,
                                     ui.try_guidance],
