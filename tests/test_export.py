@@ -151,6 +151,8 @@ def test_card_kohya_metadata_and_log_name_the_real_model_not_the_preset(trained,
     front = card.split("---\n")[1]
     assert f"base_model: {SD15}\n" in front
     assert f"from_pretrained({SD15!r}" in card and "sd15'" not in card
+    # the preset's guidance, as its previews drew (diffusers' own default differs per pipeline)
+    assert "on the beach', guidance_scale=7.5).images[0]" in card
     with safe_open(files["kohya"], "pt") as f:
         meta = f.metadata()
     assert meta["bat_base_model"] == SD15 and meta["ss_sd_model_name"] == SD15
@@ -168,6 +170,7 @@ def test_a_cached_hub_snapshot_is_named_with_its_revision(tmp_path):
     card = model_card(TrainConfig(token="sks", class_noun="dog"), base, "sks_dog_kohya.safetensors")
     assert "base_model: someone/tiny-sd\n" in card
     assert f"from_pretrained('someone/tiny-sd', revision='{sha}')" in card
+    assert "on the beach').images[0]" in card  # a folder's own scheduler config: no guidance to name
     # a plain local folder has no hub id: no base_model line, and the card names the folder
     local = base_model_of(ModelSpec("my-model", tmp_path / "my-model"))
     card = model_card(TrainConfig(token="sks", class_noun="dog"), local, "k.safetensors")

@@ -35,6 +35,7 @@ class BaseModel:
     revision: str | None = None  # the Hub commit, when known
     folder: str | None = None    # the local folder it was loaded from, if any
     license: str | None = None   # the base model's licence (Hub id), when known
+    guidance: float | None = None  # a preset's CFG scale: what its previews draw with
 
     @property
     def id(self) -> str:
@@ -71,14 +72,15 @@ def base_model_of(model, revision: str | None = None) -> BaseModel:
         except BatError:  # a folder that is gone: keep its name
             return BaseModel(str(model), revision=revision)
     revision = revision or getattr(model, "revision", None)
+    guidance = model.sampling.get("guidance_scale") if model.preset else None
     if not model.is_local:
         return BaseModel(model.name, str(model.source), revision or _cached_revision(str(model.source)),
-                         license=model.license)
+                         license=model.license, guidance=guidance)
     snapshot = _HUB_SNAPSHOT.search(Path(model.source).as_posix())
     if snapshot:
         return BaseModel(model.name, f"{snapshot['org']}/{snapshot['name']}", revision or snapshot["revision"],
-                         folder=str(model.source), license=model.license)
-    return BaseModel(model.name, folder=str(model.source), license=model.license)
+                         folder=str(model.source), license=model.license, guidance=guidance)
+    return BaseModel(model.name, folder=str(model.source), license=model.license, guidance=guidance)
 
 
 def _cached_revision(hub_id: str) -> str | None:
@@ -140,7 +142,9 @@ def model_card(config: TrainConfig, base_model, kohya_name: str, method: str = "
         f"pipe = {pipeline}.from_pretrained({base.pretrained_args()})",
         "pipe.load_lora_weights('.', weight_name='pytorch_lora_weights.safetensors')",
         *(_load_embeddings_lines(emb, config.token, pipeline) if emb else []),
-        f"image = pipe({(trigger + ' on the beach')!r}).images[0]",
+        f"image = pipe({(trigger + ' on the beach')!r}"
+        + (f", guidance_scale={base.guidance:g}).images[0]  # the previews' guidance" if base.guidance else
+           ").images[0]"),
         "```", "",
         "### AUTOMATIC1111 / Forge",
         f"Copy `{kohya_name}` into `models/Lora/` and add "
