@@ -93,7 +93,8 @@ def main(argv=None) -> int:
                    help="no training: sample and judge the LoRAs a --keep-loras run left in DIR")
     p.add_argument("--guidance", type=float, default=None, help="CFG scale of the judged samples "
                    "(default: the preset's)")
-    p.add_argument("--lora-scale", type=float, default=1.0, help="LoRA strength of the judged samples")
+    p.add_argument("--lora-scale", type=float, nargs="+", default=[1.0],
+                   help="LoRA strength of the judged samples; several: one record each, --out holds {scale}")
     p.add_argument("--table", nargs="+", type=Path, metavar="RECORD",
                    help="print the table of these records (--out files) and the paired comparison; trains nothing")
     args = p.parse_args(argv)
@@ -149,30 +150,35 @@ def main(argv=None) -> int:
 
 def judge_kept(args) -> int:
     """Sample and judge the LoRAs of a --keep-loras run again, with --guidance and --lora-scale:
-    the same training (its record's settings), other sampling settings."""
+    the same training (its record's settings), other sampling settings. The base model's samples
+    are drawn once per subject for all the strengths."""
     from bat_app.shapes.personalization import measure_lora
 
+    scales = args.lora_scale
+    if len(scales) > 1 and (args.out is None or "{scale}" not in str(args.out)):
+        raise SystemExit("several --lora-scale values write one record each: put {scale} in --out")
     kept = json.loads((args.judge / "record.json").read_text())
-    summary = kept["summary"]
     components = load_components("shapes", device="cpu")
     classifier = load_attribute_classifier(shapes_paths().classifier)
-    results = {}
+    results: dict = {scale: {} for scale in scales}
     for name, old in kept["subjects"].items():
-        row = measure_lora(name, args.judge / name, summary["images_per_subject"], args.samples, "sks",
-                           components, classifier, lora_scale=args.lora_scale, guidance=args.guidance)
-        row.pop("_grids")
-        results[name] = {**{k: v for k, v in old.items() if k not in row}, **row}
-        print(f"{name}: LoRA {row['lora']}  base {row['base']}", flush=True)
-    lora = [r["lora"] for r in results.values()]
-    summary = {**summary, "sampling": {"guidance": args.guidance, "lora_scale": args.lora_scale},
-               "lora_trait_mean": round(float(np.mean([r["trait"] for r in lora])), 3),
-               "lora_recontext_fidelity_mean": round(float(np.mean([r["recontext_fidelity"] for r in lora])), 3),
-               "subjects_trait_ge_80": sum(r["trait"] >= 0.8 for r in lora),
-               "subjects_recontext_ge_70": sum(r["recontext_fidelity"] >= 0.7 for r in lora)}
-    record = json.dumps({"summary": summary, "subjects": results}, indent=2) + "\n"
-    if args.out:
-        args.out.write_text(record)
-    print(json.dumps(summary, indent=2))
+        for scale in scales:
+            row = measure_lora(name, args.judge / name, kept["summary"]["images_per_subject"], args.samples, "sks",
+                               components, classifier, lora_scale=scale, guidance=args.guidance)
+            row.pop("_grids")
+            results[scale][name] = {**{k: v for k, v in old.items() if k not in row}, **row}
+            print(f"{name} (LoRA scale {scale:g}): LoRA {row['lora']}  base {row['base']}", flush=True)
+    for scale in scales:
+        lora = [r["lora"] for r in results[scale].values()]
+        summary = {**kept["summary"], "sampling": {"guidance": args.guidance, "lora_scale": scale},
+                   "lora_trait_mean": round(float(np.mean([r["trait"] for r in lora])), 3),
+                   "lora_recontext_fidelity_mean": round(float(np.mean([r["recontext_fidelity"] for r in lora])), 3),
+                   "subjects_trait_ge_80": sum(r["trait"] >= 0.8 for r in lora),
+                   "subjects_recontext_ge_70": sum(r["recontext_fidelity"] >= 0.7 for r in lora)}
+        if args.out:
+            Path(str(args.out).replace("{scale}", f"{scale:g}")).write_text(
+                json.dumps({"summary": summary, "subjects": results[scale]}, indent=2) + "\n")
+        print(json.dumps(summary, indent=2))
     return 0
 
 
