@@ -110,3 +110,36 @@ def test_the_personalization_table_names_each_arm_by_what_it_changed():
     assert script.method_label(arm) == ("none + context captions (half) + prior contexts (2) + LoRA on attn2.to_k"
                                         " + batch 4 + drop lr 0.001 + retract 0.1")
     assert len(script.world_contexts()) == 16 and "on an orange background" in script.world_contexts()
+    sampled = {"method": "albat", "train": {}, "sampling": {"guidance": 6.0, "lora_scale": 0.75}}
+    assert script.method_label(sampled) == "albat + guidance 6 + LoRA scale 0.75"
+
+
+def test_kept_loras_are_judged_again_at_other_strengths(tmp_path):
+    """--keep-loras keeps what a run trained; --judge samples those LoRAs again, one record per
+    --lora-scale, without training."""
+    from bat_app.paths import assets_dir
+
+    if not (assets_dir() / "shapes" / "backbone" / "model_index.json").is_file():
+        pytest.skip("shapes backbone not built")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"BAT_HOME": str(tmp_path / "home"),
+                                                                        "BAT_TORCH_THREADS": "1"}
+    run = lambda *args: subprocess.run([sys.executable, str(SCRIPTS / "shapes_personalize.py"), "--threads", "1",  # noqa: E731
+                                        *args], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=900)
+    kept = tmp_path / "kept"
+    out = run("--quick", "--keep-loras", str(kept))
+    assert out.returncode == 0, out.stderr[-3000:]
+    trained = json.loads((kept / "record.json").read_text())
+    name = next(iter(trained["subjects"]))
+    assert (kept / name / "pytorch_lora_weights.safetensors").is_file()
+    out = run("--judge", str(kept), "--samples", "2", "--lora-scale", "0", "1", "--out", str(tmp_path / "j-{scale}.json"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    same = json.loads((tmp_path / "j-1.json").read_text())
+    off = json.loads((tmp_path / "j-0.json").read_text())
+    assert same["summary"]["sampling"] == {"guidance": None, "lora_scale": 1.0}
+    # strength 1 at the preset's sampling is the training run's own judgement, sample for sample
+    assert same["subjects"][name]["lora"] == trained["subjects"][name]["lora"]
+    # strength 0: the class prompt (no trigger, whose own vectors stay loaded) judged as the base model's
+    for key in ("class_prompt_colours", "class_prompt_trait"):
+        assert off["subjects"][name]["lora"][key] == off["subjects"][name]["base"][key]
+    bad = run("--judge", str(kept), "--lora-scale", "0", "1", "--out", str(tmp_path / "j.json"))
+    assert bad.returncode != 0 and "put {scale} in --out" in bad.stderr
