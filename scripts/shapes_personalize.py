@@ -138,7 +138,7 @@ def main(argv=None) -> int:
     summary = summarize(results, config, args.images, args.method)
     summary["selection"] = args.selection
     summary["context_captions"] = args.context_captions
-    record = json.dumps({"summary": summary, "subjects": results}, indent=2) + "\n"
+    record = record_text(summary, results)
     out = args.out or (None if args.quick else shapes_paths().root / "personalization.json")
     if out is not None:
         out.write_text(record)
@@ -169,37 +169,42 @@ def judge_kept(args) -> int:
             results[scale][name] = {**{k: v for k, v in old.items() if k not in row}, **row}
             print(f"{name} (LoRA scale {scale:g}): LoRA {row['lora']}  base {row['base']}", flush=True)
     for scale in scales:
-        lora = [r["lora"] for r in results[scale].values()]
-        summary = {**kept["summary"], "sampling": {"guidance": args.guidance, "lora_scale": scale},
-                   "lora_trait_mean": round(float(np.mean([r["trait"] for r in lora])), 3),
-                   "lora_recontext_fidelity_mean": round(float(np.mean([r["recontext_fidelity"] for r in lora])), 3),
-                   "subjects_trait_ge_80": sum(r["trait"] >= 0.8 for r in lora),
-                   "subjects_recontext_ge_70": sum(r["recontext_fidelity"] >= 0.7 for r in lora)}
+        # the kept run's settings; every figure measured again
+        summary = {**kept["summary"], **figures(results[scale]),
+                   "sampling": {"guidance": args.guidance, "lora_scale": scale}}
         if args.out:
-            Path(str(args.out).replace("{scale}", f"{scale:g}")).write_text(
-                json.dumps({"summary": summary, "subjects": results[scale]}, indent=2) + "\n")
+            Path(str(args.out).replace("{scale}", f"{scale:g}")).write_text(record_text(summary, results[scale]))
         print(json.dumps(summary, indent=2))
     return 0
 
 
-def summarize(results: dict, config: TrainConfig, images: int, method: str = "none") -> dict:
-    lora = [r["lora"] for r in results.values()]
+def figures(results: dict) -> dict:
+    """The record's summary figures, from its per-subject rows (LoRA and base model)."""
+    lora, base = [r["lora"] for r in results.values()], [r["base"] for r in results.values()]
     mean = lambda key, rows: round(float(np.mean([r[key] for r in rows])), 3)  # noqa: E731
     return {"lora_trait_mean": mean("trait", lora),
-            "base_trait_mean": mean("trait", [r["base"] for r in results.values()]),
+            "base_trait_mean": mean("trait", base),
             "lora_recontext_fidelity_mean": mean("recontext_fidelity", lora),
             "lora_recontext_background_mean": mean("recontext_background_fidelity", lora),
             "lora_recontext_position_mean": mean("recontext_position_fidelity", lora),
-            "base_recontext_position_mean": mean("recontext_position_fidelity", [r["base"] for r in results.values()]),
+            "base_recontext_position_mean": mean("recontext_position_fidelity", base),
             "subjects_trait_ge_80": sum(r["trait"] >= 0.8 for r in lora),
             "subjects_recontext_ge_70": sum(r["recontext_fidelity"] >= 0.7 for r in lora),
-            "n_subjects": len(results), "images_per_subject": images, "method": method,
+            "n_subjects": len(results)}
+
+
+def summarize(results: dict, config: TrainConfig, images: int, method: str = "none") -> dict:
+    return {**figures(results), "images_per_subject": images, "method": method,
             "train": {k: getattr(config, k) for k in ("seed", "steps", "lr", "rank", "batch_size", "pivotal",
                                                        "pivotal_vectors", "embedding_lr", "prior",
                                                        "num_class_images", "aug_weight", "target_modules",
                                                        "captions", "caption_mix", "prior_contexts",
                                                        "embedding_retract", "lr_schedule")},
             "target": "trait >= 0.80 of 'a photo of sks <class>' samples; recontext fidelity >= 0.70"}
+
+
+def record_text(summary: dict, results: dict) -> str:
+    return json.dumps({"summary": summary, "subjects": results}, indent=2) + "\n"
 
 
 def world_contexts() -> list[str]:

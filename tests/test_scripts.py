@@ -138,6 +138,9 @@ def test_kept_loras_are_judged_again_at_other_strengths(tmp_path):
     assert same["summary"]["sampling"] == {"guidance": None, "lora_scale": 1.0}
     # strength 1 at the preset's sampling is the training run's own judgement, sample for sample
     assert same["subjects"][name]["lora"] == trained["subjects"][name]["lora"]
+    rows = off["subjects"].values()  # each record's summary is measured from its own rows
+    assert off["summary"]["lora_recontext_background_mean"] == round(
+        sum(r["lora"]["recontext_background_fidelity"] for r in rows) / len(rows), 3)
     # strength 0: the class prompt (no trigger, whose own vectors stay loaded) judged as the base model's
     for key in ("class_prompt_colours", "class_prompt_trait"):
         assert off["subjects"][name]["lora"][key] == off["subjects"][name]["base"][key]
