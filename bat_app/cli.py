@@ -94,6 +94,10 @@ def _add_train(sub) -> None:
                    help="with --prior: class images are drawn from the class prompt with each such phrase in "
                         "turn ('on the beach'; '' for the bare prompt; repeat it). Off in every recipe: on the "
                         "shapes backbone it lowered prompt following (docs/shapes.md, sixteenth session)")
+    p.add_argument("--background-weight", type=float, default=None, metavar="W",
+                   help="masked training: in photos on a plain background the loss on the background counts "
+                        "W (0-1) against the subject's 1, so the LoRA learns the subject, not the backdrop "
+                        "(default: the recipe's; 1 trains whole photos)")
     p.add_argument("--captions", action="store_true",
                    help="use each image's same-name .txt caption (one without the trigger continues the "
                         "instance prompt: 'on the beach' -> 'a photo of sks dog on the beach')")
@@ -167,7 +171,8 @@ def train_config_from_args(args, n_images: int | None = None):
              "embedding_lr": getattr(args, "embedding_lr", None), "prior": args.prior,
              "memory_profile": getattr(args, "memory_profile", None),
              "caption_mix": getattr(args, "caption_mix", None),
-             "prior_contexts": getattr(args, "prior_contexts", None)}
+             "prior_contexts": getattr(args, "prior_contexts", None),
+             "background_weight": getattr(args, "background_weight", None)}
     data.update({k: v for k, v in flags.items() if v is not None})
     for flag in ("captions", "train_text_encoder"):
         if getattr(args, flag):

@@ -85,6 +85,26 @@ def test_flow_matching_objective(flux):
     assert pack_latents(latents).shape == (2, 64, 16)
 
 
+def test_the_loss_weights_follow_the_packed_patches(flux):
+    """Masked training on Flux: the latent grid's weights are packed like the latents. At sigma = 1
+    x0 changes only the target, so changing it where the weight is 0 leaves the loss as it is."""
+    family = flux.family
+    cond = family.encode(flux, family.tokenize(flux, ["a red disc", "a blue square"]))
+    g = torch.Generator().manual_seed(0)
+    latents, noise = torch.randn(2, 4, 16, 16, generator=g), torch.randn(2, 4, 16, 16, generator=g)
+    t = torch.tensor([999, 999])
+    weight = torch.zeros(2, 1, 16, 16)
+    weight[:, :, :6, :10] = 1.0  # a corner of whole and half patches
+    elsewhere = latents.clone()
+    elsewhere[:, :, 6:, :] += 3.0
+    elsewhere[:, :, :, 10:] -= 3.0
+    loss = family.loss(flux, latents, cond, noise, t, weight)
+    assert torch.allclose(family.loss(flux, elsewhere, cond, noise, t, weight), loss)
+    assert not torch.allclose(family.loss(flux, elsewhere, cond, noise, t), family.loss(flux, latents, cond, noise, t))
+    assert torch.allclose(family.loss(flux, latents, cond, noise, t, torch.ones(2, 1, 16, 16)),
+                          family.loss(flux, latents, cond, noise, t))
+
+
 def test_trains_and_the_lora_changes_the_image(flux, flux_dir, trained):
     from diffusers import FluxPipeline
 

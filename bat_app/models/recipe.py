@@ -49,6 +49,7 @@ class Recipe:
     max_m: int
     k_per_m: int                # ... and the retrieval shortlist ALBAT scores: k = max(min_k, k_per_m * m)
     min_k: int
+    background_weight: float = 1.0  # masked training's weight on plain backgrounds (1: off)
     note: str = ""              # where the numbers come from
 
     @classmethod
@@ -68,7 +69,8 @@ class Recipe:
                 "batch_size": self.batch_size, "pivotal": self.pivotal,
                 "pivotal_vectors": self.pivotal_vectors, "embedding_lr": self.embedding_lr,
                 "prior": self.prior, "num_class_images": self.class_images,
-                "aug_weight": self.aug_weight_few if n <= MIN_PHOTOS else self.aug_weight}
+                "aug_weight": self.aug_weight_few if n <= MIN_PHOTOS else self.aug_weight,
+                "background_weight": self.background_weight}
 
     def selection_settings(self, n_images: int | None = None) -> dict:
         """SelectionParams settings (k, m) for ``n_images`` photos."""

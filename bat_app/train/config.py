@@ -79,6 +79,12 @@ class TrainConfig:
     # Measured on shapes (docs/shapes.md, sixteenth session): prompt following fell 9 points, so
     # no recipe turns it on.
     prior_contexts: list[str] | None = None
+    # Masked training: in a photo on a plain background (bat_app.images.subject_mask) the loss on
+    # the background's latent cells is weighted this much against the subject's, so the LoRA learns
+    # the subject rather than the backdrop it was photographed on (OneTrainer's "unmasked weight";
+    # the weighted loss is divided by the mean weight, so the photos keep their share of the step).
+    # 1: the whole photo counts, as without masks. Photos without a plain background train whole.
+    background_weight: float = 1.0
 
     # --- running -------------------------------------------------------------------------
     checkpoint_every: int = 100        # 0 disables checkpoints (and resume)
@@ -118,6 +124,9 @@ class TrainConfig:
         if not isinstance(self.embedding_retract, (int, float)) or not 0 <= self.embedding_retract <= 1:
             raise InputError(f"`embedding_retract` must be a number in [0, 1], got {self.embedding_retract!r}; "
                              f"0.1 is diffusers' advanced script's.")
+        if not isinstance(self.background_weight, (int, float)) or not 0 <= self.background_weight <= 1:
+            raise InputError(f"`background_weight` must be a number in [0, 1], got {self.background_weight!r}; "
+                             f"1 trains the whole photo, 0.1 mostly the subject.")
         for name in ("aug_weight", "prior_weight", "max_grad_norm"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or value < 0:
@@ -210,7 +219,7 @@ class TrainConfig:
         # memory_profile and compile do not change the result; settings added later hash only when
         # set, so checkpoints made before them still resume.
         later = {"optimizer": "adamw", "quantize": None, "caption_mix": "half", "prior_contexts": None,
-                 "embedding_retract": 0.0, "lr_drop_fraction": 0.2}
+                 "embedding_retract": 0.0, "lr_drop_fraction": 0.2, "background_weight": 1.0}
         data = {k: v for k, v in self.to_dict().items()
                 if k not in ignore and k not in ("checkpoint_every", "keep_checkpoints", "memory_profile", "compile")
                 and not (k in later and v == later[k])}

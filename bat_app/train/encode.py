@@ -18,10 +18,13 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from ..images import prepare_for_training
 from ..images.buckets import Placement, bucket_sizes, fit_to_bucket, place, split_by_bucket
+from ..images.subject_mask import subject_mask
 from ..models import Components
 from ..models.families import Cond, unbatch_cond
 from ..paths import private_tmp
@@ -37,13 +40,31 @@ def vae_fingerprint(components: Components) -> str:
     return h.hexdigest()[:16]
 
 
-def to_pixels(example: Example, resolution: int, placement: Placement | None = None) -> torch.Tensor:
-    """PIL -> (3, h, w) float tensor in [-1, 1] (SD's VAE input range): the centre-cropped
-    ``resolution`` square, or with a ``placement`` the image fitted to its bucket."""
-    image = prepare_for_training(example.image, resolution) if placement is None \
+def training_image(example: Example, resolution: int, placement: Placement | None = None) -> Image.Image:
+    """The pixels the VAE sees: the centre-cropped ``resolution`` square, or with a
+    ``placement`` the image fitted to its bucket."""
+    return prepare_for_training(example.image, resolution) if placement is None \
         else fit_to_bucket(example.image, placement)
-    array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
+
+
+def to_pixels(example: Example, resolution: int, placement: Placement | None = None) -> torch.Tensor:
+    """PIL -> (3, h, w) float tensor in [-1, 1] (SD's VAE input range)."""
+    array = np.asarray(training_image(example, resolution, placement), dtype=np.float32) / 127.5 - 1.0
     return torch.from_numpy(array).permute(2, 0, 1)
+
+
+def loss_weight_map(example: Example, resolution: int, placement: Placement | None, latent_hw: tuple[int, int],
+                    background_weight: float) -> torch.Tensor | None:
+    """(1, h, w) loss weights on the example's latent grid: 1 on every cell that holds any of
+    the subject, ``background_weight`` elsewhere; None when its photo has no plain background
+    (``subject_mask``), which then trains whole."""
+    mask = subject_mask(training_image(example, resolution, placement))
+    if mask is None:
+        return None
+    pixels = torch.from_numpy(np.asarray(mask, dtype=np.float32) / 255.0)[None, None]
+    # Max pooling: a latent cell carries its whole patch, so a cell with a bit of subject is subject.
+    cells = F.adaptive_max_pool2d(pixels, latent_hw)[0]
+    return background_weight + (1.0 - background_weight) * (cells > 0).float()
 
 
 class LatentCache:

@@ -34,7 +34,7 @@ from .config import TrainConfig
 from .data import Example, ExampleGroup, instance_examples
 from ..models.families import Cond, cat_cond, cond_to, stack_cond
 from ..models.families.base import split_te_lora
-from .encode import LatentCache, TextCache, sample_latents
+from .encode import LatentCache, TextCache, loss_weight_map, sample_latents
 from .offload import idle_text_encoders_offloaded
 from .objective import draw_noise
 from .pivotal import PivotalTokens
@@ -65,13 +65,15 @@ class _Encoded:
     """A group ready for training: latent stats, and per example either its cached conditioning
     or (``live``) its token ids per text encoder, encoded every step (a text-encoder LoRA or
     the pivotal vectors change them); with aspect-ratio buckets, per example the conditioning
-    its placement adds (SDXL: its time ids)."""
+    its placement adds (SDXL: its time ids); with masked training, per example its loss weights
+    on the latent grid (None: the whole photo counts; an empty list: no example has any)."""
 
     group: ExampleGroup
     latent_stats: list[tuple[torch.Tensor, torch.Tensor]]
     text: list
     live: bool = False
     image_cond: list[Cond] = field(default_factory=list)
+    loss_weights: list[torch.Tensor | None] = field(default_factory=list)
 
 
 def train_lora(
@@ -264,8 +266,27 @@ def encode_groups(components, groups, config, resolution, cache_root, emit, pivo
             text = texts.get(captions)
         image_cond = [family.placement_cond(latents.placement(e)) for e in group.examples] \
             if latents.buckets else []
-        encoded.append(_Encoded(group, stats, text, live, image_cond if any(image_cond) else []))
+        weights = subject_loss_weights(group, stats, latents, config, resolution, emit)
+        encoded.append(_Encoded(group, stats, text, live, image_cond if any(image_cond) else [], weights))
     return encoded
+
+
+def subject_loss_weights(group: ExampleGroup, stats, latents: LatentCache, config: TrainConfig, resolution: int,
+                         emit) -> list[torch.Tensor | None]:
+    """Masked training (``config.background_weight`` < 1): the user's photos on a plain
+    background get their background's latent cells down-weighted. Only the instance group:
+    class and backbone images are there to be learnt whole."""
+    if group.role != "instance" or config.background_weight >= 1:
+        return []
+    weights = [loss_weight_map(e, resolution, latents.placement(e), tuple(mean.shape[-2:]), config.background_weight)
+               for e, (mean, _) in zip(group.examples, stats)]
+    masked = sum(w is not None for w in weights)
+    names = list(dict.fromkeys(e.name for e, w in zip(group.examples, weights) if w is None))
+    message = f"masked training: {masked} of {len(weights)} photos on a plain background" + (
+        f"; trained whole: {', '.join(names)}" if names else "")
+    log.info(message)
+    emit(ProgressEvent("encode", 1, 1, message=message))
+    return weights if masked else []
 
 
 def make_optimizer(unet_params, te_params, config: TrainConfig, pivotal: PivotalTokens | None = None):
@@ -295,13 +316,16 @@ def training_step(components: Components, config: TrainConfig, encoded: list[_En
     family, device = components.family, components.device
     cond = step_cond(components, encoded, picks)
     batches = split_by_bucket([tuple(mean.shape) for mean, _ in chosen])
+    maps = [e.loss_weights[i] if e.loss_weights else None for e, idx in zip(encoded, picks) for i in idx.tolist()]
     parts = []
     for positions in batches:
         latents = sample_latents(components, [chosen[p] for p in positions], generator)
         noise, timesteps = draw_noise(latents.shape, generator, family.num_timesteps(components))
         index = torch.tensor(positions, device=device)
         part_cond = cond if len(batches) == 1 else {k: v.index_select(0, index) for k, v in cond.items()}
-        parts.append(family.loss(components, latents.to(device), part_cond, noise.to(device), timesteps.to(device)))
+        weight = _stack_weights([maps[p] for p in positions], latents.shape[-2:], device)
+        parts.append(family.loss(components, latents.to(device), part_cond, noise.to(device), timesteps.to(device),
+                                 weight))
     losses = parts[0] if len(batches) == 1 else \
         torch.cat(parts)[torch.argsort(torch.tensor([p for b in batches for p in b], device=device))]
     per_group = losses.view(len(encoded), config.batch_size).mean(dim=1)
@@ -375,6 +399,13 @@ class _LossLog:
     def append(self, step: int, loss: float) -> None:
         with open(self.path, "a") as f:
             f.write(f'{{"step": {step}, "loss": {loss!r}}}\n')
+
+
+def _stack_weights(maps: list[torch.Tensor | None], hw, device) -> torch.Tensor | None:
+    """A batch's (b, 1, h, w) loss weights; ones for the examples without any; None for none."""
+    if all(m is None for m in maps):
+        return None
+    return torch.stack([torch.ones(1, *hw) if m is None else m for m in maps]).to(device)
 
 
 def _strip(state: dict, prefix: str) -> dict:

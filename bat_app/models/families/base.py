@@ -111,8 +111,9 @@ class Family:
         return int(components.noise_scheduler.config.num_train_timesteps)
 
     def loss(self, components, latents: torch.Tensor, cond: Cond, noise: torch.Tensor,
-             timesteps: torch.Tensor) -> torch.Tensor:
-        """The training loss per batch item (fp32), at integer ``timesteps``."""
+             timesteps: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """The training loss per batch item (fp32), at integer ``timesteps``; with ``weight``
+        (b, 1, h, w) on the latent grid, each item's weighted mean (:func:`weighted_mean`)."""
         raise NotImplementedError
 
     # --- sampling and export ------------------------------------------------------------
@@ -129,6 +130,17 @@ class Family:
 
     def to_kohya(self, denoiser_lora: dict, te_lora: dict, alpha: float) -> dict[str, torch.Tensor]:
         raise NotImplementedError
+
+
+def weighted_mean(error: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """Per batch item, the mean of ``error`` (b, ...), or with ``weight`` (broadcast to it) the
+    weighted mean: divided by the weights' sum, so an item weighs the same in its batch whatever
+    its share of down-weighted cells (OneTrainer's normalized masked loss)."""
+    dims = tuple(range(1, error.ndim))
+    if weight is None:
+        return error.mean(dim=dims)
+    weight = weight.to(error).expand_as(error)
+    return (error * weight).sum(dim=dims) / weight.sum(dim=dims).clamp_min(1e-8)
 
 
 def stack_cond(items: Sequence[Cond]) -> Cond:

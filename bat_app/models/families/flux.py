@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import ModelLoadError
-from .base import Cond, Family, Part, adapter_metadata
+from .base import Cond, Family, Part, adapter_metadata, weighted_mean
 from .sd import canonical_text_encoder_keys
 
 # The reference script's --guidance_scale default: the value the dev model's guidance
@@ -138,7 +138,7 @@ class Flux(Family):
             return float(spec.sampling["guidance_scale"])
         return TRAIN_GUIDANCE
 
-    def loss(self, components, latents, cond, noise, timesteps):
+    def loss(self, components, latents, cond, noise, timesteps, weight=None):
         transformer = components.denoiser
         dtype = components.dtype  # not transformer.dtype, which walks every parameter (sd.py)
         b, _, h, w = latents.shape
@@ -155,7 +155,9 @@ class Flux(Family):
             pooled_projections=cond["pooled"].to(dtype), encoder_hidden_states=hidden.to(dtype),
             txt_ids=torch.zeros(hidden.shape[1], 3, device=latents.device, dtype=dtype),
             img_ids=latent_image_ids(h // 2, w // 2, latents.device, dtype), return_dict=False)[0]
-        return F.mse_loss(pred.float(), target, reduction="none").mean(dim=(1, 2))
+        if weight is not None:  # the latent grid's weights, packed into 2x2 patches like the latents
+            weight = pack_latents(weight.to(latents.device).float().expand(-1, latents.shape[1], -1, -1).contiguous())
+        return weighted_mean(F.mse_loss(pred.float(), target, reduction="none"), weight)
 
     # --- sampling and export ------------------------------------------------------------
     def pipeline_class(self):

@@ -78,10 +78,10 @@ class StableDiffusionXL(StableDiffusion):
         h, w = latents.shape[-2] * scale, latents.shape[-1] * scale
         return torch.tensor([[h, w, 0, 0, h, w]], dtype=torch.float32).repeat(latents.shape[0], 1)
 
-    def loss(self, components, latents, cond, noise, timesteps):
+    def loss(self, components, latents, cond, noise, timesteps, weight=None):
         if "time_ids" not in cond:
             cond = {**cond, "time_ids": self.default_time_ids(components, latents).to(latents.device)}
-        return super().loss(components, latents, cond, noise, timesteps)
+        return super().loss(components, latents, cond, noise, timesteps, weight)
 
     def added_kwargs(self, cond: Cond, dtype: torch.dtype) -> dict:
         return {"added_cond_kwargs": {"text_embeds": cond["pooled"].to(dtype),
