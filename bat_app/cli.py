@@ -98,6 +98,9 @@ def _add_train(sub) -> None:
                    help="masked training: in photos on a plain background the loss on the background counts "
                         "W (0-1) against the subject's 1, so the LoRA learns the subject, not the backdrop "
                         "(default: the recipe's; 1 trains whole photos)")
+    p.add_argument("--backdrop-swaps", type=int, default=None, metavar="N",
+                   help="show each photo on a plain background also on N other plain colours, so the trigger "
+                        "does not stand for the backdrops (default: the recipe's; 0 = off)")
     p.add_argument("--captions", action="store_true",
                    help="use each image's same-name .txt caption (one without the trigger continues the "
                         "instance prompt: 'on the beach' -> 'a photo of sks dog on the beach')")
@@ -172,7 +175,8 @@ def train_config_from_args(args, n_images: int | None = None):
              "memory_profile": getattr(args, "memory_profile", None),
              "caption_mix": getattr(args, "caption_mix", None),
              "prior_contexts": getattr(args, "prior_contexts", None),
-             "background_weight": getattr(args, "background_weight", None)}
+             "background_weight": getattr(args, "background_weight", None),
+             "backdrop_swaps": getattr(args, "backdrop_swaps", None)}
     data.update({k: v for k, v in flags.items() if v is not None})
     for flag in ("captions", "train_text_encoder"):
         if getattr(args, flag):

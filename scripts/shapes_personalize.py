@@ -67,6 +67,9 @@ def main(argv=None) -> int:
     p.add_argument("--background-weight", type=float, default=None,
                    help="masked training's weight on the photos' plain backgrounds (TrainConfig.background_weight; "
                    "default: the recipe's)")
+    p.add_argument("--backdrop-swaps", type=int, default=None,
+                   help="other plain backdrops each photo is also shown on (TrainConfig.backdrop_swaps; "
+                   "default: the recipe's)")
     p.add_argument("--class-images", type=int, default=None, help="class images for prior preservation "
                    "(default: the recipe's)")
     p.add_argument("--method", default="none", choices=METHODS,
@@ -113,7 +116,7 @@ def main(argv=None) -> int:
     overrides = {"steps": args.steps, "lr": args.lr, "rank": args.rank, "batch_size": args.batch_size,
                  "pivotal": args.pivotal, "embedding_lr": args.embedding_lr,
                  "embedding_retract": args.embedding_retract, "lr_schedule": args.lr_schedule,
-                 "background_weight": args.background_weight,
+                 "background_weight": args.background_weight, "backdrop_swaps": args.backdrop_swaps,
                  "num_class_images": args.class_images, "target_modules": args.targets,
                  "prior_contexts": world_contexts() if args.prior_contexts == "world" else None}
     components = load_components("shapes", device="cpu")
@@ -204,7 +207,7 @@ def summarize(results: dict, config: TrainConfig, images: int, method: str = "no
                                                        "num_class_images", "aug_weight", "target_modules",
                                                        "captions", "caption_mix", "prior_contexts",
                                                        "embedding_retract", "lr_schedule",
-                                                       "background_weight")},
+                                                       "background_weight", "backdrop_swaps")},
             "target": "trait >= 0.80 of 'a photo of sks <class>' samples; recontext fidelity >= 0.70"}
 
 
@@ -256,6 +259,8 @@ def method_label(summary: dict) -> str:
         suffix += f" + retract {train['embedding_retract']:g}"
     if train.get("background_weight", 1.0) != recipe_for("shapes").background_weight:
         suffix += f" + background weight {train['background_weight']:g}"
+    if train.get("backdrop_swaps", 0) != recipe_for("shapes").backdrop_swaps:
+        suffix += f" + {train['backdrop_swaps']} backdrop swaps"
     sampling = summary.get("sampling") or {}
     if sampling.get("guidance"):
         suffix += f" + guidance {sampling['guidance']:g}"

@@ -50,6 +50,7 @@ class Recipe:
     k_per_m: int                # ... and the retrieval shortlist ALBAT scores: k = max(min_k, k_per_m * m)
     min_k: int
     background_weight: float = 1.0  # masked training's weight on plain backgrounds (1: off)
+    backdrop_swaps: int = 0         # other plain backdrops each photo is also shown on (0: off)
     note: str = ""              # where the numbers come from
 
     @classmethod
@@ -70,7 +71,7 @@ class Recipe:
                 "pivotal_vectors": self.pivotal_vectors, "embedding_lr": self.embedding_lr,
                 "prior": self.prior, "num_class_images": self.class_images,
                 "aug_weight": self.aug_weight_few if n <= MIN_PHOTOS else self.aug_weight,
-                "background_weight": self.background_weight}
+                "background_weight": self.background_weight, "backdrop_swaps": self.backdrop_swaps}
 
     def selection_settings(self, n_images: int | None = None) -> dict:
         """SelectionParams settings (k, m) for ``n_images`` photos."""

@@ -85,6 +85,11 @@ class TrainConfig:
     # the weighted loss is divided by the mean weight, so the photos keep their share of the step).
     # 1: the whole photo counts, as without masks. Photos without a plain background train whole.
     background_weight: float = 1.0
+    # Backdrop swaps: each photo on a plain background (bat_app.images.subject_mask.backdrop_region)
+    # is also shown on this many other plain colours, so the trigger cannot stand for the backdrops
+    # it was photographed on. Every photo keeps its share of the draws (one in 1 + n is the photo
+    # as it is); photos with a stated context in their caption, or no plain backdrop, stay as they are.
+    backdrop_swaps: int = 0
 
     # --- running -------------------------------------------------------------------------
     checkpoint_every: int = 100        # 0 disables checkpoints (and resume)
@@ -113,7 +118,7 @@ class TrainConfig:
         for name, value in positive_ints.items():
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise InputError(f"`{name}` must be a positive integer, got {value!r}.")
-        for name in ("checkpoint_every", "warmup_steps", "seed"):
+        for name in ("checkpoint_every", "warmup_steps", "seed", "backdrop_swaps"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise InputError(f"`{name}` must be an integer >= 0, got {value!r}.")
@@ -219,7 +224,8 @@ class TrainConfig:
         # memory_profile and compile do not change the result; settings added later hash only when
         # set, so checkpoints made before them still resume.
         later = {"optimizer": "adamw", "quantize": None, "caption_mix": "half", "prior_contexts": None,
-                 "embedding_retract": 0.0, "lr_drop_fraction": 0.2, "background_weight": 1.0}
+                 "embedding_retract": 0.0, "lr_drop_fraction": 0.2, "background_weight": 1.0,
+                 "backdrop_swaps": 0}
         data = {k: v for k, v in self.to_dict().items()
                 if k not in ignore and k not in ("checkpoint_every", "keep_checkpoints", "memory_profile", "compile")
                 and not (k in later and v == later[k])}

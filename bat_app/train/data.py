@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 from PIL import Image
 
 from ..errors import InputError
 from ..images import pixel_digest
+from ..images.subject_mask import backdrop_colours, backdrop_region, new_backdrop
 
 
 @dataclass
@@ -76,6 +78,28 @@ def instance_examples(images, prompt: str, token: str, use_captions: bool = Fals
         if use_captions and caption_mix == "half":
             examples.append(Example(item.image, prompt, name=item.name))
     return examples
+
+
+def with_backdrop_swaps(examples: Sequence[Example], swaps: int, prompt: str,
+                        seed: int) -> tuple[list[Example], list[str]]:
+    """Each instance example ``1 + swaps`` times: an example captioned with the plain instance
+    prompt whose photo has a plain backdrop comes as it is plus on ``swaps`` random other plain
+    colours (drawn from ``seed``); the others come as they are, repeated, so every example keeps
+    its share of the draws. Returns the examples and the names of the photos that got swaps."""
+    if swaps <= 0:
+        return list(examples), []
+    rng = np.random.default_rng(seed)
+    out, swapped = [], []
+    for example in examples:
+        # A caption that states the context ("on a yellow background") would be contradicted.
+        region = backdrop_region(example.image) if example.caption == prompt else None
+        colours = [] if region is None else backdrop_colours(example.image, swaps, rng, region)
+        copies = [Example(new_backdrop(example.image, c, region), example.caption, name=example.name)
+                  for c in colours]
+        out += [example] * (1 + swaps - len(copies)) + copies
+        if copies:
+            swapped.append(example.name)
+    return out, list(dict.fromkeys(swapped))
 
 
 def examples_from_pairs(pairs: Sequence[tuple[Image.Image | str | Path | bytes, str]]) -> list[Example]:

@@ -31,7 +31,7 @@ from ..paths import cache_dir
 from . import checkpoint as ckpt
 from .adapters import ADAPTER, add_adapters, lora_state_dicts, lora_text_encoders, remove_adapters
 from .config import TrainConfig
-from .data import Example, ExampleGroup, instance_examples
+from .data import Example, ExampleGroup, instance_examples, with_backdrop_swaps
 from ..models.families import Cond, cat_cond, cond_to, stack_cond
 from ..models.families.base import split_te_lora
 from .encode import LatentCache, TextCache, loss_weight_map, sample_latents
@@ -223,8 +223,15 @@ def check_inputs(components: Components, images: Sequence, config: TrainConfig, 
 
 
 def prepare_groups(components, images, config, augment, resolution, cache_root, emit) -> list[ExampleGroup]:
-    groups = [ExampleGroup("instance", instance_examples(images, config.prompt, config.token, config.captions,
-                                                            config.caption_mix), 1.0)]
+    examples = instance_examples(images, config.prompt, config.token, config.captions, config.caption_mix)
+    if config.backdrop_swaps:
+        examples, swapped = with_backdrop_swaps(examples, config.backdrop_swaps, config.prompt, config.seed)
+        kept = [name for name in dict.fromkeys(e.name for e in examples) if name not in swapped]
+        message = f"backdrop swaps: {len(swapped)} of {len(swapped) + len(kept)} photos also shown on " \
+                  f"{config.backdrop_swaps} other plain colours" + (f"; as they are: {', '.join(kept)}" if kept else "")
+        log.info(message)
+        emit(ProgressEvent("encode", 1, 1, message=message))
+    groups = [ExampleGroup("instance", examples, 1.0)]
     if config.prior and config.prior_weight > 0:
         cycle = config.class_prompt_cycle
         paths = ensure_class_images(
