@@ -101,6 +101,9 @@ def main(argv=None) -> int:
                    "(default: the preset's)")
     p.add_argument("--lora-scale", type=float, nargs="+", default=[1.0],
                    help="LoRA strength of the judged samples; several: one record each, --out holds {scale}")
+    p.add_argument("--lora-start", type=float, nargs="+", default=[0.0],
+                   help="share of the sampling steps drawn without the LoRA (sample_images' lora_start); "
+                   "several: one record each, --out holds {start}")
     p.add_argument("--table", nargs="+", type=Path, metavar="RECORD",
                    help="print the table of these records (--out files) and the paired comparison; trains nothing")
     args = p.parse_args(argv)
@@ -161,26 +164,30 @@ def judge_kept(args) -> int:
     are drawn once per subject for all the strengths."""
     from bat_app.shapes.personalization import measure_lora
 
-    scales = args.lora_scale
-    if len(scales) > 1 and (args.out is None or "{scale}" not in str(args.out)):
-        raise SystemExit("several --lora-scale values write one record each: put {scale} in --out")
+    settings = [(scale, start) for scale in args.lora_scale for start in args.lora_start]
+    for flag, values, field in (("--lora-scale", args.lora_scale, "{scale}"), ("--lora-start", args.lora_start,
+                                                                              "{start}")):
+        if len(values) > 1 and (args.out is None or field not in str(args.out)):
+            raise SystemExit(f"several {flag} values write one record each: put {field} in --out")
     kept = json.loads((args.judge / "record.json").read_text())
     components = load_components("shapes", device="cpu")
     classifier = load_attribute_classifier(shapes_paths().classifier)
-    results: dict = {scale: {} for scale in scales}
+    results: dict = {setting: {} for setting in settings}
     for name, old in kept["subjects"].items():
-        for scale in scales:
+        for scale, start in settings:
             row = measure_lora(name, args.judge / name, kept["summary"]["images_per_subject"], args.samples, "sks",
-                               components, classifier, lora_scale=scale, guidance=args.guidance)
+                               components, classifier, lora_scale=scale, guidance=args.guidance, lora_start=start)
             row.pop("_grids")
-            results[scale][name] = {**{k: v for k, v in old.items() if k not in row}, **row}
-            print(f"{name} (LoRA scale {scale:g}): LoRA {row['lora']}  base {row['base']}", flush=True)
-    for scale in scales:
+            results[scale, start][name] = {**{k: v for k, v in old.items() if k not in row}, **row}
+            print(f"{name} (LoRA scale {scale:g}, from {start:g} of the steps): LoRA {row['lora']}  "
+                  f"base {row['base']}", flush=True)
+    for scale, start in settings:
         # the kept run's settings; every figure measured again
-        summary = {**kept["summary"], **figures(results[scale]),
-                   "sampling": {"guidance": args.guidance, "lora_scale": scale}}
+        sampling = {"guidance": args.guidance, "lora_scale": scale} | ({"lora_start": start} if start else {})
+        summary = {**kept["summary"], **figures(results[scale, start]), "sampling": sampling}
         if args.out:
-            Path(str(args.out).replace("{scale}", f"{scale:g}")).write_text(record_text(summary, results[scale]))
+            out = str(args.out).replace("{scale}", f"{scale:g}").replace("{start}", f"{start:g}")
+            Path(out).write_text(record_text(summary, results[scale, start]))
         print(json.dumps(summary, indent=2))
     return 0
 
@@ -266,6 +273,8 @@ def method_label(summary: dict) -> str:
         suffix += f" + guidance {sampling['guidance']:g}"
     if sampling.get("lora_scale", 1.0) != 1.0:
         suffix += f" + LoRA scale {sampling['lora_scale']:g}"
+    if sampling.get("lora_start"):
+        suffix += f" + LoRA from {sampling['lora_start']:g} of the steps"
     return summary["method"] + suffix
 
 

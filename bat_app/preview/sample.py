@@ -20,12 +20,15 @@ from ..models.fingerprint import model_fingerprint
 def sample_images(components: Components, prompts: Sequence[str], seeds: Sequence[int],
                   lora_dir: str | Path | None = None, batch_size: int | None = None,
                   progress: Callable[[int, int], None] | None = None, lora_scale: float = 1.0,
-                  guidance_scale: float | None = None) -> list[list[Image.Image]]:
+                  guidance_scale: float | None = None, lora_start: float = 0.0) -> list[list[Image.Image]]:
     """images[p][s] for prompt p and seed s; with ``lora_dir`` its diffusers LoRA is applied.
 
     Seed s always draws the same initial noise, so columns of a grid differ only by the weights.
     ``lora_scale`` is the LoRA's strength (the weight A1111 and ComfyUI users set; the trigger's
     embeddings are not scaled); ``guidance_scale`` overrides the preset's CFG scale.
+    ``lora_start`` (0-1) is the share of the sampling steps the denoiser runs without its LoRA
+    (ComfyUI's LoRA hook keyframes): the first, noisiest steps lay out the picture, the base
+    model's way, and the LoRA draws the subject into it from then on.
     """
     pipe = build_pipeline(components)
     sampling = components.spec.sampling
@@ -51,14 +54,20 @@ def sample_images(components: Components, prompts: Sequence[str], seeds: Sequenc
         finally:
             diffusers_logging.set_verbosity(level)
     scale_kwargs = lora_scale_kwargs(pipe, lora_scale) if lora_dir is not None and lora_scale != 1.0 else {}
+    steps = sampling.get("steps", 30)
+    start_step = round(lora_start * steps) if lora_dir is not None else 0
+    if start_step:
+        scale_kwargs["callback_on_step_end"] = lora_from_step(components, start_step)
     jobs = [(p, s) for p in range(len(prompts)) for s in range(len(seeds))]
     out: list[list[Image.Image | None]] = [[None] * len(seeds) for _ in prompts]
     try:
         for start in range(0, len(jobs), batch_size):
             chunk = jobs[start:start + batch_size]
+            if start_step:
+                components.denoiser.disable_adapters()  # the callback turns it on at start_step
             with torch.no_grad():
                 images = pipe([prompts[p] for p, _ in chunk], height=resolution, width=resolution,
-                              num_inference_steps=sampling.get("steps", 30),
+                              num_inference_steps=steps,
                               guidance_scale=guidance_scale or sampling.get("guidance_scale", 7.5),
                               **scale_kwargs,
                               generator=[torch.Generator().manual_seed(seeds[s]) for _, s in chunk]).images
@@ -68,6 +77,8 @@ def sample_images(components: Components, prompts: Sequence[str], seeds: Sequenc
                 progress(start + len(chunk), len(jobs))
     finally:
         if lora_dir is not None:
+            if start_step:
+                components.denoiser.enable_adapters()
             pipe.unload_lora_weights()
         if embedding is not None:
             unload_trigger_embeddings(components, pipe)
@@ -80,6 +91,17 @@ def lora_scale_kwargs(pipe, scale: float) -> dict:
     name = "joint_attention_kwargs" if "joint_attention_kwargs" in inspect.signature(pipe.__call__).parameters \
         else "cross_attention_kwargs"
     return {name: {"scale": float(scale)}}
+
+
+def lora_from_step(components: Components, start_step: int) -> Callable:
+    """A ``callback_on_step_end`` that turns the denoiser's LoRA on after ``start_step`` steps
+    (the pipeline calls it after each step, with that step's index)."""
+    def callback(pipe, index: int, timestep, kwargs: dict) -> dict:
+        if index + 1 == start_step:
+            components.denoiser.enable_adapters()
+        return kwargs
+
+    return callback
 
 
 def load_trigger_embeddings(components: Components, pipe, path: Path, token: str) -> None:

@@ -59,11 +59,11 @@ def _judge(classifier, images, subject, wanted: dict | None = None) -> dict:
 
 
 def sample_rows(components, prompts: list[str], samples: int, lora_dir=None, lora_scale: float = 1.0,
-                guidance: float | None = None) -> list[list]:
+                guidance: float | None = None, lora_start: float = 0.0) -> list[list]:
     from bat_app.preview import sample_images
 
     return sample_images(components, prompts, list(range(samples)), lora_dir, batch_size=32,
-                         lora_scale=lora_scale, guidance_scale=guidance)
+                         lora_scale=lora_scale, guidance_scale=guidance, lora_start=lora_start)
 
 
 def context_caption(subject, photo: dict, token: str = "sks") -> str:
@@ -117,9 +117,11 @@ def measure_subject(name: str, config, n_images: int = 3, samples: int = 16, wor
 
 
 def measure_lora(name: str, lora_dir: Path, n_images: int = 3, samples: int = 16, token: str = "sks",
-                 components=None, classifier=None, lora_scale: float = 1.0, guidance: float | None = None) -> dict:
+                 components=None, classifier=None, lora_scale: float = 1.0, guidance: float | None = None,
+                 lora_start: float = 0.0) -> dict:
     """Sample a trained LoRA folder (and the base model) and judge the samples (see module doc).
-    ``lora_scale`` and ``guidance`` change how both are sampled (default: the preset's)."""
+    ``lora_scale``, ``lora_start`` and ``guidance`` change how they are sampled (default: the
+    preset's; the first two only touch the LoRA's samples)."""
     from bat_app.models import load_components
     from bat_app.shapes import load_attribute_classifier
 
@@ -138,7 +140,7 @@ def measure_lora(name: str, lora_dir: Path, n_images: int = 3, samples: int = 16
         if lora is None and key in _BASE_SAMPLES:  # the base model's samples do not change
             images = _BASE_SAMPLES[key]
         else:
-            images = sample_rows(components, prompts, samples, lora, lora_scale, guidance)
+            images = sample_rows(components, prompts, samples, lora, lora_scale, guidance, lora_start)
             if lora is None:
                 _BASE_SAMPLES[key] = images
         grids[label] = images
