@@ -80,6 +80,20 @@ def images(subject_dir):
     return load_user_images(subject_dir).images
 
 
+@pytest.fixture
+def busy_images(tmp_path):
+    """Three checked user images with no plain background (noise): busy0.png ... busy2.png."""
+    from PIL import Image
+
+    from bat_app.images import load_user_images
+
+    folder = tmp_path / "busy"
+    folder.mkdir()
+    for i in range(3):
+        Image.effect_noise((64, 64), 60 + 10 * i).convert("RGB").save(folder / f"busy{i}.png")
+    return load_user_images(folder).images
+
+
 # --- a tiny CLIP and a small pool (for selection and compare tests) -------------------------
 
 @pytest.fixture(scope="session")

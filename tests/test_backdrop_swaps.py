@@ -7,7 +7,6 @@ import pytest
 from PIL import Image, ImageDraw
 
 from bat_app.errors import InputError
-from bat_app.images import load_user_images
 from bat_app.images.subject_mask import TOLERANCE, backdrop_colours, backdrop_region, new_backdrop
 from bat_app.train import TrainConfig, train_lora
 from bat_app.train.data import Example, with_backdrop_swaps
@@ -105,14 +104,9 @@ def test_the_trainer_shows_the_photos_on_new_backdrops_and_says_so(comps, images
     assert instance_encodes(events) == 3 * 5  # each photo as it is and on four new backdrops
 
 
-def test_photos_without_a_plain_backdrop_train_as_before(comps, tmp_path):
-    folder = tmp_path / "busy"
-    folder.mkdir()
-    for i in range(3):
-        Image.effect_noise((64, 64), 60 + 10 * i).convert("RGB").save(folder / f"busy{i}.png")
-    busy = load_user_images(folder).images
+def test_photos_without_a_plain_backdrop_train_as_before(comps, busy_images, tmp_path):
     events = []
-    train_lora(comps, busy, quick(backdrop_swaps=2), tmp_path / "swapped", export=False, progress=events.append,
+    train_lora(comps, busy_images, quick(backdrop_swaps=2), tmp_path / "swapped", export=False, progress=events.append,
                cache_root=tmp_path / "cache")
     assert "backdrop swaps: 0 of 3 photos also shown on 2 other plain colours; as they are: busy0.png, busy1.png, " \
            "busy2.png" in [e.message for e in events]

@@ -8,7 +8,6 @@ import torch
 from PIL import Image, ImageDraw
 
 from bat_app.errors import InputError
-from bat_app.images import load_user_images
 from bat_app.images.subject_mask import subject_mask
 from bat_app.models.families.base import weighted_mean
 from bat_app.shapes import SUBJECTS, shapes_paths
@@ -94,12 +93,8 @@ def test_masked_training_changes_the_loss_and_says_what_it_masked(comps, images,
     assert any("masked training: 3 of 3 photos on a plain background" == (e.message or "") for e in events)
 
 
-def test_photos_without_a_plain_background_train_whole(comps, tmp_path):
-    folder = tmp_path / "busy"
-    folder.mkdir()
-    for i in range(3):
-        Image.effect_noise((64, 64), 60 + 10 * i).convert("RGB").save(folder / f"busy{i}.png")
-    busy = load_user_images(folder).images
+def test_photos_without_a_plain_background_train_whole(comps, busy_images, tmp_path):
+    busy = busy_images
     events = []
     whole = train_lora(comps, busy, quick(), tmp_path / "whole", export=False)
     masked = train_lora(comps, busy, quick(background_weight=0.1), tmp_path / "masked", export=False,
