@@ -136,7 +136,8 @@ def test_the_fingerprint_ignores_the_profile_name_and_compile_and_keeps_old_ones
     # checkpoints written before these settings existed still resume: defaults do not hash
     old = {k: v for k, v in base.to_dict().items() if k not in
            ("checkpoint_every", "keep_checkpoints", "memory_profile", "optimizer", "quantize", "compile",
-            "caption_mix", "prior_contexts", "embedding_retract", "lr_drop_fraction", "background_weight")}
+            "caption_mix", "prior_contexts", "embedding_retract", "lr_drop_fraction", "background_weight",
+            "backdrop_swaps")}
     import hashlib
 
     assert base.fingerprint() == hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()[:16]
