@@ -94,10 +94,9 @@ def test_masked_training_changes_the_loss_and_says_what_it_masked(comps, images,
 
 
 def test_photos_without_a_plain_background_train_whole(comps, busy_images, tmp_path):
-    busy = busy_images
     events = []
-    whole = train_lora(comps, busy, quick(), tmp_path / "whole", export=False)
-    masked = train_lora(comps, busy, quick(background_weight=0.1), tmp_path / "masked", export=False,
+    whole = train_lora(comps, busy_images, quick(), tmp_path / "whole", export=False)
+    masked = train_lora(comps, busy_images, quick(background_weight=0.1), tmp_path / "masked", export=False,
                         progress=events.append)
     assert masked.losses == whole.losses
     message = next(e.message for e in events if (e.message or "").startswith("masked training"))

@@ -209,5 +209,5 @@ def test_lora_strength_start_and_guidance_change_the_samples_as_asked(comps, ima
     np.testing.assert_array_equal(pixels(sample_images(comps, prompt, [0], out, lora_start=1.0)), base)
     late = pixels(sample_images(comps, prompt, [0], out, lora_start=0.5))
     assert np.abs(late - base).mean() > 0.5 and np.abs(late - full).mean() > 0.5
+    np.testing.assert_array_equal(pixels(sample_images(comps, prompt, [0], out, lora_start=0.0)), full)
     np.testing.assert_array_equal(pixels(sample_images(comps, prompt, [0], out)), full)  # for that call only
-

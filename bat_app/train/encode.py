@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Callable, Sequence
@@ -28,7 +29,11 @@ from ..images.subject_mask import subject_mask
 from ..models import Components
 from ..models.families import Cond, unbatch_cond
 from ..paths import private_tmp
-from .data import Example
+from ..progress import ProgressEvent
+from .config import TrainConfig
+from .data import Example, ExampleGroup
+
+log = logging.getLogger(__name__)
 
 
 def vae_fingerprint(components: Components) -> str:
@@ -65,6 +70,31 @@ def loss_weight_map(example: Example, resolution: int, placement: Placement | No
     # Max pooling: a latent cell carries its whole patch, so a cell with a bit of subject is subject.
     cells = F.adaptive_max_pool2d(pixels, latent_hw)[0]
     return background_weight + (1.0 - background_weight) * (cells > 0).float()
+
+
+def subject_loss_weights(group: ExampleGroup, stats, latents: LatentCache, config: TrainConfig, resolution: int,
+                         emit) -> list[torch.Tensor | None]:
+    """Masked training (``config.background_weight`` < 1): the user's photos on a plain
+    background get their background's latent cells down-weighted. Only the instance group:
+    class and backbone images are there to be learnt whole."""
+    if group.role != "instance" or config.background_weight >= 1:
+        return []
+    weights = [loss_weight_map(e, resolution, latents.placement(e), tuple(mean.shape[-2:]), config.background_weight)
+               for e, (mean, _) in zip(group.examples, stats)]
+    masked = sum(w is not None for w in weights)
+    names = list(dict.fromkeys(e.name for e, w in zip(group.examples, weights) if w is None))
+    message = f"masked training: {masked} of {len(weights)} photos on a plain background" + (
+        f"; trained whole: {', '.join(names)}" if names else "")
+    log.info(message)
+    emit(ProgressEvent("encode", 1, 1, message=message))
+    return weights if masked else []
+
+
+def stack_loss_weights(maps: list[torch.Tensor | None], hw, device) -> torch.Tensor | None:
+    """A batch's (b, 1, h, w) loss weights; ones for the examples without any; None for none."""
+    if all(m is None for m in maps):
+        return None
+    return torch.stack([torch.ones(1, *hw) if m is None else m for m in maps]).to(device)
 
 
 class LatentCache:

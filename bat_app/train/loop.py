@@ -34,7 +34,7 @@ from .config import TrainConfig
 from .data import Example, ExampleGroup, instance_examples, with_backdrop_swaps
 from ..models.families import Cond, cat_cond, cond_to, stack_cond
 from ..models.families.base import split_te_lora
-from .encode import LatentCache, TextCache, loss_weight_map, sample_latents
+from .encode import LatentCache, TextCache, sample_latents, stack_loss_weights, subject_loss_weights
 from .offload import idle_text_encoders_offloaded
 from .objective import draw_noise
 from .pivotal import PivotalTokens
@@ -278,24 +278,6 @@ def encode_groups(components, groups, config, resolution, cache_root, emit, pivo
     return encoded
 
 
-def subject_loss_weights(group: ExampleGroup, stats, latents: LatentCache, config: TrainConfig, resolution: int,
-                         emit) -> list[torch.Tensor | None]:
-    """Masked training (``config.background_weight`` < 1): the user's photos on a plain
-    background get their background's latent cells down-weighted. Only the instance group:
-    class and backbone images are there to be learnt whole."""
-    if group.role != "instance" or config.background_weight >= 1:
-        return []
-    weights = [loss_weight_map(e, resolution, latents.placement(e), tuple(mean.shape[-2:]), config.background_weight)
-               for e, (mean, _) in zip(group.examples, stats)]
-    masked = sum(w is not None for w in weights)
-    names = list(dict.fromkeys(e.name for e, w in zip(group.examples, weights) if w is None))
-    message = f"masked training: {masked} of {len(weights)} photos on a plain background" + (
-        f"; trained whole: {', '.join(names)}" if names else "")
-    log.info(message)
-    emit(ProgressEvent("encode", 1, 1, message=message))
-    return weights if masked else []
-
-
 def make_optimizer(unet_params, te_params, config: TrainConfig, pivotal: PivotalTokens | None = None):
     groups = [{"params": unet_params, "lr": config.lr}]
     if te_params:
@@ -330,7 +312,7 @@ def training_step(components: Components, config: TrainConfig, encoded: list[_En
         noise, timesteps = draw_noise(latents.shape, generator, family.num_timesteps(components))
         index = torch.tensor(positions, device=device)
         part_cond = cond if len(batches) == 1 else {k: v.index_select(0, index) for k, v in cond.items()}
-        weight = _stack_weights([maps[p] for p in positions], latents.shape[-2:], device)
+        weight = stack_loss_weights([maps[p] for p in positions], latents.shape[-2:], device)
         parts.append(family.loss(components, latents.to(device), part_cond, noise.to(device), timesteps.to(device),
                                  weight))
     losses = parts[0] if len(batches) == 1 else \
@@ -406,13 +388,6 @@ class _LossLog:
     def append(self, step: int, loss: float) -> None:
         with open(self.path, "a") as f:
             f.write(f'{{"step": {step}, "loss": {loss!r}}}\n')
-
-
-def _stack_weights(maps: list[torch.Tensor | None], hw, device) -> torch.Tensor | None:
-    """A batch's (b, 1, h, w) loss weights; ones for the examples without any; None for none."""
-    if all(m is None for m in maps):
-        return None
-    return torch.stack([torch.ones(1, *hw) if m is None else m for m in maps]).to(device)
 
 
 def _strip(state: dict, prefix: str) -> dict:
