@@ -70,6 +70,9 @@ def main(argv=None) -> int:
     p.add_argument("--backdrop-swaps", type=int, default=None,
                    help="other plain backdrops each photo is also shown on (TrainConfig.backdrop_swaps; "
                    "default: the recipe's)")
+    p.add_argument("--save-every", type=int, default=None,
+                   help="also export the LoRA every N steps (TrainConfig.save_every; with --keep-loras: "
+                   "DIR/<subject>/steps/step-N, judged with --judge DIR --step N)")
     p.add_argument("--class-images", type=int, default=None, help="class images for prior preservation "
                    "(default: the recipe's)")
     p.add_argument("--method", default="none", choices=METHODS,
@@ -97,6 +100,8 @@ def main(argv=None) -> int:
                    help="train into DIR/<subject> and keep the LoRAs (and the record, DIR/record.json)")
     p.add_argument("--judge", type=Path, default=None, metavar="DIR",
                    help="no training: sample and judge the LoRAs a --keep-loras run left in DIR")
+    p.add_argument("--step", type=int, default=None, help="with --judge: the LoRA that --save-every kept "
+                   "after this step (DIR/<subject>/steps/step-N) instead of the final one")
     p.add_argument("--guidance", type=float, default=None, help="CFG scale of the judged samples "
                    "(default: the preset's)")
     p.add_argument("--lora-scale", type=float, nargs="+", default=[1.0],
@@ -120,6 +125,7 @@ def main(argv=None) -> int:
                  "pivotal": args.pivotal, "embedding_lr": args.embedding_lr,
                  "embedding_retract": args.embedding_retract, "lr_schedule": args.lr_schedule,
                  "background_weight": args.background_weight, "backdrop_swaps": args.backdrop_swaps,
+                 "save_every": args.save_every,
                  "num_class_images": args.class_images, "target_modules": args.targets,
                  "prior_contexts": world_contexts() if args.prior_contexts == "world" else None}
     components = load_components("shapes", device="cpu")
@@ -175,7 +181,8 @@ def judge_kept(args) -> int:
     results: dict = {setting: {} for setting in settings}
     for name, old in kept["subjects"].items():
         for scale, start in settings:
-            row = measure_lora(name, args.judge / name, kept["summary"]["images_per_subject"], args.samples, "sks",
+            folder = args.judge / name / ("steps/step-%06d" % args.step if args.step else "")
+            row = measure_lora(name, folder, kept["summary"]["images_per_subject"], args.samples, "sks",
                                components, classifier, lora_scale=scale, guidance=args.guidance, lora_start=start)
             row.pop("_grids")
             results[scale, start][name] = {**{k: v for k, v in old.items() if k not in row}, **row}
@@ -185,6 +192,8 @@ def judge_kept(args) -> int:
         # the kept run's settings; every figure measured again
         sampling = {"guidance": args.guidance, "lora_scale": scale} | ({"lora_start": start} if start else {})
         summary = {**kept["summary"], **figures(results[scale, start]), "sampling": sampling}
+        if args.step:
+            summary["step"] = args.step
         if args.out:
             out = str(args.out).replace("{scale}", f"{scale:g}").replace("{start}", f"{start:g}")
             Path(out).write_text(record_text(summary, results[scale, start]))
@@ -268,6 +277,10 @@ def method_label(summary: dict) -> str:
         suffix += f" + background weight {train['background_weight']:g}"
     if train.get("backdrop_swaps", 0) != recipe_for("shapes").backdrop_swaps:
         suffix += f" + {train['backdrop_swaps']} backdrop swaps"
+    if summary.get("step"):
+        suffix += f" at step {summary['step']}"
+    if summary.get("picked"):
+        suffix += f" + {summary['picked']}"
     sampling = summary.get("sampling") or {}
     if sampling.get("guidance"):
         suffix += f" + guidance {sampling['guidance']:g}"

@@ -1,4 +1,5 @@
 """Training checkpoints: LoRA weights, optimizer, LR schedule, RNG states, step, loss history.
+Also the LoRA of an earlier step, exported as users load it (``save_step``, ``TrainConfig.save_every``).
 
 A checkpoint is a folder ``checkpoints/step-000100`` written atomically (a temp folder renamed
 into place), so a process killed mid-write leaves the previous checkpoint intact. Resuming
@@ -19,6 +20,7 @@ from ..errors import CheckpointError
 
 STATE_FILE = "trainer_state.pt"
 LORA_FILE = "lora.safetensors"
+STEPS_DIR = "steps"
 
 
 @dataclass
@@ -79,3 +81,30 @@ def load_checkpoint(path: Path, fingerprint: str) -> tuple[dict[str, torch.Tenso
 def latest_checkpoint(out_dir: Path) -> Path | None:
     found = list_checkpoints(out_dir)
     return found[-1] if found else None
+
+
+def save_step(components, config, out_dir: Path, step: int, unet_lora: dict, te_lora: dict,
+              embeddings: dict | None) -> Path:
+    """The LoRA after ``step`` as the final export writes it (diffusers file, trigger embeddings)
+    in ``out_dir/steps/step-000200``: a folder ``sample_images`` and diffusers load as they are."""
+    from ..export.embeddings import save_embeddings
+    from ..export.formats import save_diffusers
+
+    folder = Path(out_dir) / STEPS_DIR / f"step-{step:06d}"
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        save_diffusers(components.family, folder, unet_lora, te_lora, config.rank, config.lora_alpha,
+                       list(config.target_modules), list(config.text_encoder_targets))
+        if embeddings is not None:
+            save_embeddings(folder, config.token, embeddings)
+    except OSError as exc:
+        raise CheckpointError(f"Could not write the LoRA of step {step} to {folder}: {exc}. Free some disk "
+                              f"space, or train without save_every.") from exc
+    return folder
+
+
+def saved_steps(out_dir: Path) -> dict[int, Path]:
+    """step -> folder of the LoRAs ``save_step`` wrote in ``out_dir``, in step order."""
+    root = Path(out_dir) / STEPS_DIR
+    found = sorted(root.glob("step-*")) if root.is_dir() else []
+    return {int(p.name.split("-")[1]): p for p in found if p.name.split("-")[1].isdigit()}

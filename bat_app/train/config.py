@@ -24,6 +24,8 @@ OPTIMIZERS = ("adamw", "adamw8bit")
 QUANTIZATIONS = ("nf4",)
 LR_SCHEDULES = ("constant", "constant_with_warmup", "cosine", "linear", "drop")
 CAPTION_MIXES = ("half", "all")
+# Settings that change how a training runs or what it writes, never the LoRA it makes.
+RUNNING_ONLY = ("checkpoint_every", "keep_checkpoints", "save_every", "memory_profile", "compile")
 
 
 @dataclass
@@ -94,6 +96,10 @@ class TrainConfig:
     # --- running -------------------------------------------------------------------------
     checkpoint_every: int = 100        # 0 disables checkpoints (and resume)
     keep_checkpoints: int = 2
+    # Also export the LoRA (diffusers file and trigger embeddings) every this many steps into
+    # out_dir/steps/step-000200, to compare or keep an earlier step (kohya's save_every_n_steps).
+    # It changes nothing in the training. 0: only the final LoRA.
+    save_every: int = 0
     mixed_precision: str = "auto"      # auto: bf16/fp16 on CUDA, fp32 on CPU
     gradient_checkpointing: bool | None = None  # None: on for CUDA, off on CPU
 
@@ -118,7 +124,7 @@ class TrainConfig:
         for name, value in positive_ints.items():
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise InputError(f"`{name}` must be a positive integer, got {value!r}.")
-        for name in ("checkpoint_every", "warmup_steps", "seed", "backdrop_swaps"):
+        for name in ("checkpoint_every", "save_every", "warmup_steps", "seed", "backdrop_swaps"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise InputError(f"`{name}` must be an integer >= 0, got {value!r}.")
@@ -221,12 +227,12 @@ class TrainConfig:
 
     def fingerprint(self, *ignore: str) -> str:
         """Hash of the settings that change the result (checkpoints refuse a different one)."""
-        # memory_profile and compile do not change the result; settings added later hash only when
+        # RUNNING_ONLY settings do not change the result; settings added later hash only when
         # set, so checkpoints made before them still resume.
         later = {"optimizer": "adamw", "quantize": None, "caption_mix": "half", "prior_contexts": None,
                  "embedding_retract": 0.0, "lr_drop_fraction": 0.2, "background_weight": 1.0,
                  "backdrop_swaps": 0}
         data = {k: v for k, v in self.to_dict().items()
-                if k not in ignore and k not in ("checkpoint_every", "keep_checkpoints", "memory_profile", "compile")
+                if k not in ignore and k not in RUNNING_ONLY
                 and not (k in later and v == later[k])}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]

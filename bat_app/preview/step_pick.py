@@ -1,0 +1,62 @@
+"""Which step of a training to keep: every saved LoRA sampled on the preview prompts and scored
+with CLIP, without any judge of the subject.
+
+A LoRA trained at a high, constant learning rate does not settle: on the shapes backbone the
+markings come and go between steps, and one training seed moves a subject's figures by up to 46
+points (docs/shapes.md). The trainer can export earlier steps (``TrainConfig.save_every``); this
+module scores each one the way DreamBooth's paper scores a model:
+
+    clip_i   subject prompts ("a photo of sks dog"): mean cosine to the user's photos
+    clip_t   context and property prompts ("a sks dog on a blue background"): mean cosine to the
+             prompt without the trigger (does the LoRA still follow the words?)
+    score    clip_i + clip_t; the best score is kept (ties: the later step)
+
+    scores = score_steps(components, {200: dir200, 300: out_dir}, photos, embedder, "sks", "dog")
+    keep = best_step(scores)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from ..metrics.clip_scores import clip_i, clip_t, strip_token
+from .prompts import default_prompt_set, load_prompt_set
+from .sample import sample_images
+
+SEEDS = (1000, 1001, 1002, 1003)  # apart from the preview's and the benchmarks' seeds (0..15)
+
+
+def score_steps(components, folders: dict[int, Path], references: Sequence, embedder, token: str, class_noun: str,
+                prompt_set: str | None = None, seeds: Sequence[int] = SEEDS,
+                progress: Callable[[int, int], None] | None = None) -> dict[int, dict]:
+    """step -> {"clip_i", "clip_t", "score"} for the LoRA folder of each step (see module doc).
+    ``references``: the user's photos (PIL images); ``prompt_set``: default the preset's."""
+    spec = components.spec
+    pairs = load_prompt_set(prompt_set or default_prompt_set(spec.preset or spec.name, class_noun)).prompts(
+        token, class_noun)
+    subject_rows = [i for i, (kind, _) in enumerate(pairs) if kind == "subject"]
+    text_rows = [i for i, (kind, _) in enumerate(pairs) if kind != "subject"]
+    photos = embedder.encode_images(list(references))
+    texts = embedder.encode_texts([strip_token(pairs[i][1], token) for i in text_rows])
+    scores = {}
+    for done, (step, folder) in enumerate(sorted(folders.items())):
+        images = sample_images(components, [p for _, p in pairs], list(seeds), folder)
+        emb = embedder.encode_images([im for row in images for im in row]).reshape(len(pairs), len(seeds), -1)
+        ci = clip_i(emb[subject_rows].reshape(-1, emb.shape[-1]), photos)
+        ct = clip_t(emb[text_rows].reshape(-1, emb.shape[-1]), np.repeat(texts, len(seeds), axis=0))
+        scores[step] = {"clip_i": round(ci, 4), "clip_t": round(ct, 4), "score": round(ci + ct, 4)}
+        if progress is not None:
+            progress(done + 1, len(folders))
+    return scores
+
+
+def best_step(scores: dict[int, dict]) -> int:
+    """The step with the highest score; on a tie the later one (more training, as the final export).
+
+    >>> best_step({200: {"score": 1.1}, 300: {"score": 1.1}, 250: {"score": 1.0}})
+    300
+    """
+    return max(scores, key=lambda step: (scores[step]["score"], step))
