@@ -281,6 +281,8 @@ def method_label(summary: dict) -> str:
         suffix += f" at step {summary['step']}"
     if summary.get("picked"):
         suffix += f" + {summary['picked']}"
+    if summary.get("averaged_steps"):
+        suffix += " + mean of steps " + "/".join(map(str, summary["averaged_steps"]))
     sampling = summary.get("sampling") or {}
     if sampling.get("guidance"):
         suffix += f" + guidance {sampling['guidance']:g}"
