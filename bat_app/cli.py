@@ -112,6 +112,9 @@ def _add_train(sub) -> None:
     p.add_argument("--save-every", type=int, default=None, metavar="N",
                    help="also export the LoRA every N steps into OUT/steps/step-N, to compare or keep an "
                         "earlier step (the training is the same)")
+    p.add_argument("--tail-average", type=int, default=None, metavar="N",
+                   help="export the exact mean of the LoRAs at N steps over the last third of the training "
+                        "(a LoRA of rank N x rank; default: the recipe's, 1 = the final step's)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     p.add_argument("--config", type=Path, help="JSON file of training settings (flags override it)")
     p.add_argument("--max-images", type=int, default=10)
@@ -180,7 +183,8 @@ def train_config_from_args(args, n_images: int | None = None):
              "prior_contexts": getattr(args, "prior_contexts", None),
              "background_weight": getattr(args, "background_weight", None),
              "backdrop_swaps": getattr(args, "backdrop_swaps", None),
-             "save_every": getattr(args, "save_every", None)}
+             "save_every": getattr(args, "save_every", None),
+             "tail_average": getattr(args, "tail_average", None)}
     data.update({k: v for k, v in flags.items() if v is not None})
     for flag in ("captions", "train_text_encoder"):
         if getattr(args, flag):

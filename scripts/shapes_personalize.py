@@ -73,6 +73,8 @@ def main(argv=None) -> int:
     p.add_argument("--save-every", type=int, default=None,
                    help="also export the LoRA every N steps (TrainConfig.save_every; with --keep-loras: "
                    "DIR/<subject>/steps/step-N, judged with --judge DIR --step N)")
+    p.add_argument("--tail-average", type=int, default=None,
+                   help="export the mean of the LoRAs at N steps over the last third (TrainConfig.tail_average)")
     p.add_argument("--class-images", type=int, default=None, help="class images for prior preservation "
                    "(default: the recipe's)")
     p.add_argument("--method", default="none", choices=METHODS,
@@ -125,7 +127,7 @@ def main(argv=None) -> int:
                  "pivotal": args.pivotal, "embedding_lr": args.embedding_lr,
                  "embedding_retract": args.embedding_retract, "lr_schedule": args.lr_schedule,
                  "background_weight": args.background_weight, "backdrop_swaps": args.backdrop_swaps,
-                 "save_every": args.save_every,
+                 "save_every": args.save_every, "tail_average": args.tail_average,
                  "num_class_images": args.class_images, "target_modules": args.targets,
                  "prior_contexts": world_contexts() if args.prior_contexts == "world" else None}
     components = load_components("shapes", device="cpu")
@@ -223,7 +225,8 @@ def summarize(results: dict, config: TrainConfig, images: int, method: str = "no
                                                        "num_class_images", "aug_weight", "target_modules",
                                                        "captions", "caption_mix", "prior_contexts",
                                                        "embedding_retract", "lr_schedule",
-                                                       "background_weight", "backdrop_swaps")},
+                                                       "background_weight", "backdrop_swaps",
+                                                       "tail_average")},
             "target": "trait >= 0.80 of 'a photo of sks <class>' samples; recontext fidelity >= 0.70"}
 
 
@@ -283,6 +286,8 @@ def method_label(summary: dict) -> str:
         suffix += f" + {summary['picked']}"
     if summary.get("averaged_steps"):
         suffix += " + mean of steps " + "/".join(map(str, summary["averaged_steps"]))
+    if train.get("tail_average", 1) > 1:
+        suffix += f" + tail average of {train['tail_average']}"
     sampling = summary.get("sampling") or {}
     if sampling.get("guidance"):
         suffix += f" + guidance {sampling['guidance']:g}"

@@ -1,10 +1,7 @@
-"""The tail average of a training: the LoRAs of its last steps averaged into one, exactly.
-
-A LoRA's weight change is scale * B @ A. The mean of n of them is one LoRA of rank n * r:
-B' = [B_1 ... B_n] / n and A' = [A_1; ...; A_n], with alpha' = n * alpha so that the scale
-alpha' / (n r) stays alpha / r. The trigger's pivotal vectors are averaged as they are. Stochastic
-weight averaging (Izmailov et al. 2018) does this for whole networks; here it asks whether the
-markings that come and go between steps (docs/shapes.md, twentieth session) survive the mean.
+"""The tail average of kept LoRA folders (``bat_app.train.tail_average``), after the training:
+the LoRAs a ``shapes_personalize.py --keep-loras --save-every`` run kept at its last steps,
+averaged exactly into one (rank n r, alpha n alpha), to judge without training again. The trainer
+does the same in memory with ``TrainConfig.tail_average``.
 
     python scripts/shapes_step_average.py /tmp/l0 --steps 200 250 300 --out /tmp/l0-avg
     python scripts/shapes_personalize.py --judge /tmp/l0-avg --out /tmp/avg.json
@@ -22,6 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from bat_app.export import DIFFUSERS_FILE
+from bat_app.train.tail_average import average_lora, average_vectors
 
 
 def main(argv=None) -> int:
@@ -53,11 +51,7 @@ def average_lora_folders(folders: list[Path], out: Path) -> Path:
             tensors.append({k: f.get_tensor(k) for k in f.keys()})
             metas.append(f.metadata())
     n = len(folders)
-    merged = {}
-    for key in tensors[0]:
-        parts = [t[key] for t in tensors]
-        # down (A, r x in) stacks its rows; up (B, out x r) its columns, divided by n
-        merged[key] = torch.cat(parts, 0) if ".lora.down." in key else torch.cat(parts, 1) / n
+    merged = average_lora(tensors)
     meta = json.loads(metas[0]["lora_adapter_metadata"])
     for key in [k for k in meta if k.endswith(".r")]:
         prefix = key[: -len("r")]
@@ -69,7 +63,7 @@ def average_lora_folders(folders: list[Path], out: Path) -> Path:
         with safe_open(str(emb), "pt") as f:
             emb_meta = f.metadata()
             keys = list(f.keys())
-        vectors = {k: torch.stack([_tensor(folder / emb.name, k) for folder in folders]).mean(0) for k in keys}
+        vectors = average_vectors([{k: _tensor(folder / emb.name, k) for k in keys} for folder in folders])
         save_file(vectors, out / emb.name, metadata=emb_meta)
     for extra in ("README.md",):
         if (folders[-1] / extra).is_file():

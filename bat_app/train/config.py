@@ -92,6 +92,10 @@ class TrainConfig:
     # it was photographed on. Every photo keeps its share of the draws (one in 1 + n is the photo
     # as it is); photos with a stated context in their caption, or no plain backdrop, stay as they are.
     backdrop_swaps: int = 0
+    # Tail average: the exported LoRA is the exact mean of the LoRAs at this many steps spread over
+    # the last third of the training (bat_app.train.tail_average; a LoRA of rank n * rank). 1: the
+    # final step's LoRA, as usual.
+    tail_average: int = 1
 
     # --- running -------------------------------------------------------------------------
     checkpoint_every: int = 100        # 0 disables checkpoints (and resume)
@@ -120,7 +124,7 @@ class TrainConfig:
             raise InputError("class_noun is empty: name the subject's class, e.g. 'dog' or 'backpack'.")
         positive_ints = {"steps": self.steps, "batch_size": self.batch_size, "rank": self.rank,
                          "num_class_images": self.num_class_images, "keep_checkpoints": self.keep_checkpoints,
-                         "pivotal_vectors": self.pivotal_vectors}
+                         "pivotal_vectors": self.pivotal_vectors, "tail_average": self.tail_average}
         for name, value in positive_ints.items():
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise InputError(f"`{name}` must be a positive integer, got {value!r}.")
@@ -231,7 +235,7 @@ class TrainConfig:
         # set, so checkpoints made before them still resume.
         later = {"optimizer": "adamw", "quantize": None, "caption_mix": "half", "prior_contexts": None,
                  "embedding_retract": 0.0, "lr_drop_fraction": 0.2, "background_weight": 1.0,
-                 "backdrop_swaps": 0}
+                 "backdrop_swaps": 0, "tail_average": 1}
         data = {k: v for k, v in self.to_dict().items()
                 if k not in ignore and k not in RUNNING_ONLY
                 and not (k in later and v == later[k])}

@@ -38,6 +38,7 @@ from .encode import LatentCache, TextCache, sample_latents, stack_loss_weights, 
 from .offload import idle_text_encoders_offloaded
 from .objective import draw_noise
 from .pivotal import PivotalTokens
+from .tail_average import TailAverage
 from .prior import class_prompts, ensure_class_images, load_class_images
 from ..progress import ProgressCallback, ProgressEvent, RateMeter
 
@@ -133,9 +134,10 @@ def train_lora(
         fingerprint = config.fingerprint()
         losses: list[float] = []
         start_step = 0
+        tail = TailAverage(config.steps, config.tail_average)
         if resume and (latest := ckpt.latest_checkpoint(out_dir)) is not None:
             start_step, losses = restore(components, config, latest, fingerprint, optimizer, lr_scheduler, generator,
-                                         pivotal)
+                                         pivotal, tail)
             emit(ProgressEvent("train", start_step, config.steps, message=f"resumed from {latest.name}"))
 
         loss_log = _LossLog(out_dir / LOSS_LOG, losses)
@@ -153,7 +155,7 @@ def train_lora(
             for step in range(start_step + 1, config.steps + 1):
                 if cancel is not None and cancel():
                     _checkpoint(components, config, out_dir, step - 1, fingerprint, losses, optimizer, lr_scheduler,
-                                generator, pivotal)
+                                generator, pivotal, tail)
                     raise Cancelled(f"Training cancelled at step {step - 1}/{config.steps}; "
                                     f"a checkpoint is kept in {out_dir / 'checkpoints'} (resume with --resume).")
                 with autocast:
@@ -172,31 +174,36 @@ def train_lora(
                 loss_log.append(step, losses[-1])
                 if snapshot is not None and step == snapshot[0]:
                     snapshot[1](lora_state_dicts(components, config)[0])
+                if step in tail.points:
+                    tail.keep(step, *lora_state_dicts(components, config), pivotal.vectors() if pivotal else None)
                 if config.save_every and step % config.save_every == 0 and step < config.steps:
                     ckpt.save_step(components, config, out_dir, step, *lora_state_dicts(components, config),
                                    pivotal.vectors() if pivotal else None)
                 if config.checkpoint_every and (step % config.checkpoint_every == 0 or step == config.steps):
                     _checkpoint(components, config, out_dir, step, fingerprint, losses, optimizer, lr_scheduler,
-                                generator, pivotal)
+                                generator, pivotal, tail)
                 emit(ProgressEvent("train", step, config.steps, loss=losses[-1],
                                    it_per_s=meter.rate(step), eta_s=meter.eta(step, config.steps)))
 
         components.denoiser.eval()
         for te in components.text_encoders:
             te.eval()
-        unet_lora, te_lora = lora_state_dicts(components, config)
+        # with tail_average, the mean of the last steps' LoRAs (rank n r) is what the user gets
+        unet_lora, te_lora, vectors = tail.mean(*lora_state_dicts(components, config),
+                                                pivotal.vectors() if pivotal else None)
         seconds = time.perf_counter() - started
         steps_run = config.steps - start_step
         result = TrainResult(out_dir, {}, config.steps, losses, seconds,
                              (meter.rate(config.steps) or 0.0) if steps_run else 0.0, start_step, unet_lora, te_lora,
-                             pivotal.vectors() if pivotal else None)
+                             vectors)
         if export:
             from ..export import export_lora
 
             emit(ProgressEvent("export", 0, 1))
-            result.files = export_lora(components, config, out_dir, unet_lora, te_lora, losses=losses,
-                                       extra={"augmentation_examples": len(augment)},
-                                       embeddings=result.embeddings)
+            extra = {"augmentation_examples": len(augment)} | (
+                {"tail_average_steps": sorted(tail.points)} if tail.points else {})
+            result.files = export_lora(components, tail.export_config(config), out_dir, unet_lora, te_lora,
+                                       losses=losses, extra=extra, embeddings=result.embeddings)
             emit(ProgressEvent("export", 1, 1))
         return result
     finally:
@@ -344,10 +351,12 @@ def step_cond(components: Components, encoded: list[_Encoded], picks: list[torch
 
 
 def restore(components, config, path, fingerprint, optimizer, lr_scheduler, generator,
-            pivotal: PivotalTokens | None = None) -> tuple[int, list[float]]:
+            pivotal: PivotalTokens | None = None, tail: TailAverage | None = None) -> tuple[int, list[float]]:
     lora, state = ckpt.load_checkpoint(path, fingerprint)
     if pivotal is not None:
         pivotal.load_checkpoint_state(lora)
+    if tail is not None:
+        tail.load_checkpoint_state(lora)
     set_peft_model_state_dict(components.denoiser, _strip(lora, "unet."), adapter_name=ADAPTER)
     if config.train_text_encoder:
         indices = components.family.text_encoder_lora_indices
@@ -365,13 +374,15 @@ def restore(components, config, path, fingerprint, optimizer, lr_scheduler, gene
 # --- helpers -----------------------------------------------------------------------------
 
 def _checkpoint(components, config, out_dir, step, fingerprint, losses, optimizer, lr_scheduler, generator,
-                pivotal=None):
+                pivotal=None, tail: TailAverage | None = None):
     if not config.checkpoint_every:
         return
     unet_lora, te_lora = lora_state_dicts(components, config)
     lora = {f"unet.{k}": v for k, v in unet_lora.items()} | {f"text_encoder.{k}": v for k, v in te_lora.items()}
     if pivotal is not None:
         lora |= pivotal.checkpoint_state()
+    if tail is not None:
+        lora |= tail.checkpoint_state()
     state = ckpt.TrainState(step, fingerprint, list(losses), optimizer.state_dict(), lr_scheduler.state_dict(),
                             generator.get_state(), torch.get_rng_state(),
                             torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
