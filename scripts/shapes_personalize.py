@@ -21,6 +21,11 @@ one picture per subject (base and LoRA rows for every prompt).
     python scripts/shapes_personalize.py --table docs/shapes-personalization/recipe10-5photos-*.json
     python scripts/shapes_personalize.py --seed 2 --keep-loras /tmp/l2 --out /tmp/l2.json  # LoRAs kept
     python scripts/shapes_personalize.py --judge /tmp/l2 --guidance 6 --out /tmp/l2-g6.json  # re-sampled
+    python scripts/shapes_personalize.py --seed 2 --save-every 50 --keep-loras /tmp/l2 --out /tmp/s300.json
+    python scripts/shapes_personalize.py --judge /tmp/l2 --step 200 --out /tmp/s200.json  # an earlier step
+    python scripts/shapes_personalize.py --pick-steps /tmp/l2 --step-records 200=/tmp/s200.json \
+        300=/tmp/s300.json --out /tmp/picked.json                  # the step the shapes CLIP picks
+    python scripts/shapes_personalize.py --average-steps /tmp/l2 --at-steps 200 250 300 --out /tmp/l2-avg
 
 ``--table`` reads such records (any methods, any training seeds) and prints the per-subject
 table and each method paired with plain DreamBooth-LoRA: the difference per (subject, training
@@ -31,7 +36,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +51,8 @@ from bat_app.models.recipe import recipe_for
 from bat_app.shapes import SUBJECTS, get_subject, load_attribute_classifier, shapes_paths
 from bat_app.shapes.personalization import grid_image, measure_subject
 from bat_app.train import TrainConfig
+from bat_app.train.checkpoint import saved_steps
+from bat_app.train.tail_average import average_lora, average_vectors
 
 
 def main(argv=None) -> int:
@@ -111,6 +120,15 @@ def main(argv=None) -> int:
     p.add_argument("--lora-start", type=float, nargs="+", default=[0.0],
                    help="share of the sampling steps drawn without the LoRA (sample_images' lora_start); "
                    "several: one record each, --out holds {start}")
+    p.add_argument("--pick-steps", type=Path, default=None, metavar="DIR",
+                   help="no training: score the steps a --keep-loras --save-every run kept in DIR with "
+                   "bat_app.preview.step_pick; with --step-records, write the picked steps' record to --out")
+    p.add_argument("--step-records", nargs="+", default=[], metavar="STEP=RECORD",
+                   help="with --pick-steps: the judged record of each step (the final step: the training record)")
+    p.add_argument("--average-steps", type=Path, default=None, metavar="DIR",
+                   help="no training: write into --out the exact mean of the LoRAs DIR kept at --at-steps "
+                   "(the tail average), to judge with --judge")
+    p.add_argument("--at-steps", type=int, nargs="+", default=[], help="with --average-steps: the steps")
     p.add_argument("--table", nargs="+", type=Path, metavar="RECORD",
                    help="print the table of these records (--out files) and the paired comparison; trains nothing")
     args = p.parse_args(argv)
@@ -123,6 +141,12 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     if args.judge:
         return judge_kept(args)
+    if args.pick_steps:
+        return pick_steps(args)
+    if args.average_steps:
+        if args.out is None or not args.at_steps:
+            raise SystemExit("--average-steps needs --at-steps and --out (a folder)")
+        return average_steps(args)
     overrides = {"steps": args.steps, "lr": args.lr, "rank": args.rank, "batch_size": args.batch_size,
                  "pivotal": args.pivotal, "embedding_lr": args.embedding_lr,
                  "embedding_retract": args.embedding_retract, "lr_schedule": args.lr_schedule,
@@ -359,6 +383,127 @@ def records_table(paths: list[Path]) -> str:
                 mean, low, high = paired_bootstrap(diffs)
                 lines.append(f"| {label} ({len(diffs)} pairs) | {100 * mean:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}] |")
     return "\n".join(lines)
+
+
+def pick_steps(args) -> int:
+    """Score every saved step of a --keep-loras --save-every folder with ``step_pick`` (the shapes
+    CLIP, seeds apart from the judge's; cached in DIR/step_scores.json) and, given the judged
+    record of each step (--step-records; the final step's is the training record), write the
+    record of the picked steps; print the oracle (the judge's best step: a bound, not a method)."""
+    from bat_app.preview.step_pick import best_step
+
+    scores = step_scores(args.pick_steps)
+    records = {int(k): json.loads(Path(v).read_text()) for k, v in (r.split("=", 1) for r in args.step_records)}
+    picks = {name: best_step({int(s): v for s, v in by_step.items()}) for name, by_step in scores.items()}
+    print("picked:", json.dumps(picks))
+    if not records:
+        return 0
+    missing = {s for by_step in scores.values() for s in map(int, by_step)} - set(records)
+    if missing:
+        raise SystemExit(f"no judged record for steps {sorted(missing)}: give STEP=RECORD for each")
+    print("oracle (the judge's best step per subject, both targets first):",
+          json.dumps({name: oracle_step(records, name) for name in scores}))
+    if args.out:
+        final = records[max(records)]
+        rows = {name: records[picks[name]]["subjects"][name] | {"step": picks[name]} for name in scores}
+        summary = {**final["summary"], **figures(rows), "picked": "step CLIP picks of "
+                   + "/".join(str(s) for s in sorted(records)), "picks": picks}
+        args.out.write_text(record_text(summary, rows))
+        print("wrote", args.out)
+    return 0
+
+
+def step_scores(kept: Path) -> dict[str, dict]:
+    """subject -> step -> CLIP scores, computed once per folder (cached in step_scores.json)."""
+    from bat_app.compare.pools import default_embedder
+    from bat_app.images import load_user_images
+    from bat_app.preview.step_pick import candidate_steps, score_steps
+    from bat_app.shapes.personalization import subject_photos_used
+
+    cache = kept / "step_scores.json"
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    record = json.loads((kept / "record.json").read_text())
+    n_images, steps = record["summary"]["images_per_subject"], record["summary"]["train"]["steps"]
+    components = load_components("shapes", device="cpu")
+    embedder = default_embedder(components, None, None)
+    out = {}
+    for name in record["subjects"]:
+        subject = get_subject(name)
+        files = [shapes_paths().subjects / name / p["file"] for p in subject_photos_used(name, n_images)]
+        photos = [u.image for u in load_user_images(files, resolution=components.spec.resolution).images]
+        folders = candidate_steps(saved_steps(kept / name), steps, kept / name)
+        t0 = time.perf_counter()
+        out[name] = score_steps(components, folders, photos, embedder, "sks", subject.class_noun)
+        print(f"{name}: {json.dumps(out[name])} ({time.perf_counter() - t0:.1f} s)", flush=True)
+    cache.write_text(json.dumps(out, indent=1))
+    return json.loads(cache.read_text())
+
+
+def oracle_step(records: dict[int, dict], name: str) -> int:
+    """The step whose judged row meets most targets, then has the highest trait + recontext."""
+    def key(step):
+        row = records[step]["subjects"][name]["lora"]
+        met = (row["trait"] >= 0.8) + (row["recontext_fidelity"] >= 0.7)
+        return met, row["trait"] + row["recontext_fidelity"], step
+    return max(records, key=key)
+
+
+def average_steps(args) -> int:
+    """Average the LoRAs a --keep-loras --save-every run kept at --at-steps into --out
+    (``bat_app.train.tail_average``: exact, rank n r), to judge with --judge without training again."""
+    record = json.loads((args.average_steps / "record.json").read_text())
+    final = record["summary"]["train"]["steps"]
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name in record["subjects"]:
+        folders = [args.average_steps / name if s == final else args.average_steps / name / "steps" / f"step-{s:06d}"
+                   for s in args.at_steps]
+        average_lora_folders(folders, args.out / name)
+    record["summary"]["averaged_steps"] = args.at_steps
+    (args.out / "record.json").write_text(json.dumps(record, indent=2) + "\n")
+    print("wrote", args.out)
+    return 0
+
+
+def average_lora_folders(folders: list[Path], out: Path) -> Path:
+    """Write into ``out`` the mean of the diffusers LoRAs (and trigger embeddings) in ``folders``."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from bat_app.export import DIFFUSERS_FILE
+
+    out.mkdir(parents=True, exist_ok=True)
+    tensors, metas = [], []
+    for folder in folders:
+        with safe_open(str(folder / DIFFUSERS_FILE), "pt") as f:
+            tensors.append({k: f.get_tensor(k) for k in f.keys()})
+            metas.append(f.metadata())
+    n = len(folders)
+    merged = average_lora(tensors)
+    meta = json.loads(metas[0]["lora_adapter_metadata"])
+    for key in [k for k in meta if k.endswith(".r")]:
+        prefix = key[: -len("r")]
+        meta[key] *= n
+        meta[prefix + "lora_alpha"] = meta[prefix + "lora_alpha"] * n
+    save_file(merged, out / DIFFUSERS_FILE, metadata={**metas[0], "lora_adapter_metadata": json.dumps(meta)})
+    embeddings = sorted(folders[0].glob("*.safetensors"))
+    for emb in [e for e in embeddings if e.name != DIFFUSERS_FILE and "kohya" not in e.name]:
+        with safe_open(str(emb), "pt") as f:
+            emb_meta = f.metadata()
+            keys = list(f.keys())
+        vectors = average_vectors([{k: _tensor(folder / emb.name, k) for k in keys} for folder in folders])
+        save_file(vectors, out / emb.name, metadata=emb_meta)
+    for extra in ("README.md",):
+        if (folders[-1] / extra).is_file():
+            shutil.copy(folders[-1] / extra, out / extra)
+    return out
+
+
+def _tensor(path: Path, key: str) -> torch.Tensor:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return f.get_tensor(key)
 
 
 if __name__ == "__main__":
