@@ -174,11 +174,13 @@ def train_lora(
                 loss_log.append(step, losses[-1])
                 if snapshot is not None and step == snapshot[0]:
                     snapshot[1](lora_state_dicts(components, config)[0])
-                if step in tail.points:
-                    tail.keep(step, *lora_state_dicts(components, config), pivotal.vectors() if pivotal else None)
-                if config.save_every and step % config.save_every == 0 and step < config.steps:
-                    ckpt.save_step(components, config, out_dir, step, *lora_state_dicts(components, config),
-                                   pivotal.vectors() if pivotal else None)
+                saving = config.save_every and step % config.save_every == 0 and step < config.steps
+                if step in tail.points or saving:  # one copy of the weights for both
+                    current = (*lora_state_dicts(components, config), pivotal.vectors() if pivotal else None)
+                    if step in tail.points:
+                        tail.keep(step, *current)
+                    if saving:
+                        ckpt.save_step(components, config, out_dir, step, *current)
                 if config.checkpoint_every and (step % config.checkpoint_every == 0 or step == config.steps):
                     _checkpoint(components, config, out_dir, step, fingerprint, losses, optimizer, lr_scheduler,
                                 generator, pivotal, tail)
