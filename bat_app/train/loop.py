@@ -21,7 +21,6 @@ from typing import Callable, Sequence
 
 import torch
 from diffusers.optimization import get_scheduler
-from peft import set_peft_model_state_dict
 
 from ..errors import Cancelled, InputError
 from ..images.buckets import bucket_sizes, split_by_bucket
@@ -29,15 +28,15 @@ from ..models import Components, load_components
 from ..models.memory import adamw_class, check_environment, load_settings
 from ..paths import cache_dir
 from . import checkpoint as ckpt
-from .adapters import ADAPTER, add_adapters, lora_state_dicts, lora_text_encoders, remove_adapters
+from .adapters import add_adapters, lora_state_dicts, lora_text_encoders, remove_adapters
 from .config import TrainConfig
 from .data import Example, ExampleGroup, instance_examples, with_backdrop_swaps
 from ..models.families import Cond, cat_cond, cond_to, stack_cond
-from ..models.families.base import split_te_lora
 from .encode import LatentCache, TextCache, sample_latents, stack_loss_weights, subject_loss_weights
 from .offload import idle_text_encoders_offloaded
 from .objective import draw_noise
 from .pivotal import PivotalTokens
+from .resume import restore_state, save_state
 from .tail_average import TailAverage
 from .prior import class_prompts, ensure_class_images, load_class_images
 from ..progress import ProgressCallback, ProgressEvent, RateMeter
@@ -136,8 +135,8 @@ def train_lora(
         start_step = 0
         tail = TailAverage(config.steps, config.tail_average)
         if resume and (latest := ckpt.latest_checkpoint(out_dir)) is not None:
-            start_step, losses = restore(components, config, latest, fingerprint, optimizer, lr_scheduler, generator,
-                                         pivotal, tail)
+            start_step, losses = restore_state(components, config, latest, fingerprint, optimizer, lr_scheduler,
+                                               generator, pivotal, tail)
             emit(ProgressEvent("train", start_step, config.steps, message=f"resumed from {latest.name}"))
 
         loss_log = _LossLog(out_dir / LOSS_LOG, losses)
@@ -154,8 +153,8 @@ def train_lora(
         with idle_text_encoders_offloaded(components, needed=any(e.live for e in encoded)):
             for step in range(start_step + 1, config.steps + 1):
                 if cancel is not None and cancel():
-                    _checkpoint(components, config, out_dir, step - 1, fingerprint, losses, optimizer, lr_scheduler,
-                                generator, pivotal, tail)
+                    save_state(components, config, out_dir, step - 1, fingerprint, losses, optimizer, lr_scheduler,
+                               generator, pivotal, tail)
                     raise Cancelled(f"Training cancelled at step {step - 1}/{config.steps}; "
                                     f"a checkpoint is kept in {out_dir / 'checkpoints'} (resume with --resume).")
                 with autocast:
@@ -182,8 +181,8 @@ def train_lora(
                     if saving:
                         ckpt.save_step(components, config, out_dir, step, *current)
                 if config.checkpoint_every and (step % config.checkpoint_every == 0 or step == config.steps):
-                    _checkpoint(components, config, out_dir, step, fingerprint, losses, optimizer, lr_scheduler,
-                                generator, pivotal, tail)
+                    save_state(components, config, out_dir, step, fingerprint, losses, optimizer, lr_scheduler,
+                               generator, pivotal, tail)
                 emit(ProgressEvent("train", step, config.steps, loss=losses[-1],
                                    it_per_s=meter.rate(step), eta_s=meter.eta(step, config.steps)))
 
@@ -352,44 +351,7 @@ def step_cond(components: Components, encoded: list[_Encoded], picks: list[torch
     return {k: v.float() if v.is_floating_point() else v for k, v in cat_cond(conds).items()}
 
 
-def restore(components, config, path, fingerprint, optimizer, lr_scheduler, generator,
-            pivotal: PivotalTokens | None = None, tail: TailAverage | None = None) -> tuple[int, list[float]]:
-    lora, state = ckpt.load_checkpoint(path, fingerprint)
-    if pivotal is not None:
-        pivotal.load_checkpoint_state(lora)
-    if tail is not None:
-        tail.load_checkpoint_state(lora)
-    set_peft_model_state_dict(components.denoiser, _strip(lora, "unet."), adapter_name=ADAPTER)
-    if config.train_text_encoder:
-        indices = components.family.text_encoder_lora_indices
-        for index, te_state in split_te_lora(_strip(lora, "text_encoder."), indices).items():
-            set_peft_model_state_dict(components.text_encoders[index], te_state, adapter_name=ADAPTER)
-    optimizer.load_state_dict(state.optimizer)
-    lr_scheduler.load_state_dict(state.lr_scheduler)
-    generator.set_state(state.generator)
-    torch.set_rng_state(state.torch_rng)
-    if state.cuda_rng is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state.cuda_rng)
-    return state.step, list(state.losses)
-
-
 # --- helpers -----------------------------------------------------------------------------
-
-def _checkpoint(components, config, out_dir, step, fingerprint, losses, optimizer, lr_scheduler, generator,
-                pivotal=None, tail: TailAverage | None = None):
-    if not config.checkpoint_every:
-        return
-    unet_lora, te_lora = lora_state_dicts(components, config)
-    lora = {f"unet.{k}": v for k, v in unet_lora.items()} | {f"text_encoder.{k}": v for k, v in te_lora.items()}
-    if pivotal is not None:
-        lora |= pivotal.checkpoint_state()
-    if tail is not None:
-        lora |= tail.checkpoint_state()
-    state = ckpt.TrainState(step, fingerprint, list(losses), optimizer.state_dict(), lr_scheduler.state_dict(),
-                            generator.get_state(), torch.get_rng_state(),
-                            torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
-    ckpt.save_checkpoint(out_dir, lora, state, keep=config.keep_checkpoints)
-
 
 class _LossLog:
     """Appends each step's loss to a JSONL file that live views (the UI) read while training.
@@ -404,10 +366,6 @@ class _LossLog:
     def append(self, step: int, loss: float) -> None:
         with open(self.path, "a") as f:
             f.write(f'{{"step": {step}, "loss": {loss!r}}}\n')
-
-
-def _strip(state: dict, prefix: str) -> dict:
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 def _autocast(components: Components):
