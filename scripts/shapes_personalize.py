@@ -123,6 +123,9 @@ def main(argv=None) -> int:
     p.add_argument("--pick-steps", type=Path, default=None, metavar="DIR",
                    help="no training: score the steps a --keep-loras --save-every run kept in DIR with "
                    "bat_app.preview.step_pick; with --step-records, write the picked steps' record to --out")
+    p.add_argument("--pick-by", choices=("clip", "pixels", "pixels-zero"), default="clip",
+                   help="with --pick-steps: CLIP-I + CLIP-T (twentieth session) or the pixel match + CLIP-T "
+                   "(pixels-zero: as first stated, a sample with no subject found counts 0)")
     p.add_argument("--step-records", nargs="+", default=[], metavar="STEP=RECORD",
                    help="with --pick-steps: the judged record of each step (the final step: the training record)")
     p.add_argument("--average-steps", type=Path, default=None, metavar="DIR",
@@ -386,13 +389,23 @@ def records_table(paths: list[Path]) -> str:
 
 
 def pick_steps(args) -> int:
-    """Score every saved step of a --keep-loras --save-every folder with ``step_pick`` (the shapes
-    CLIP, seeds apart from the judge's; cached in DIR/step_scores.json) and, given the judged
-    record of each step (--step-records; the final step's is the training record), write the
-    record of the picked steps; print the oracle (the judge's best step: a bound, not a method)."""
+    """Score every saved step of a --keep-loras --save-every folder with ``step_pick`` (seeds apart
+    from the judge's; cached in DIR/step_scores.json and, --pick-by pixels, step_appearance.json)
+    and, given the judged record of each step (--step-records; the final step's is the training
+    record), write the record of the picked steps; print the oracle (the judge's best step: a
+    bound, not a method)."""
     from bat_app.preview.step_pick import best_step
 
     scores = step_scores(args.pick_steps)
+    if args.pick_by.startswith("pixels"):
+        from bat_app.metrics.subject_match import mean_found
+
+        matches = step_appearance(args.pick_steps)
+        look = (lambda m: float(np.mean([x or 0.0 for x in m]))) if args.pick_by == "pixels-zero" else mean_found
+        scores = {name: {s: {"appearance": round(look(matches[name][s]), 4), "clip_t": v["clip_t"],
+                             "score": round(look(matches[name][s]) + v["clip_t"], 4)} for s, v in by_step.items()}
+                  for name, by_step in scores.items()}
+        print("scores:", json.dumps(scores))
     records = {int(k): json.loads(Path(v).read_text()) for k, v in (r.split("=", 1) for r in args.step_records)}
     picks = {name: best_step({int(s): v for s, v in by_step.items()}) for name, by_step in scores.items()}
     print("picked:", json.dumps(picks))
@@ -406,19 +419,49 @@ def pick_steps(args) -> int:
     if args.out:
         final = records[max(records)]
         rows = {name: records[picks[name]]["subjects"][name] | {"step": picks[name]} for name in scores}
-        summary = {**final["summary"], **figures(rows), "picked": "step CLIP picks of "
+        by = {"clip": "CLIP", "pixels": "pixel-match", "pixels-zero": "pixel-match (no subject: 0)"}[args.pick_by]
+        summary = {**final["summary"], **figures(rows), "picked": f"step {by} picks of "
                    + "/".join(str(s) for s in sorted(records)), "picks": picks}
         args.out.write_text(record_text(summary, rows))
         print("wrote", args.out)
     return 0
 
 
+def subject_photos(name: str, n_images: int, resolution: int) -> list:
+    """The photos a kept run trained ``name`` on (PIL, at the preset's resolution)."""
+    from bat_app.images import load_user_images
+    from bat_app.shapes.personalization import subject_photos_used
+
+    files = [shapes_paths().subjects / name / p["file"] for p in subject_photos_used(name, n_images)]
+    return [u.image for u in load_user_images(files, resolution=resolution).images]
+
+
+def step_appearance(kept: Path) -> dict[str, dict]:
+    """subject -> step -> each subject-prompt sample's pixel match to the photos, None where no
+    subject is found (cached in step_appearance.json)."""
+    from bat_app.preview.step_pick import appearance_steps, candidate_steps
+
+    cache = kept / "step_appearance.json"
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    record = json.loads((kept / "record.json").read_text())
+    n_images, steps = record["summary"]["images_per_subject"], record["summary"]["train"]["steps"]
+    components = load_components("shapes", device="cpu")
+    out = {}
+    for name in record["subjects"]:
+        photos = subject_photos(name, n_images, components.spec.resolution)
+        folders = candidate_steps(saved_steps(kept / name), steps, kept / name)
+        t0 = time.perf_counter()
+        out[name] = appearance_steps(components, folders, photos, "sks", get_subject(name).class_noun)
+        print(f"{name}: {json.dumps(out[name])} ({time.perf_counter() - t0:.1f} s)", flush=True)
+    cache.write_text(json.dumps(out, indent=1))
+    return json.loads(cache.read_text())
+
+
 def step_scores(kept: Path) -> dict[str, dict]:
     """subject -> step -> CLIP scores, computed once per folder (cached in step_scores.json)."""
     from bat_app.compare.pools import default_embedder
-    from bat_app.images import load_user_images
     from bat_app.preview.step_pick import candidate_steps, score_steps
-    from bat_app.shapes.personalization import subject_photos_used
 
     cache = kept / "step_scores.json"
     if cache.is_file():
@@ -429,12 +472,10 @@ def step_scores(kept: Path) -> dict[str, dict]:
     embedder = default_embedder(components, None, None)
     out = {}
     for name in record["subjects"]:
-        subject = get_subject(name)
-        files = [shapes_paths().subjects / name / p["file"] for p in subject_photos_used(name, n_images)]
-        photos = [u.image for u in load_user_images(files, resolution=components.spec.resolution).images]
+        photos = subject_photos(name, n_images, components.spec.resolution)
         folders = candidate_steps(saved_steps(kept / name), steps, kept / name)
         t0 = time.perf_counter()
-        out[name] = score_steps(components, folders, photos, embedder, "sks", subject.class_noun)
+        out[name] = score_steps(components, folders, photos, embedder, "sks", get_subject(name).class_noun)
         print(f"{name}: {json.dumps(out[name])} ({time.perf_counter() - t0:.1f} s)", flush=True)
     cache.write_text(json.dumps(out, indent=1))
     return json.loads(cache.read_text())

@@ -1,16 +1,19 @@
-"""Earlier steps of a training, exported as users load them, and the CLIP score that picks one."""
+"""Earlier steps of a training, exported as users load them, and the CLIP and pixel scores that pick one."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from PIL import Image, ImageDraw
 from safetensors.torch import load_file
 
 from bat_app.errors import InputError
 from bat_app.export import DIFFUSERS_FILE
 from bat_app.export.embeddings import find_embeddings
 from bat_app.preview import sample_images
-from bat_app.preview.step_pick import best_step, score_steps
+from bat_app.metrics.subject_match import appearance, sample_matches
+from bat_app.preview.prompts import load_prompt_set
+from bat_app.preview.step_pick import appearance_steps, best_step, score_steps
 from bat_app.train import TrainConfig, train_lora
 from bat_app.train.checkpoint import saved_steps
 
@@ -84,3 +87,46 @@ def test_the_save_every_flag_reaches_the_training_config(tiny_model_dir, subject
             "--out", "o"]
     assert train_config_from_args(build_parser().parse_args(base), 4).save_every == 0
     assert train_config_from_args(build_parser().parse_args([*base, "--save-every", "50"]), 4).save_every == 50
+
+
+def _square(background, at, size, dot=True, fill=(200, 30, 30)):
+    im = Image.new("RGB", (32, 32), background)
+    draw = ImageDraw.Draw(im)
+    draw.rectangle((at[0], at[1], at[0] + size - 1, at[1] + size - 1), fill=fill)
+    if dot:
+        c = size // 2
+        draw.ellipse((at[0] + c - size // 5, at[1] + c - size // 5, at[0] + c + size // 5, at[1] + c + size // 5),
+                     fill=(250, 250, 40))
+    return im
+
+
+def test_the_pixel_match_sees_a_lost_marking_wherever_the_subject_stands():
+    photos = [_square("white", (4, 4), 12), _square((40, 90, 200), (14, 10), 16)]
+    elsewhere = _square((30, 160, 60), (18, 2), 10)  # the subject, smaller, on another backdrop
+    plain = _square((30, 160, 60), (18, 2), 10, dot=False)  # the same without its dot
+    recoloured = _square("white", (8, 8), 14, fill=(30, 30, 200))
+    off_every_edge = Image.new("RGB", (32, 32), "black")  # a ringed disc over every edge: no plain border
+    ImageDraw.Draw(off_every_edge).ellipse((-3, -3, 34, 34), fill=(200, 30, 30), outline="white", width=3)
+    noise = Image.effect_noise((32, 32), 80).convert("RGB")
+    found = sample_matches([elsewhere, plain, recoloured, off_every_edge, noise], photos)
+    assert found[3:] == [None, None]
+    assert found[0] > 0.95 and found[0] > found[1] + 0.02 and found[1] > found[2] + 0.2
+    # left out, not counted as 0: size is not a lost detail
+    assert appearance([elsewhere, off_every_edge], photos) == pytest.approx(found[0])
+    assert appearance([noise], photos) == 0.0
+    with pytest.raises(ValueError, match="plain background"):
+        sample_matches([elsewhere], [noise])
+
+
+def test_appearance_steps_scores_every_subject_sample_of_every_step(comps, images, tmp_path):
+    train_lora(comps, images, quick(save_every=3), tmp_path / "run")
+    folders = saved_steps(tmp_path / "run") | {6: tmp_path / "run"}
+    subject_prompts = [p for kind, p in load_prompt_set("object").prompts("sks", "disc") if kind == "subject"]
+    photos = [_square("white", (4, 4), 12)]
+    seen = []
+    matches = appearance_steps(comps, folders, photos, "sks", "disc", prompt_set="object", seeds=[0, 1],
+                               progress=lambda done, total: seen.append((done, total)))
+    assert list(matches) == [3, 6] and seen == [(1, 2), (2, 2)]
+    for scores in matches.values():
+        assert len(scores) == 2 * len(subject_prompts)
+        assert all(m is None or 0.0 <= m <= 1.0 for m in scores)

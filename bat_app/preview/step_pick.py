@@ -13,6 +13,10 @@ module scores each one the way DreamBooth's paper scores a model:
 
     scores = score_steps(components, {200: dir200, 300: out_dir}, photos, embedder, "sks", "dog")
     keep = best_step(scores)
+
+The shapes CLIP barely sees a dot or a checker (twentieth session: its pick kept the steps that
+had lost them), so ``appearance_steps`` scores the subject prompts' samples pixel for pixel
+against the photos instead (``metrics.subject_match``); under measurement, see docs/shapes.md.
 """
 
 from __future__ import annotations
@@ -23,10 +27,12 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..metrics.clip_scores import clip_i, clip_t, strip_token
+from ..metrics.subject_match import sample_matches
 from .prompts import default_prompt_set, load_prompt_set
 from .sample import sample_images
 
 SEEDS = (1000, 1001, 1002, 1003)  # apart from the preview's and the benchmarks' seeds (0..15)
+APPEARANCE_SEEDS = tuple(range(1000, 1008))  # 16 samples of the two subject prompts: a dot in 6% vs 94%
 # Only the last third of a training competes: earlier steps have not learnt the subject yet
 # (on shapes, 150 of the recipe's 300 steps lose the markings).
 LAST_SHARE = 1 / 3
@@ -64,6 +70,26 @@ def score_steps(components, folders: dict[int, Path], references: Sequence, embe
         if progress is not None:
             progress(done + 1, len(folders))
     return scores
+
+
+def appearance_steps(components, folders: dict[int, Path], references: Sequence, token: str, class_noun: str,
+                     prompt_set: str | None = None, seeds: Sequence[int] = APPEARANCE_SEEDS,
+                     progress: Callable[[int, int], None] | None = None) -> dict[int, list]:
+    """step -> each subject-prompt sample's pixel match to the user's photos (``references``;
+    ``subject_match.sample_matches``: None where no subject is found). Its ``mean_found`` is the
+    step's appearance."""
+    spec = components.spec
+    pairs = load_prompt_set(prompt_set or default_prompt_set(spec.preset or spec.name, class_noun)).prompts(
+        token, class_noun)
+    prompts = [prompt for kind, prompt in pairs if kind == "subject"]
+    out = {}
+    for done, (step, folder) in enumerate(sorted(folders.items())):
+        images = sample_images(components, prompts, list(seeds), folder)
+        out[step] = [None if m is None else round(m, 4)
+                     for m in sample_matches([im for row in images for im in row], references)]
+        if progress is not None:
+            progress(done + 1, len(folders))
+    return out
 
 
 def best_step(scores: dict[int, dict]) -> int:
