@@ -113,6 +113,8 @@ def main(argv=None) -> int:
                    help="no training: sample and judge the LoRAs a --keep-loras run left in DIR")
     p.add_argument("--step", type=int, default=None, help="with --judge: the LoRA that --save-every kept "
                    "after this step (DIR/<subject>/steps/step-N) instead of the final one")
+    p.add_argument("--first-seed", type=int, default=0, help="with --judge: sample at seeds FIRST..FIRST+samples-1 "
+                   "(default 0: the judge's own seeds; others judge the same LoRA on independent draws)")
     p.add_argument("--guidance", type=float, default=None, help="CFG scale of the judged samples "
                    "(default: the preset's)")
     p.add_argument("--lora-scale", type=float, nargs="+", default=[1.0],
@@ -123,9 +125,12 @@ def main(argv=None) -> int:
     p.add_argument("--pick-steps", type=Path, default=None, metavar="DIR",
                    help="no training: score the steps a --keep-loras --save-every run kept in DIR with "
                    "bat_app.preview.step_pick; with --step-records, write the picked steps' record to --out")
-    p.add_argument("--pick-by", choices=("clip", "pixels", "pixels-zero"), default="clip",
-                   help="with --pick-steps: CLIP-I + CLIP-T (twentieth session) or the pixel match + CLIP-T "
-                   "(pixels-zero: as first stated, a sample with no subject found counts 0)")
+    p.add_argument("--pick-by", choices=("clip", "pixels", "pixels-zero", "judge"), default="clip",
+                   help="with --pick-steps: CLIP-I + CLIP-T (twentieth session), the pixel match + CLIP-T "
+                   "(pixels-zero: as first stated, a sample with no subject found counts 0), or the judge "
+                   "itself on other sampling seeds (--pick-records: the ceiling of any self-check)")
+    p.add_argument("--pick-records", nargs="+", default=[], metavar="STEP=RECORD",
+                   help="with --pick-by judge: each step judged at other seeds (--judge --first-seed)")
     p.add_argument("--step-records", nargs="+", default=[], metavar="STEP=RECORD",
                    help="with --pick-steps: the judged record of each step (the final step: the training record)")
     p.add_argument("--average-steps", type=Path, default=None, metavar="DIR",
@@ -212,14 +217,16 @@ def judge_kept(args) -> int:
         for scale, start in settings:
             folder = args.judge / name / ("steps/step-%06d" % args.step if args.step else "")
             row = measure_lora(name, folder, kept["summary"]["images_per_subject"], args.samples, "sks",
-                               components, classifier, lora_scale=scale, guidance=args.guidance, lora_start=start)
+                               components, classifier, lora_scale=scale, guidance=args.guidance, lora_start=start,
+                               first_seed=args.first_seed)
             row.pop("_grids")
             results[scale, start][name] = {**{k: v for k, v in old.items() if k not in row}, **row}
             print(f"{name} (LoRA scale {scale:g}, from {start:g} of the steps): LoRA {row['lora']}  "
                   f"base {row['base']}", flush=True)
     for scale, start in settings:
         # the kept run's settings; every figure measured again
-        sampling = {"guidance": args.guidance, "lora_scale": scale} | ({"lora_start": start} if start else {})
+        sampling = ({"guidance": args.guidance, "lora_scale": scale} | ({"lora_start": start} if start else {})
+                    | ({"first_seed": args.first_seed} if args.first_seed else {}))
         summary = {**kept["summary"], **figures(results[scale, start]), "sampling": sampling}
         if args.step:
             summary["step"] = args.step
@@ -322,6 +329,8 @@ def method_label(summary: dict) -> str:
         suffix += f" + LoRA scale {sampling['lora_scale']:g}"
     if sampling.get("lora_start"):
         suffix += f" + LoRA from {sampling['lora_start']:g} of the steps"
+    if sampling.get("first_seed"):
+        suffix += f" (judged at seeds {sampling['first_seed']}+)"
     return summary["method"] + suffix
 
 
@@ -396,7 +405,7 @@ def pick_steps(args) -> int:
     bound, not a method)."""
     from bat_app.preview.step_pick import best_step
 
-    scores = step_scores(args.pick_steps)
+    scores = step_scores(args.pick_steps) if args.pick_by != "judge" else {}
     if args.pick_by.startswith("pixels"):
         from bat_app.metrics.subject_match import mean_found
 
@@ -408,6 +417,11 @@ def pick_steps(args) -> int:
         print("scores:", json.dumps(scores))
     records = {int(k): json.loads(Path(v).read_text()) for k, v in (r.split("=", 1) for r in args.step_records)}
     picks = {name: best_step({int(s): v for s, v in by_step.items()}) for name, by_step in scores.items()}
+    if args.pick_by == "judge":
+        others = {int(k): json.loads(Path(v).read_text()) for k, v in (r.split("=", 1) for r in args.pick_records)}
+        names = next(iter(others.values()))["subjects"]
+        picks = {name: oracle_step(others, name) for name in names}
+        scores = {name: {s: {} for s in others} for name in names}
     print("picked:", json.dumps(picks))
     if not records:
         return 0
@@ -419,7 +433,8 @@ def pick_steps(args) -> int:
     if args.out:
         final = records[max(records)]
         rows = {name: records[picks[name]]["subjects"][name] | {"step": picks[name]} for name in scores}
-        by = {"clip": "CLIP", "pixels": "pixel-match", "pixels-zero": "pixel-match (no subject: 0)"}[args.pick_by]
+        by = {"clip": "CLIP", "pixels": "pixel-match", "pixels-zero": "pixel-match (no subject: 0)",
+              "judge": "judge-at-other-seeds"}[args.pick_by]
         summary = {**final["summary"], **figures(rows), "picked": f"step {by} picks of "
                    + "/".join(str(s) for s in sorted(records)), "picks": picks}
         args.out.write_text(record_text(summary, rows))

@@ -59,10 +59,11 @@ def _judge(classifier, images, subject, wanted: dict | None = None) -> dict:
 
 
 def sample_rows(components, prompts: list[str], samples: int, lora_dir=None, lora_scale: float = 1.0,
-                guidance: float | None = None, lora_start: float = 0.0) -> list[list]:
+                guidance: float | None = None, lora_start: float = 0.0, first_seed: int = 0) -> list[list]:
     from bat_app.preview import sample_images
 
-    return sample_images(components, prompts, list(range(samples)), lora_dir, batch_size=32,
+    seeds = list(range(first_seed, first_seed + samples))
+    return sample_images(components, prompts, seeds, lora_dir, batch_size=32,
                          lora_scale=lora_scale, guidance_scale=guidance, lora_start=lora_start)
 
 
@@ -118,10 +119,11 @@ def measure_subject(name: str, config, n_images: int = 3, samples: int = 16, wor
 
 def measure_lora(name: str, lora_dir: Path, n_images: int = 3, samples: int = 16, token: str = "sks",
                  components=None, classifier=None, lora_scale: float = 1.0, guidance: float | None = None,
-                 lora_start: float = 0.0) -> dict:
+                 lora_start: float = 0.0, first_seed: int = 0) -> dict:
     """Sample a trained LoRA folder (and the base model) and judge the samples (see module doc).
     ``lora_scale``, ``lora_start`` and ``guidance`` change how they are sampled (default: the
-    preset's; the first two only touch the LoRA's samples)."""
+    preset's; the first two only touch the LoRA's samples); ``first_seed`` moves the samples'
+    seeds (default 0..samples-1) to judge the same LoRA on other draws."""
     from bat_app.models import load_components
     from bat_app.shapes import load_attribute_classifier
 
@@ -136,11 +138,11 @@ def measure_lora(name: str, lora_dir: Path, n_images: int = 3, samples: int = 16
     row = {"subject": name, "trait_wanted": subject.trait, "photos": n_images, "samples": samples}
     grids = {}
     for label, lora in (("base", None), ("lora", lora_dir)):
-        key = (id(components), tuple(prompts), samples, guidance)
+        key = (id(components), tuple(prompts), samples, guidance, first_seed)
         if lora is None and key in _BASE_SAMPLES:  # the base model's samples do not change
             images = _BASE_SAMPLES[key]
         else:
-            images = sample_rows(components, prompts, samples, lora, lora_scale, guidance, lora_start)
+            images = sample_rows(components, prompts, samples, lora, lora_scale, guidance, lora_start, first_seed)
             if lora is None:
                 _BASE_SAMPLES[key] = images
         grids[label] = images
