@@ -112,6 +112,8 @@ def test_the_personalization_table_names_each_arm_by_what_it_changed():
     assert len(script.world_contexts()) == 16 and "on an orange background" in script.world_contexts()
     sampled = {"method": "albat", "train": {}, "sampling": {"guidance": 6.0, "lora_scale": 0.75}}
     assert script.method_label(sampled) == "albat + guidance 6 + LoRA scale 0.75"
+    redrawn = {"method": "albat", "train": {}, "step": 250, "sampling": {"first_seed": 1000}}
+    assert script.method_label(redrawn) == "albat at step 250 (judged at seeds 1000+)"
 
 
 def test_kept_loras_are_judged_again_at_other_strengths(tmp_path):
@@ -144,5 +146,11 @@ def test_kept_loras_are_judged_again_at_other_strengths(tmp_path):
     # strength 0: the class prompt (no trigger, whose own vectors stay loaded) judged as the base model's
     for key in ("class_prompt_colours", "class_prompt_trait"):
         assert off["subjects"][name]["lora"][key] == off["subjects"][name]["base"][key]
+    # the same LoRA judged on other draws (seeds 1000+): the record says which draws it saw
+    out = run("--judge", str(kept), "--samples", "2", "--first-seed", "1000", "--out", str(tmp_path / "j-far.json"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    far = json.loads((tmp_path / "j-far.json").read_text())
+    assert far["summary"]["sampling"] == {"guidance": None, "lora_scale": 1.0, "first_seed": 1000}
+    assert far["subjects"][name]["prompts"] == same["subjects"][name]["prompts"]
     bad = run("--judge", str(kept), "--lora-scale", "0", "1", "--out", str(tmp_path / "j.json"))
     assert bad.returncode != 0 and "put {scale} in --out" in bad.stderr
