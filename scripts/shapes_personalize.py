@@ -25,6 +25,8 @@ one picture per subject (base and LoRA rows for every prompt).
     python scripts/shapes_personalize.py --judge /tmp/l2 --step 200 --out /tmp/s200.json  # an earlier step
     python scripts/shapes_personalize.py --pick-steps /tmp/l2 --step-records 200=/tmp/s200.json \
         300=/tmp/s300.json --out /tmp/picked.json                  # the step the shapes CLIP picks
+    python scripts/shapes_personalize.py --pick-steps /tmp/l2 --pick-by pixels ...   # ... the pixel match picks
+    python scripts/shapes_personalize.py --judge /tmp/l2 --first-seed 1000 --out /tmp/far.json  # other draws
     python scripts/shapes_personalize.py --average-steps /tmp/l2 --at-steps 200 250 300 --out /tmp/l2-avg
 
 ``--table`` reads such records (any methods, any training seeds) and prints the per-subject
