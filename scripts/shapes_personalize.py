@@ -456,43 +456,39 @@ def subject_photos(name: str, n_images: int, resolution: int) -> list:
 def step_appearance(kept: Path) -> dict[str, dict]:
     """subject -> step -> each subject-prompt sample's pixel match to the photos, None where no
     subject is found (cached in step_appearance.json)."""
-    from bat_app.preview.step_pick import appearance_steps, candidate_steps
+    from bat_app.preview.step_pick import appearance_steps
 
-    cache = kept / "step_appearance.json"
-    if cache.is_file():
-        return json.loads(cache.read_text())
-    record = json.loads((kept / "record.json").read_text())
-    n_images, steps = record["summary"]["images_per_subject"], record["summary"]["train"]["steps"]
-    components = load_components("shapes", device="cpu")
-    out = {}
-    for name in record["subjects"]:
-        photos = subject_photos(name, n_images, components.spec.resolution)
-        folders = candidate_steps(saved_steps(kept / name), steps, kept / name)
-        t0 = time.perf_counter()
-        out[name] = appearance_steps(components, folders, photos, "sks", get_subject(name).class_noun)
-        print(f"{name}: {json.dumps(out[name])} ({time.perf_counter() - t0:.1f} s)", flush=True)
-    cache.write_text(json.dumps(out, indent=1))
-    return json.loads(cache.read_text())
+    return cached_per_step(kept, "step_appearance.json", lambda components, folders, photos, noun: appearance_steps(
+        components, folders, photos, "sks", noun))
 
 
 def step_scores(kept: Path) -> dict[str, dict]:
-    """subject -> step -> CLIP scores, computed once per folder (cached in step_scores.json)."""
+    """subject -> step -> CLIP scores (cached in step_scores.json)."""
     from bat_app.compare.pools import default_embedder
-    from bat_app.preview.step_pick import candidate_steps, score_steps
+    from bat_app.preview.step_pick import score_steps
 
-    cache = kept / "step_scores.json"
+    def score(components, folders, photos, noun):
+        return score_steps(components, folders, photos, default_embedder(components, None, None), "sks", noun)
+    return cached_per_step(kept, "step_scores.json", score)
+
+
+def cached_per_step(kept: Path, cache_name: str, score) -> dict[str, dict]:
+    """subject -> ``score(components, {step: folder}, photos, class noun)`` over the candidate
+    steps of a --keep-loras --save-every folder, computed once (cached in ``kept/cache_name``)."""
+    from bat_app.preview.step_pick import candidate_steps
+
+    cache = kept / cache_name
     if cache.is_file():
         return json.loads(cache.read_text())
     record = json.loads((kept / "record.json").read_text())
     n_images, steps = record["summary"]["images_per_subject"], record["summary"]["train"]["steps"]
     components = load_components("shapes", device="cpu")
-    embedder = default_embedder(components, None, None)
     out = {}
     for name in record["subjects"]:
         photos = subject_photos(name, n_images, components.spec.resolution)
         folders = candidate_steps(saved_steps(kept / name), steps, kept / name)
         t0 = time.perf_counter()
-        out[name] = score_steps(components, folders, photos, embedder, "sks", get_subject(name).class_noun)
+        out[name] = score(components, folders, photos, get_subject(name).class_noun)
         print(f"{name}: {json.dumps(out[name])} ({time.perf_counter() - t0:.1f} s)", flush=True)
     cache.write_text(json.dumps(out, indent=1))
     return json.loads(cache.read_text())
