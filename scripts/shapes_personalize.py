@@ -27,6 +27,7 @@ one picture per subject (base and LoRA rows for every prompt).
         300=/tmp/s300.json --out /tmp/picked.json                  # the step the shapes CLIP picks
     python scripts/shapes_personalize.py --pick-steps /tmp/l2 --pick-by pixels ...   # ... the pixel match picks
     python scripts/shapes_personalize.py --judge /tmp/l2 --first-seed 1000 --out /tmp/far.json  # other draws
+    python scripts/shapes_personalize.py --pool /tmp/s300.json /tmp/far.json --out /tmp/both.json  # 32 samples
     python scripts/shapes_personalize.py --average-steps /tmp/l2 --at-steps 200 250 300 --out /tmp/l2-avg
 
 ``--table`` reads such records (any methods, any training seeds) and prints the per-subject
@@ -124,6 +125,9 @@ def main(argv=None) -> int:
     p.add_argument("--lora-start", type=float, nargs="+", default=[0.0],
                    help="share of the sampling steps drawn without the LoRA (sample_images' lora_start); "
                    "several: one record each, --out holds {start}")
+    p.add_argument("--pool", nargs="+", type=Path, default=[], metavar="RECORD",
+                   help="records of the same LoRAs judged on other draws (--first-seed): write to --out one "
+                   "record whose figures are their means (as many samples as all of them)")
     p.add_argument("--pick-steps", type=Path, default=None, metavar="DIR",
                    help="no training: score the steps a --keep-loras --save-every run kept in DIR with "
                    "bat_app.preview.step_pick; with --step-records, write the picked steps' record to --out")
@@ -153,6 +157,8 @@ def main(argv=None) -> int:
         return judge_kept(args)
     if args.pick_steps:
         return pick_steps(args)
+    if args.pool:
+        return pool_records(args.pool, args.out)
     if args.average_steps:
         if args.out is None or not args.at_steps:
             raise SystemExit("--average-steps needs --at-steps and --out (a folder)")
@@ -333,6 +339,8 @@ def method_label(summary: dict) -> str:
         suffix += f" + LoRA from {sampling['lora_start']:g} of the steps"
     if sampling.get("first_seed"):
         suffix += f" (judged at seeds {sampling['first_seed']}+)"
+    if sampling.get("pooled_first_seeds"):
+        suffix += " (judged at seeds " + "+, ".join(map(str, sampling["pooled_first_seeds"])) + "+, pooled)"
     return summary["method"] + suffix
 
 
@@ -441,6 +449,38 @@ def pick_steps(args) -> int:
                    + "/".join(str(s) for s in sorted(records)), "picks": picks}
         args.out.write_text(record_text(summary, rows))
         print("wrote", args.out)
+    return 0
+
+
+def pool_records(paths: list[Path], out: Path | None) -> int:
+    """One record from records of the same LoRAs judged on disjoint draws: each figure the mean of
+    theirs (every figure is a share over as many samples per record, so the mean is the share over
+    all of them), the sample count their sum."""
+    records = [json.loads(p.read_text()) for p in paths]
+    first = records[0]
+    sampling = [dict(r["summary"].get("sampling") or {}) for r in records]
+    seeds = [s.pop("first_seed", 0) for s in sampling]
+    for path, r, how in zip(paths[1:], records[1:], sampling[1:]):
+        same = (r["summary"]["train"] == first["summary"]["train"] and r["summary"].get("step") == first["summary"].get("step")
+                and how == sampling[0]
+                and {n: (row["prompts"], row["samples"]) for n, row in r["subjects"].items()}
+                == {n: (row["prompts"], row["samples"]) for n, row in first["subjects"].items()})
+        if not same:
+            raise SystemExit(f"{path} judged another training, step, sampling, prompt list or sample count than "
+                             f"{paths[0]}: only draws of the same judgement pool")
+    if len(set(seeds)) != len(seeds):
+        raise SystemExit(f"the records share their first seed ({seeds}): pooling them would count draws twice")
+    rows = {}
+    for name, row in first["subjects"].items():
+        rows[name] = row | {"samples": sum(r["subjects"][name]["samples"] for r in records)}
+        for side in ("base", "lora"):
+            rows[name][side] = {key: round(float(np.mean([r["subjects"][name][side][key] for r in records])), 3)
+                                for key in row[side]}
+    summary = {**first["summary"], **figures(rows), "sampling": sampling[0] | {"pooled_first_seeds": seeds}}
+    if out is None:
+        raise SystemExit("--pool needs --out")
+    out.write_text(record_text(summary, rows))
+    print("wrote", out)
     return 0
 
 

@@ -97,6 +97,37 @@ def test_the_personalization_table_pairs_methods_by_subject_and_seed(tmp_path):
     assert "| recontext (2 pairs) | +25.0 [+20.0, +30.0] |" in out.stdout
 
 
+def test_records_of_one_judgement_on_other_draws_pool_into_one(tmp_path):
+    """--pool: the same LoRAs judged at seeds 0+ and 1000+ become one record of twice the
+    samples, each figure the mean; records of another training, or the same draws twice, refuse."""
+    keys = ("trait", "class", "recontext_fidelity", "recontext_trait", "recontext_background_fidelity",
+            "recontext_position_fidelity", "class_prompt_colours", "class_prompt_trait")
+
+    def record(first_seed, trait, seed=0):
+        side = lambda v: dict.fromkeys(keys, v)  # noqa: E731
+        sampling = {"guidance": None, "lora_scale": 1.0} | ({"first_seed": first_seed} if first_seed else {})
+        return {"summary": {"method": "albat", "train": {"seed": seed}, "step": 250, "sampling": sampling},
+                "subjects": {"x": {"samples": 16, "prompts": ["a", "b"], "base": side(0.5), "lora": side(trait)}}}
+
+    paths = []
+    for name, data in {"near": record(0, 0.75), "far": record(1000, 0.875), "other": record(1000, 0.9, seed=1),
+                       "again": record(0, 0.8)}.items():
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps(data))
+    run = lambda *files: subprocess.run([sys.executable, str(SCRIPTS / "shapes_personalize.py"), "--pool",  # noqa: E731
+                                         *map(str, files), "--out", str(tmp_path / "pooled.json")],
+                                        capture_output=True, text=True, timeout=300)
+    out = run(paths[0], paths[1])
+    assert out.returncode == 0, out.stderr[-3000:]
+    pooled = json.loads((tmp_path / "pooled.json").read_text())
+    row = pooled["subjects"]["x"]
+    assert row["samples"] == 32 and row["lora"]["trait"] == 0.812 and row["base"]["trait"] == 0.5
+    assert pooled["summary"]["lora_trait_mean"] == 0.812 and pooled["summary"]["subjects_trait_ge_80"] == 1
+    assert pooled["summary"]["sampling"] == {"guidance": None, "lora_scale": 1.0, "pooled_first_seeds": [0, 1000]}
+    assert "another training" in run(paths[0], paths[2]).stderr
+    assert "count draws twice" in run(paths[0], paths[3]).stderr
+
+
 def test_the_personalization_table_names_each_arm_by_what_it_changed():
     import importlib.util
 
@@ -114,6 +145,8 @@ def test_the_personalization_table_names_each_arm_by_what_it_changed():
     assert script.method_label(sampled) == "albat + guidance 6 + LoRA scale 0.75"
     redrawn = {"method": "albat", "train": {}, "step": 250, "sampling": {"first_seed": 1000}}
     assert script.method_label(redrawn) == "albat at step 250 (judged at seeds 1000+)"
+    pooled = {"method": "albat", "train": {}, "sampling": {"pooled_first_seeds": [0, 1000]}}
+    assert script.method_label(pooled) == "albat (judged at seeds 0+, 1000+, pooled)"
 
 
 def test_kept_loras_are_judged_again_at_other_strengths(tmp_path):
