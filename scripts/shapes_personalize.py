@@ -458,11 +458,16 @@ def pool_records(paths: list[Path], out: Path | None) -> int:
     all of them), the sample count their sum."""
     records = [json.loads(p.read_text()) for p in paths]
     first = records[0]
-    sampling = [dict(r["summary"].get("sampling") or {}) for r in records]
+    # records older than a setting lack its key, and ran with its default (no change)
+    sampling = [{"guidance": None, "lora_scale": 1.0} | (r["summary"].get("sampling") or {}) for r in records]
     seeds = [s.pop("first_seed", 0) for s in sampling]
+
+    def same_training(a: dict, b: dict) -> bool:
+        return all(a[k] == b[k] for k in a.keys() & b.keys())
+
     for path, r, how in zip(paths[1:], records[1:], sampling[1:]):
-        same = (r["summary"]["train"] == first["summary"]["train"] and r["summary"].get("step") == first["summary"].get("step")
-                and how == sampling[0]
+        same = (same_training(r["summary"]["train"], first["summary"]["train"])
+                and r["summary"].get("step") == first["summary"].get("step") and how == sampling[0]
                 and {n: (row["prompts"], row["samples"]) for n, row in r["subjects"].items()}
                 == {n: (row["prompts"], row["samples"]) for n, row in first["subjects"].items()})
         if not same:
