@@ -110,8 +110,8 @@ def _add_train(sub) -> None:
     p.add_argument("--train-text-encoder", action="store_true", help="also train a text-encoder LoRA")
     p.add_argument("--checkpoint-every", type=int, default=None)
     p.add_argument("--save-every", type=int, default=None, metavar="N",
-                   help="also export the LoRA every N steps into OUT/steps/step-N, to compare or keep an "
-                        "earlier step (the training is the same)")
+                   help="also export the LoRA every N steps into OUT/steps/step-N (the training is the same), "
+                        "and draw OUT/steps.png: the last third's steps side by side, to keep the best one")
     p.add_argument("--tail-average", type=int, default=None, metavar="N",
                    help="export the exact mean of the LoRAs at N steps over the last third of the training "
                         "(a LoRA of rank N x rank; default: the recipe's, 1 = the final step's)")
@@ -213,11 +213,32 @@ def run_train(args) -> int:
                                           resume=args.resume, progress=bars)
     finally:
         bars.close()
+    if config.save_every:
+        grid = render_steps_grid(components, config, Path(args.out), result.steps)
+        print(f"the saved steps side by side (same prompts and seeds; keep the one that shows your subject best, "
+              f"its LoRA is in {Path(args.out) / 'steps'}): {grid}")
     print(f"done: {result.steps} steps ({result.steps_per_s:.2f} steps/s"
           f"{f', resumed at step {result.resumed_from}' if result.resumed_from else ''}) -> "
           f"{result.files['diffusers']} (diffusers), {result.files['kohya']} (A1111/ComfyUI), "
           f"{result.files['card']}")
     return 0
+
+
+def render_steps_grid(components, config, out_dir: Path, final_step: int) -> Path:
+    """``out_dir/steps.png``: the last third's saved steps and the final one, on the preview prompts."""
+    from .preview.step_pick import candidate_steps, steps_grid
+    from .progress import ProgressEvent
+    from .train.checkpoint import saved_steps
+
+    bars = TqdmProgress()
+    try:
+        folders = candidate_steps(saved_steps(out_dir), final_step, out_dir)
+        grid = steps_grid(components, folders, config.token, config.class_noun,
+                          progress=lambda done, total: bars(ProgressEvent("steps grid", done, total)))
+    finally:
+        bars.close()
+    grid.save(out_dir / "steps.png")
+    return out_dir / "steps.png"
 
 
 def _prepare(args):

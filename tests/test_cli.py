@@ -44,6 +44,20 @@ def test_train_end_to_end_then_resume(tiny_model_dir, subject_dir, tmp_path):
     assert "resumed at step 6" in again.stdout
 
 
+def test_saved_steps_come_with_a_grid_to_choose_from(tiny_model_dir, subject_dir, tmp_path):
+    from PIL import Image
+
+    out_dir = tmp_path / "run"
+    done = run_cli("train", "--images", subject_dir, "--class-noun", "disc", "--model", tiny_model_dir,
+                   "--out", out_dir, "--steps", "6", "--save-every", "2", "--rank", "2", "--checkpoint-every", "0")
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in (out_dir / "steps").iterdir()) == ["step-000002", "step-000004"]
+    assert "side by side" in done.stdout and str(out_dir / "steps.png") in done.stdout
+    assert "steps grid" in done.stderr and "2/2" in done.stderr  # its tqdm bar: steps 4 and 6
+    with Image.open(out_dir / "steps.png") as grid:
+        assert grid.width == 260 + 2 * 4 * (64 + 4) + 4  # two steps x four seeds
+
+
 def test_bad_input_exits_2_with_a_readable_message(tiny_model_dir, tmp_path):
     (tmp_path / "imgs").mkdir()
     (tmp_path / "imgs" / "notes.pdf").write_bytes(b"%PDF-1.4 nothing")

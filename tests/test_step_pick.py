@@ -13,7 +13,7 @@ from bat_app.export.embeddings import find_embeddings
 from bat_app.preview import sample_images
 from bat_app.metrics.subject_match import appearance, sample_matches
 from bat_app.preview.prompts import load_prompt_set
-from bat_app.preview.step_pick import appearance_steps, best_step, score_steps
+from bat_app.preview.step_pick import appearance_steps, best_step, candidate_steps, score_steps, steps_grid
 from bat_app.train import TrainConfig, train_lora
 from bat_app.train.checkpoint import saved_steps
 
@@ -130,3 +130,22 @@ def test_appearance_steps_scores_every_subject_sample_of_every_step(comps, image
     for scores in matches.values():
         assert len(scores) == 2 * len(subject_prompts)
         assert all(m is None or 0.0 <= m <= 1.0 for m in scores)
+
+
+def test_the_steps_grid_shows_each_candidate_step_on_the_same_prompts_and_seeds(comps, images, tmp_path):
+    train_lora(comps, images, quick(save_every=2), tmp_path / "run")
+    folders = candidate_steps(saved_steps(tmp_path / "run"), 6, tmp_path / "run")
+    assert sorted(folders) == [4, 6]  # the last third and the final export
+    prompts = load_prompt_set("object").prompts("sks", "disc")
+    seen = []
+    grid = steps_grid(comps, folders, "sks", "disc", prompt_set="object", seeds=[0, 1], cell=32,
+                      progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(1, 2), (2, 2)]
+    pad, cell, left, top = 4, 32, 260, 16 + 4
+    assert grid.size == (left + 4 * (cell + pad) + pad, top + len(prompts) * (cell + pad) + pad)
+    pixels = np.asarray(grid, dtype=float)
+
+    def block(step_index):  # the first prompt's row, the step's two seeds
+        x0 = left + pad + step_index * 2 * (cell + pad)
+        return pixels[top + pad:top + pad + cell, x0:x0 + 2 * cell + pad]
+    assert np.abs(block(0) - block(1)).mean() > 0.5  # other weights, same seeds: another picture
