@@ -408,41 +408,23 @@ def records_table(paths: list[Path]) -> str:
 
 
 def pick_steps(args) -> int:
-    """Score every saved step of a --keep-loras --save-every folder with ``step_pick`` (seeds apart
-    from the judge's; cached in DIR/step_scores.json and, --pick-by pixels, step_appearance.json)
-    and, given the judged record of each step (--step-records; the final step's is the training
-    record), write the record of the picked steps; print the oracle (the judge's best step: a
-    bound, not a method)."""
-    from bat_app.preview.step_pick import best_step
-
-    scores = step_scores(args.pick_steps) if args.pick_by != "judge" else {}
-    if args.pick_by.startswith("pixels"):
-        from bat_app.metrics.subject_match import mean_found
-
-        matches = step_appearance(args.pick_steps)
-        look = (lambda m: float(np.mean([x or 0.0 for x in m]))) if args.pick_by == "pixels-zero" else mean_found
-        scores = {name: {s: {"appearance": round(look(matches[name][s]), 4), "clip_t": v["clip_t"],
-                             "score": round(look(matches[name][s]) + v["clip_t"], 4)} for s, v in by_step.items()}
-                  for name, by_step in scores.items()}
-        print("scores:", json.dumps(scores))
-    records = {int(k): json.loads(Path(v).read_text()) for k, v in (r.split("=", 1) for r in args.step_records)}
-    picks = {name: best_step({int(s): v for s, v in by_step.items()}) for name, by_step in scores.items()}
-    if args.pick_by == "judge":
-        others = {int(k): json.loads(Path(v).read_text()) for k, v in (r.split("=", 1) for r in args.pick_records)}
-        names = next(iter(others.values()))["subjects"]
-        picks = {name: oracle_step(others, name) for name in names}
-        scores = {name: {s: {} for s in others} for name in names}
+    """Pick one step per subject of a --keep-loras --save-every folder (``step_picks``) and, given
+    the judged record of each step (--step-records; the final step's is the training record),
+    write the record of the picked steps; print the oracle (the judge's best step: a bound, not a
+    method)."""
+    picks = step_picks(args)
     print("picked:", json.dumps(picks))
+    records = step_records(args.step_records)
     if not records:
         return 0
-    missing = {s for by_step in scores.values() for s in map(int, by_step)} - set(records)
+    missing = set(picks.values()) - set(records)
     if missing:
         raise SystemExit(f"no judged record for steps {sorted(missing)}: give STEP=RECORD for each")
     print("oracle (the judge's best step per subject, both targets first):",
-          json.dumps({name: oracle_step(records, name) for name in scores}))
+          json.dumps({name: oracle_step(records, name) for name in picks}))
     if args.out:
         final = records[max(records)]
-        rows = {name: records[picks[name]]["subjects"][name] | {"step": picks[name]} for name in scores}
+        rows = {name: records[step]["subjects"][name] | {"step": step} for name, step in picks.items()}
         by = {"clip": "CLIP", "pixels": "pixel-match", "pixels-zero": "pixel-match (no subject: 0)",
               "judge": "judge-at-other-seeds"}[args.pick_by]
         summary = {**final["summary"], **figures(rows), "picked": f"step {by} picks of "
@@ -450,6 +432,32 @@ def pick_steps(args) -> int:
         args.out.write_text(record_text(summary, rows))
         print("wrote", args.out)
     return 0
+
+
+def step_picks(args) -> dict[str, int]:
+    """subject -> the step --pick-by chooses: the judge's on other draws (--pick-records), or the
+    best ``step_pick`` score (CLIP-I or the pixel match, + CLIP-T; seeds apart from the judge's,
+    cached in DIR/step_scores.json and step_appearance.json)."""
+    from bat_app.metrics.subject_match import mean_found
+    from bat_app.preview.step_pick import best_step
+
+    if args.pick_by == "judge":
+        others = step_records(args.pick_records)
+        return {name: oracle_step(others, name) for name in next(iter(others.values()))["subjects"]}
+    scores = step_scores(args.pick_steps)
+    if args.pick_by != "clip":
+        matches = step_appearance(args.pick_steps)
+        look = (lambda m: float(np.mean([x or 0.0 for x in m]))) if args.pick_by == "pixels-zero" else mean_found
+        scores = {name: {s: {"appearance": round(look(matches[name][s]), 4), "clip_t": v["clip_t"],
+                             "score": round(look(matches[name][s]) + v["clip_t"], 4)} for s, v in by_step.items()}
+                  for name, by_step in scores.items()}
+        print("scores:", json.dumps(scores))
+    return {name: best_step({int(s): v for s, v in by_step.items()}) for name, by_step in scores.items()}
+
+
+def step_records(pairs: list[str]) -> dict[int, dict]:
+    """STEP=RECORD arguments -> step -> the judged record."""
+    return {int(step): json.loads(Path(path).read_text()) for step, path in (p.split("=", 1) for p in pairs)}
 
 
 def pool_records(paths: list[Path], out: Path | None) -> int:

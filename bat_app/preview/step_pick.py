@@ -29,8 +29,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..metrics.clip_scores import clip_i, clip_t, strip_token
 from ..images.grid import image_grid
+from ..metrics.clip_scores import clip_i, clip_t, strip_token
 from ..metrics.subject_match import sample_matches
 from .prompts import default_prompt_set, load_prompt_set
 from .sample import sample_images
@@ -52,7 +52,14 @@ def candidate_steps(saved: dict[int, Path], final_step: int, final_dir: Path) ->
     return {step: folder for step, folder in saved.items() if first <= step < final_step} | {final_step: final_dir}
 
 
-GRID_SEEDS = (0, 1, 2, 3)  # the preview's first seeds: the steps grid matches the job's own previews
+GRID_SEEDS = (0, 1, 2, 3)  # starts with the compare previews' default seeds (0, 1): their columns match
+
+
+def _prompt_pairs(components, token: str, class_noun: str, prompt_set: str | None) -> list[tuple[str, str]]:
+    """(kind, prompt) of ``prompt_set``, default the preset's preview set."""
+    spec = components.spec
+    name = prompt_set or default_prompt_set(spec.preset or spec.name, class_noun)
+    return load_prompt_set(name).prompts(token, class_noun)
 
 
 def steps_grid(components, folders: dict[int, Path], token: str, class_noun: str, prompt_set: str | None = None,
@@ -61,9 +68,7 @@ def steps_grid(components, folders: dict[int, Path], token: str, class_noun: str
     """One picture: a row per preview prompt, and for each step (``folders``: step -> LoRA folder,
     e.g. ``candidate_steps``) a block of columns, one per seed. Same prompts and seeds for every
     step, so a column differs from its neighbour block only by the training steps."""
-    spec = components.spec
-    prompts = [p for _, p in load_prompt_set(prompt_set or default_prompt_set(spec.preset or spec.name,
-                                                                              class_noun)).prompts(token, class_noun)]
+    prompts = [p for _, p in _prompt_pairs(components, token, class_noun, prompt_set)]
     per_step = []
     for done, (_, folder) in enumerate(sorted(folders.items())):
         per_step.append(sample_images(components, prompts, list(seeds), folder))
@@ -80,9 +85,7 @@ def score_steps(components, folders: dict[int, Path], references: Sequence, embe
                 progress: Callable[[int, int], None] | None = None) -> dict[int, dict]:
     """step -> {"clip_i", "clip_t", "score"} for the LoRA folder of each step (see module doc).
     ``references``: the user's photos (PIL images); ``prompt_set``: default the preset's."""
-    spec = components.spec
-    pairs = load_prompt_set(prompt_set or default_prompt_set(spec.preset or spec.name, class_noun)).prompts(
-        token, class_noun)
+    pairs = _prompt_pairs(components, token, class_noun, prompt_set)
     subject_rows = [i for i, (kind, _) in enumerate(pairs) if kind == "subject"]
     text_rows = [i for i, (kind, _) in enumerate(pairs) if kind != "subject"]
     photos = embedder.encode_images(list(references))
@@ -105,9 +108,7 @@ def appearance_steps(components, folders: dict[int, Path], references: Sequence,
     """step -> each subject-prompt sample's pixel match to the user's photos (``references``;
     ``subject_match.sample_matches``: None where no subject is found). Its ``mean_found`` is the
     step's appearance."""
-    spec = components.spec
-    pairs = load_prompt_set(prompt_set or default_prompt_set(spec.preset or spec.name, class_noun)).prompts(
-        token, class_noun)
+    pairs = _prompt_pairs(components, token, class_noun, prompt_set)
     prompts = [prompt for kind, prompt in pairs if kind == "subject"]
     out = {}
     for done, (step, folder) in enumerate(sorted(folders.items())):
