@@ -112,6 +112,9 @@ def _add_train(sub) -> None:
     p.add_argument("--save-every", type=int, default=None, metavar="N",
                    help="also export the LoRA every N steps into OUT/steps/step-N (the training is the same), "
                         "and draw OUT/steps.png: the last third's steps side by side, to keep the best one")
+    p.add_argument("--step-choices", type=int, default=None, metavar="N",
+                   help="also export N earlier steps spread over the last third (300 steps, 2: steps 200 and "
+                        "250) and draw them in OUT/steps.png (default: the recipe's; shapes 2, 0 = none)")
     p.add_argument("--tail-average", type=int, default=None, metavar="N",
                    help="export the exact mean of the LoRAs at N steps over the last third of the training "
                         "(a LoRA of rank N x rank; default: the recipe's, 1 = the final step's)")
@@ -184,6 +187,7 @@ def train_config_from_args(args, n_images: int | None = None):
              "background_weight": getattr(args, "background_weight", None),
              "backdrop_swaps": getattr(args, "backdrop_swaps", None),
              "save_every": getattr(args, "save_every", None),
+             "step_choices": getattr(args, "step_choices", None),
              "tail_average": getattr(args, "tail_average", None)}
     data.update({k: v for k, v in flags.items() if v is not None})
     for flag in ("captions", "train_text_encoder"):
@@ -213,7 +217,7 @@ def run_train(args) -> int:
                                           resume=args.resume, progress=bars)
     finally:
         bars.close()
-    if config.save_every:
+    if config.export_steps():
         grid = render_steps_grid(components, config, Path(args.out), result.steps)
         print(f"the saved steps side by side (same prompts and seeds; keep the one that shows your subject best, "
               f"its LoRA is in {Path(args.out) / 'steps'}): {grid}")

@@ -202,6 +202,8 @@ FIELDS = {
     "m": ("m (backbone images kept)", 1, "m", True, False),
     "draws": ("draws", 1, "draws", True, False),
     "surrogate_steps": ("surrogate_steps", 1, "steps", True, False),
+    # each kept step is one more LoRA on disk and one more preview column per method
+    "step_choices": ("earlier steps kept (step_choices)", 0, 8, True, False),
 }
 
 

@@ -132,12 +132,12 @@ def test_config_rejects_bad_memory_settings(kw, message):
 def test_the_fingerprint_ignores_the_profile_name_and_compile_and_keeps_old_ones():
     base = TrainConfig(token="sks", class_noun="dog")
     assert TrainConfig(token="sks", class_noun="dog", memory_profile="8 GB", compile=True,
-                       save_every=50).fingerprint() == base.fingerprint()
+                       save_every=50, step_choices=2).fingerprint() == base.fingerprint()
     # checkpoints written before these settings existed still resume: defaults do not hash
     old = {k: v for k, v in base.to_dict().items() if k not in
            ("checkpoint_every", "keep_checkpoints", "memory_profile", "optimizer", "quantize", "compile",
             "caption_mix", "prior_contexts", "embedding_retract", "lr_drop_fraction", "background_weight",
-            "backdrop_swaps", "save_every", "tail_average")}
+            "backdrop_swaps", "save_every", "step_choices", "tail_average")}
     import hashlib
 
     assert base.fingerprint() == hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()[:16]

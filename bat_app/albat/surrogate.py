@@ -29,7 +29,7 @@ from ..train.data import Example, instance_examples
 def surrogate_config(config: TrainConfig, steps: int) -> TrainConfig:
     """The final training's settings on G alone: same rank/targets/lr, fewer steps, UNet only."""
     return replace(config, steps=steps, train_text_encoder=False, prior=False, checkpoint_every=0,
-                   lr_schedule="constant", warmup_steps=0)
+                   lr_schedule="constant", warmup_steps=0, save_every=0, step_choices=0)
 
 
 def surrogate_path(components, images, config: TrainConfig, steps: int, cache_root: Path) -> Path:
@@ -73,7 +73,8 @@ def surrogate_snapshot(components, images, config: TrainConfig, steps: int, cach
     Same settings, seed and images give the same batches, noise and updates up to ``steps``:
     the constant learning rate does not depend on the run's length.
     """
-    if surrogate_config(config, steps) != replace(config, steps=steps, checkpoint_every=0):
+    if surrogate_config(config, steps) != replace(config, steps=steps, checkpoint_every=0, save_every=0,
+                                                  step_choices=0):
         return None
     path = surrogate_path(components, images, config, steps, cache_root)
     if path.is_file() or steps > config.steps:

@@ -38,10 +38,7 @@ def preview(run: CompareRun, loras: dict[str, tuple[Path | None, str]], only: li
     as its LoRA is trained; the full stage then reads it back from its record)."""
     run.stage("preview")
     config, spec = run.config, run.components.spec
-    set_name = config.prompt_set or default_prompt_set(spec.preset or spec.name, config.class_noun)
-    prompt_set = load_prompt_set(set_name)
-    prompts = prompt_set.prompts(config.token, config.class_noun, limit=config.num_prompts)
-    prompts.append(("class", prompt_set.class_text(config.class_noun)))  # class-prior check, no token
+    set_name, prompts = preview_prompts(run)
     texts = [p for _, p in prompts]
     present = has_safety_checker(spec)
     check = config.safety_checker and present
@@ -50,11 +47,8 @@ def preview(run: CompareRun, loras: dict[str, tuple[Path | None, str]], only: li
     for method, (lora, lora_key) in loras.items():
         if only is not None and method not in only:
             continue
-        # Checked columns are other results than unchecked ones (their hidden cells are grey).
-        key = stage_key(stage="preview", lora=lora_key, prompts=texts, seeds=config.seeds,
-                        sampling=spec.sampling, resolution=spec.resolution, **run.inputs,
-                        **({"safety": "checked"} if check else {}))
-        columns[method], cost, hidden = _samples(run, StageRecord(run.out / "previews" / "samples" / method), key,
+        key = column_key(run, texts, lora=lora_key)
+        columns[method], cost, hidden = column_samples(run, StageRecord(run.out / "previews" / "samples" / method), key,
                                                  texts, lora, run.tagged(method), check,
                                                  reuse=run.resume or method in run.drawn)
         run.safety["hidden"][method] = hidden
@@ -69,7 +63,31 @@ def preview(run: CompareRun, loras: dict[str, tuple[Path | None, str]], only: li
     return columns, prompts, set_name
 
 
-def _samples(run: CompareRun, record: StageRecord, key: str, prompts: list[str], lora, emit, check: bool,
+def preview_prompts(run: CompareRun) -> tuple[str, list[tuple[str, str]]]:
+    """(prompt set name, [(kind, prompt)]): the job's preview prompts, the class prompt last."""
+    config, spec = run.config, run.components.spec
+    set_name = config.prompt_set or default_prompt_set(spec.preset or spec.name, config.class_noun)
+    prompt_set = load_prompt_set(set_name)
+    prompts = prompt_set.prompts(config.token, config.class_noun, limit=config.num_prompts)
+    prompts.append(("class", prompt_set.class_text(config.class_noun)))  # class-prior check, no token
+    return set_name, prompts
+
+
+def safety_checked(run: CompareRun) -> bool:
+    """Previews go through the model's safety checker (the operator's setting, if it has one)."""
+    return run.config.safety_checker and has_safety_checker(run.components.spec)
+
+
+def column_key(run: CompareRun, texts: list[str], **lora) -> str:
+    """The key of one column of samples: its LoRA (``lora``: the training's key, and the step
+    for an earlier one), the prompts, seeds, sampler and the safety check."""
+    spec = run.components.spec
+    # Checked columns are other results than unchecked ones (their hidden cells are grey).
+    return stage_key(stage="preview", **lora, prompts=texts, seeds=run.config.seeds, sampling=spec.sampling,
+                     resolution=spec.resolution, **run.inputs, **({"safety": "checked"} if safety_checked(run) else {}))
+
+
+def column_samples(run: CompareRun, record: StageRecord, key: str, prompts: list[str], lora, emit, check: bool,
              reuse: bool = True):
     """(images, seconds drawing them, how many the safety checker hid): one column of previews,
     read back when still valid (and ``reuse``). With ``check``, flagged images are never written,

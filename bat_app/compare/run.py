@@ -1,4 +1,4 @@
-"""The compare pipeline: validate -> select -> train each method -> preview -> metrics -> package.
+"""The compare pipeline: validate -> select -> train each method -> preview -> steps -> metrics -> package.
 
 (With both `none` and `albat`, `none` is selected and trained first: its early steps are ALBAT's
 surrogate, which the selection then finds cached; see ``_surrogate_from_plain_lora``.)
@@ -36,6 +36,7 @@ from ..progress import ProgressEvent
 from .config import BASE, CompareConfig
 from .lanes import lane_count, run_in_lanes
 from .previews import preview
+from .steps import draw_steps, steps_stage
 from .report import write_report
 from .stages import RECORD, StageRecord, stage_key
 
@@ -111,6 +112,7 @@ def run_compare(config: CompareConfig, images: Sequence[str | Path] | str | Path
     train(run, selections, loras)
     loras = {BASE: loras[BASE], **{m: loras[m] for m in config.methods}}  # the grid's columns in the asked order
     columns, prompts, set_name = preview(run, loras)
+    steps_stage(run, loras, columns)
     measure(run, columns, prompts, set_name, selections)
     package(run, loras, selections)
     run.emit(ProgressEvent("done", 1, 1))
@@ -203,6 +205,9 @@ def side_by_side(run: CompareRun, selections, loras, lanes: int) -> None:
             columns = [c for c in (BASE, method) if c not in run.drawn]
             run.drawn.update(columns)
         preview(lane, {c: loras[c] for c in columns}, only=columns)
+        with drawing:  # the earlier steps its training kept too: the steps stage reads them back
+            run.drawn.add(f"{method}@steps")
+        draw_steps(lane, method, loras[method])
 
     def before(lane: CompareRun, method: str) -> None:
         if method == "none" and "albat" in run.config.methods:

@@ -51,6 +51,7 @@ class Recipe:
     min_k: int
     background_weight: float = 1.0  # masked training's weight on plain backgrounds (1: off)
     backdrop_swaps: int = 0         # other plain backdrops each photo is also shown on (0: off)
+    step_choices: int = 0           # earlier steps of the last third kept for the user to choose from
     note: str = ""              # where the numbers come from
 
     @classmethod
@@ -71,7 +72,8 @@ class Recipe:
                 "pivotal_vectors": self.pivotal_vectors, "embedding_lr": self.embedding_lr,
                 "prior": self.prior, "num_class_images": self.class_images,
                 "aug_weight": self.aug_weight_few if n <= MIN_PHOTOS else self.aug_weight,
-                "background_weight": self.background_weight, "backdrop_swaps": self.backdrop_swaps}
+                "background_weight": self.background_weight, "backdrop_swaps": self.backdrop_swaps,
+                "step_choices": self.step_choices}
 
     def selection_settings(self, n_images: int | None = None) -> dict:
         """SelectionParams settings (k, m) for ``n_images`` photos."""

@@ -66,18 +66,25 @@ def steps_grid(components, folders: dict[int, Path], token: str, class_noun: str
                seeds: Sequence[int] = GRID_SEEDS, cell: int = 64,
                progress: Callable[[int, int], None] | None = None):
     """One picture: a row per preview prompt, and for each step (``folders``: step -> LoRA folder,
-    e.g. ``candidate_steps``) a block of columns, one per seed. Same prompts and seeds for every
-    step, so a column differs from its neighbour block only by the training steps."""
+    e.g. ``candidate_steps``) a block of columns, one per seed (``steps_picture``)."""
     prompts = [p for _, p in _prompt_pairs(components, token, class_noun, prompt_set)]
-    per_step = []
-    for done, (_, folder) in enumerate(sorted(folders.items())):
-        per_step.append(sample_images(components, prompts, list(seeds), folder))
+    samples = {}
+    for done, (step, folder) in enumerate(sorted(folders.items())):
+        samples[step] = sample_images(components, prompts, list(seeds), folder)
         if progress is not None:
             progress(done + 1, len(folders))
-    images = [im for row in range(len(prompts)) for rows in per_step for im in rows[row]]
-    titles = [f"step {step}" if i == 0 else "" for step in sorted(folders) for i in range(len(seeds))]
-    return image_grid(images, columns=len(folders) * len(seeds), cell=cell, column_titles=titles,
-                      row_titles=prompts, title_width=260)
+    return steps_picture(samples, prompts, len(seeds), cell)
+
+
+def steps_picture(samples: dict[int, list[list]], prompts: Sequence[str], n_seeds: int, cell: int = 64):
+    """``samples``: step -> [prompt][seed] images, drawn with the same prompts and seeds for every
+    step, so a column differs from its neighbour block only by the training steps. A row per
+    prompt, a block of ``n_seeds`` columns per step, titled with the step."""
+    steps = sorted(samples)
+    images = [im for row in range(len(prompts)) for step in steps for im in samples[step][row]]
+    titles = [f"step {step}" if i == 0 else "" for step in steps for i in range(n_seeds)]
+    return image_grid(images, columns=len(steps) * n_seeds, cell=cell, column_titles=titles,
+                      row_titles=list(prompts), title_width=260)
 
 
 def score_steps(components, folders: dict[int, Path], references: Sequence, embedder, token: str, class_noun: str,

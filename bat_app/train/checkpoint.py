@@ -85,21 +85,17 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
 
 def save_step(components, config, out_dir: Path, step: int, unet_lora: dict, te_lora: dict,
               embeddings: dict | None) -> Path:
-    """The LoRA after ``step`` as the final export writes it (diffusers file, trigger embeddings)
-    in ``out_dir/steps/step-000200``: a folder ``sample_images`` and diffusers load as they are."""
-    from ..export.embeddings import save_embeddings
-    from ..export.formats import save_diffusers
+    """The LoRA after ``step`` exported as the final one is (diffusers and kohya files, trigger
+    embeddings, model card) in ``out_dir/steps/step-000200``: a folder users, ``sample_images``
+    and diffusers load as it is, and the app serves when the user keeps that step."""
+    import dataclasses
+
+    from ..export import export_lora
 
     folder = Path(out_dir) / STEPS_DIR / f"step-{step:06d}"
     folder.mkdir(parents=True, exist_ok=True)
-    try:
-        save_diffusers(components.family, folder, unet_lora, te_lora, config.rank, config.lora_alpha,
-                       list(config.target_modules), list(config.text_encoder_targets))
-        if embeddings is not None:
-            save_embeddings(folder, config.token, embeddings)
-    except OSError as exc:
-        raise CheckpointError(f"Could not write the LoRA of step {step} to {folder}: {exc}. Free some disk "
-                              f"space, or train without save_every.") from exc
+    export_lora(components, dataclasses.replace(config, steps=step), folder, unet_lora, te_lora,
+                extra={"exported_at_step": step, "of_steps": config.steps}, embeddings=embeddings)
     return folder
 
 

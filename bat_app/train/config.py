@@ -25,7 +25,7 @@ QUANTIZATIONS = ("nf4",)
 LR_SCHEDULES = ("constant", "constant_with_warmup", "cosine", "linear", "drop")
 CAPTION_MIXES = ("half", "all")
 # Settings that change how a training runs or what it writes, never the LoRA it makes.
-RUNNING_ONLY = ("checkpoint_every", "keep_checkpoints", "save_every", "memory_profile", "compile")
+RUNNING_ONLY = ("checkpoint_every", "keep_checkpoints", "save_every", "step_choices", "memory_profile", "compile")
 
 
 @dataclass
@@ -104,6 +104,12 @@ class TrainConfig:
     # out_dir/steps/step-000200, to compare or keep an earlier step (kohya's save_every_n_steps).
     # It changes nothing in the training. 0: only the final LoRA.
     save_every: int = 0
+    # Also export this many earlier steps, spread over the last third like the tail average's
+    # points (300 steps, 2: steps 200 and 250), for the user to choose the one that shows the
+    # subject best (the app's Results tab and `bat-app train` draw them side by side). On shapes
+    # the steps of one training differ as much as training seeds do (docs/shapes.md, twenty-first
+    # session). It changes nothing in the training. 0: none.
+    step_choices: int = 0
     mixed_precision: str = "auto"      # auto: bf16/fp16 on CUDA, fp32 on CPU
     gradient_checkpointing: bool | None = None  # None: on for CUDA, off on CPU
 
@@ -128,7 +134,7 @@ class TrainConfig:
         for name, value in positive_ints.items():
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise InputError(f"`{name}` must be a positive integer, got {value!r}.")
-        for name in ("checkpoint_every", "save_every", "warmup_steps", "seed", "backdrop_swaps"):
+        for name in ("checkpoint_every", "save_every", "step_choices", "warmup_steps", "seed", "backdrop_swaps"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise InputError(f"`{name}` must be an integer >= 0, got {value!r}.")
@@ -199,6 +205,21 @@ class TrainConfig:
         """The class images' prompts, taken in turn: class image i is drawn from entry i mod len."""
         base = self.class_prompt_text
         return [f"{base} {c}".strip() for c in self.prior_contexts] if self.prior_contexts else [base]
+
+    def export_steps(self) -> list[int]:
+        """The earlier steps whose LoRA is exported besides the final one: every ``save_every``
+        and the ``step_choices`` points of the last third.
+
+        >>> TrainConfig(steps=300, step_choices=2).export_steps()
+        [200, 250]
+        >>> TrainConfig(steps=300, save_every=100, step_choices=1).export_steps()
+        [100, 200]
+        """
+        from .tail_average import tail_points
+
+        every = range(self.save_every, self.steps, self.save_every) if self.save_every else []
+        choices = tail_points(self.steps, self.step_choices + 1)[:-1] if self.step_choices else []
+        return sorted({*every, *choices})
 
     def resolve_targets(self, family) -> "TrainConfig":
         """This config with ``target_modules`` filled in: the given ones, else the family's default."""

@@ -134,6 +134,7 @@ def train_lora(
         losses: list[float] = []
         start_step = 0
         tail = TailAverage(config.steps, config.tail_average)
+        export_steps = set(config.export_steps())  # earlier LoRAs the user may keep (save_every, step_choices)
         if resume and (latest := ckpt.latest_checkpoint(out_dir)) is not None:
             start_step, losses = restore_state(components, config, latest, fingerprint, optimizer, lr_scheduler,
                                                generator, pivotal, tail)
@@ -173,7 +174,7 @@ def train_lora(
                 loss_log.append(step, losses[-1])
                 if snapshot is not None and step == snapshot[0]:
                     snapshot[1](lora_state_dicts(components, config)[0])
-                saving = config.save_every and step % config.save_every == 0 and step < config.steps
+                saving = step in export_steps
                 if step in tail.points or saving:  # one copy of the weights for both
                     current = (*lora_state_dicts(components, config), pivotal.vectors() if pivotal else None)
                     if step in tail.points:

@@ -221,7 +221,7 @@ def check_uploads(paths: list[str]) -> list[str]:
 # The Advanced settings: form key -> (config group, type).
 NUMBERS = {"steps": ("train", int), "rank": ("train", int), "lr": ("train", float), "seed": ("train", int),
            "aug_weight": ("train", float), "resolution": ("train", int), "k": ("selection", int),
-           "m": ("selection", int), "num_class_images": ("train", int)}
+           "m": ("selection", int), "num_class_images": ("train", int), "step_choices": ("train", int)}
 
 
 def _number(key: str, value, kind):
@@ -249,7 +249,8 @@ def _number(key: str, value, kind):
 def build_config(settings: AppSettings, *, token: str = "sks", class_noun: str = "", model: str | None = None,
                  pool: str | None = None, methods: list[str] | None = None, steps=None, rank=None, lr=None,
                  resolution=None, seed=None, k=None, m=None, aug_weight=None, pivotal=None,
-                 prior=None, num_class_images=None, n_images: int = 5, captions: bool = False) -> CompareConfig:
+                 prior=None, num_class_images=None, step_choices=None, n_images: int = 5,
+                 captions: bool = False) -> CompareConfig:
     """The CompareConfig a Start press (or an API call) submits; empty fields take the defaults for
     ``n_images``. Model and pool must be among what the server offers; every number is within
     ``bat_app.limits`` (the message names the field, the limit and the fix). ``captions``: the
@@ -287,7 +288,8 @@ def build_config(settings: AppSettings, *, token: str = "sks", class_noun: str =
     preset = model if model in presets() else None
     d = suggested_settings(n_images, preset)
     given = {"steps": steps, "rank": rank, "lr": lr, "seed": seed, "aug_weight": aug_weight,
-             "resolution": resolution, "k": k, "m": m, "num_class_images": num_class_images}
+             "resolution": resolution, "k": k, "m": m, "num_class_images": num_class_images,
+             "step_choices": step_choices}
     values = {}
     for key, (_, kind) in NUMBERS.items():
         value = _number(key, given[key], kind)

@@ -9,7 +9,7 @@ the job id, the allow-listed output files are copied (hard-linked where possible
 job id (128 random bits): whoever has no id can neither list nor guess them.
 
 Only regular files are published, never symlinks, and only paths that match ``SERVED``
-(grids, LoRA .safetensors, zips): nothing else under ``out/`` (checkpoints, selections, logs).
+(grids, steps pictures, LoRA .safetensors, zips): nothing else under ``out/`` (checkpoints, selections, logs).
 The example subjects' photos (public assets) are copied to ``<Gradio cache>/bat-examples/``.
 """
 
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 FOLDER = "bat-jobs"
 EXAMPLES = "bat-examples"
 # Relative to a job's out/ folder: what a job's owner downloads or sees.
-SERVED = re.compile(r"previews/grid_[\w-]+\.png|downloads/[\w-]+\.(?:safetensors|zip)")
+SERVED = re.compile(r"previews/(?:grid|steps)_[\w-]+\.png|downloads/[\w-]+\.(?:safetensors|zip)")
 _ID = re.compile(r"[0-9a-f]{32}")
 
 

@@ -15,7 +15,7 @@ from PIL import Image
 from ..errors import InputError
 from ..limits import GUIDANCE_MAX, GUIDANCE_MIN, STRENGTH_MAX, STRENGTH_MIN, check_range
 from .settings import AppSettings
-from .views import lora_dir
+from .views import job_out, lora_dir, split_choice
 
 # One sampling at a time: loading a LoRA changes the shared UNet's modules in place.
 _LOCK = threading.Lock()
@@ -70,11 +70,15 @@ def _enlarge(image: Image.Image) -> Image.Image:
 
 def push_job_to_hub(settings: AppSettings, job_id: str, method: str, repo_id: str, token: str,
                     private: bool = True) -> str:
-    """Push one method's LoRA of a finished job, with its preview samples in the model card."""
+    """Push one LoRA of a finished job (``method``: "albat", or an earlier step it kept,
+    "albat@250"), with its preview samples in the model card."""
     from ..export.hub import push_lora
 
     folder, _ = lora_dir(settings, job_id, method)
-    samples = sorted((folder.parent.parent.parent / "previews" / "samples" / method).glob("*.png"))
-    return push_lora(folder, repo_id, token, samples=samples[:8], private=bool(private))
+    name, step = split_choice(method)
+    out = job_out(settings, job_id)
+    previews = (out / "previews" / "samples" / name if step is None
+                else out / "previews" / "steps" / name / f"step-{step:06d}")
+    return push_lora(folder, repo_id, token, samples=sorted(previews.glob("*.png"))[:8], private=bool(private))
 
 

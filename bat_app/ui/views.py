@@ -192,6 +192,9 @@ class Results:
     downloads: list[str]                       # served files, named <method>_<file> so they never collide
     report: str                                # report.md
     config: dict
+    steps: list[tuple[str, str]]               # (served steps picture, caption): per method that kept steps
+    choices: list[tuple[str, str]]             # (label, value) of every LoRA to try, push or download:
+    #                                            each method's final one, then its earlier steps ("albat@250")
 
 
 def job_results(settings: AppSettings, job_id: str) -> Results:
@@ -212,7 +215,65 @@ def job_results(settings: AppSettings, job_id: str) -> Results:
     headers, rows = metrics_table(metrics)
     report = (out / "report.md").read_text() if (out / "report.md").is_file() else ""
     downloads = publish(job_id, out, [f"downloads/{Path(p).name}" for p in download_files(out, methods)])
-    return Results(job_id, methods, grids, headers, rows, downloads, report, config)
+    from ..compare.steps import PICTURE
+
+    pictures = [m for m in methods if (out / PICTURE.format(method=m)).is_file()]
+    steps = list(zip(publish(job_id, out, [PICTURE.format(method=m) for m in pictures]),
+                     [f"{METHOD_LABELS.get(m, m)}: its steps side by side" for m in pictures]))
+    return Results(job_id, methods, grids, headers, rows, downloads, report, config, steps,
+                   lora_choices(out, methods))
+
+
+def lora_choices(out: Path, methods: list[str]) -> list[tuple[str, str]]:
+    """(label, value) of each LoRA of a finished job: every method's final one ("albat"), then
+    the earlier steps its training kept in the last third ("albat@250"; the steps picture shows
+    them, ``compare.steps``)."""
+    from ..preview.step_pick import candidate_steps
+    from ..train.checkpoint import saved_steps
+
+    finals, earlier = [], []
+    for method in methods:
+        lora = out / "methods" / method / "lora"
+        label = METHOD_LABELS.get(method, method)
+        final = _final_step(lora)
+        finals.append((f"{label}" + (f" (final, step {final})" if final else ""), method))
+        if final:
+            earlier += [(f"{label} · step {step}", f"{method}@{step}")
+                        for step in candidate_steps(saved_steps(lora), final, lora) if step != final]
+    return finals + earlier
+
+
+def _final_step(lora: Path) -> int | None:
+    """The final step of a LoRA folder's training (its training_log.json), None if unreadable."""
+    try:
+        return int(json.loads((lora / "training_log.json").read_text())["config"]["steps"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def split_choice(choice: str) -> tuple[str, int | None]:
+    """("albat", 250) from "albat@250"; ("albat", None) from "albat" (the final LoRA).
+
+    >>> split_choice("albat@250"), split_choice("none")
+    (('albat', 250), ('none', None))
+    """
+    method, at, step = (choice or "").partition("@")
+    if not at:
+        return method, None
+    if not step.isdigit():
+        raise InputError(f"{choice!r} names no step: give a method ('albat') or a method and a step ('albat@250').")
+    return method, int(step)
+
+
+def step_files(settings: AppSettings, job_id: str, choice: str) -> list[str]:
+    """The served files of one LoRA (``choice`` as in ``lora_choices``): diffusers and kohya
+    .safetensors and the trigger's vectors, named ``<method>[_step<N>]_<file>``."""
+    folder, _ = lora_dir(settings, job_id, choice)
+    method, step = split_choice(choice)
+    out = job_out(settings, job_id)
+    prefix = method if step is None else f"{method}_step{step}"
+    return publish(normalize_job_id(job_id), out,
+                   [f"downloads/{p.name}" for p in _lora_downloads(folder, out / "downloads", prefix)])
 
 
 def metrics_table(metrics: dict) -> tuple[list[str], list[list]]:
@@ -244,16 +305,20 @@ def download_files(out: Path, methods: list[str]) -> list[str]:
     """
     files = []
     for method in methods:
-        lora = out / "methods" / method / "lora"
-        embeddings = find_embeddings(lora) if lora.is_dir() else None  # pivotal tuning's trigger vectors
-        for src in [lora / "pytorch_lora_weights.safetensors", *sorted(lora.glob("*_kohya.safetensors")),
-                    *([embeddings[0]] if embeddings else [])]:
-            if src.is_file() and not src.is_symlink():  # a copy would follow a link anywhere
-                files.append(str(_named_copy(src, out / "downloads" / f"{method}_{src.name}")))
+        files += [str(p) for p in _lora_downloads(out / "methods" / method / "lora", out / "downloads", method)]
         zip_path = out / "downloads" / f"{method}_lora.zip"
         if zip_path.is_file():
             files.append(str(zip_path))
     return files
+
+
+def _lora_downloads(lora: Path, downloads: Path, prefix: str) -> list[Path]:
+    """A LoRA folder's files users load, linked into ``downloads`` as ``<prefix>_<name>``."""
+    embeddings = find_embeddings(lora) if lora.is_dir() else None  # pivotal tuning's trigger vectors
+    return [_named_copy(src, downloads / f"{prefix}_{src.name}")
+            for src in [lora / "pytorch_lora_weights.safetensors", *sorted(lora.glob("*_kohya.safetensors")),
+                        *([embeddings[0]] if embeddings else [])]
+            if src.is_file() and not src.is_symlink()]  # a copy would follow a link anywhere
 
 
 def _named_copy(src: Path, dst: Path) -> Path:
@@ -269,16 +334,32 @@ def _named_copy(src: Path, dst: Path) -> Path:
     return dst
 
 
-def lora_dir(settings: AppSettings, job_id: str, method: str) -> tuple[Path, dict]:
-    """(LoRA folder, job config) of a finished job's method."""
+def job_out(settings: AppSettings, job_id: str) -> Path:
+    """The pipeline's folder of a job (its ``out/``)."""
+    return Path(jobs.status(normalize_job_id(job_id), settings=settings.jobs)["dir"]) / OUT
+
+
+def lora_dir(settings: AppSettings, job_id: str, choice: str) -> tuple[Path, dict]:
+    """(LoRA folder, job config) of a finished job's method, or of an earlier step its training
+    kept (``choice``: "albat" or "albat@250", as in ``lora_choices``)."""
+    from ..train.checkpoint import saved_steps
+
     res_status = jobs.status(normalize_job_id(job_id), settings=settings.jobs)
     if res_status["status"] != jobs.DONE:
         raise InputError(f"Job {job_id} is {res_status['status']}: pick a finished job (the Jobs tab shows yours).")
     folder = Path(res_status["dir"])
     config = json.loads((folder / "config.json").read_text())
+    method, step = split_choice(choice)
     if method not in config["methods"]:
         raise InputError(f"Job {job_id} did not train method {method!r}; it trained {', '.join(config['methods'])}.")
-    return folder / OUT / "methods" / method / "lora", config
+    lora = folder / OUT / "methods" / method / "lora"
+    if step is None:
+        return lora, config
+    kept = [value.partition("@")[2] for _, value in lora_choices(folder / OUT, [method]) if "@" in value]
+    if str(step) not in kept:
+        raise InputError(f"Job {job_id}'s {method} training kept no step {step}; "
+                         + (f"it kept steps {', '.join(kept)}." if kept else "it kept only its final LoRA."))
+    return saved_steps(lora)[step], config
 
 
 # --- this browser's jobs -------------------------------------------------------------------

@@ -1,5 +1,6 @@
-"""The Results tab: the side-by-side grid, metrics, downloads (``/results``), the report, and the
-push to the Hugging Face Hub."""
+"""The Results tab: the side-by-side grid, metrics, downloads (``/results``), the earlier steps
+each training kept (a picture per method, and the files of the one the user keeps), the report,
+and the push to the Hugging Face Hub."""
 
 from __future__ import annotations
 
@@ -26,9 +27,23 @@ def layout(ui) -> None:
         ui.metrics = gr.Dataframe(label="Metrics", interactive=False, elem_id="metrics")
         ui.downloads = gr.File(label="Downloads: diffusers / kohya .safetensors, zip with model card and samples",
                                file_count="multiple", interactive=False, elem_id="downloads", buttons=[])
+        # Steps of one training differ on shapes as much as training seeds do; the user's eye picks
+        # (docs/shapes.md, twenty-first session; compare/steps.py)
+        with gr.Accordion("Earlier steps: keep the one that shows your subject best", open=True,
+                          visible=False, elem_id="steps-box") as ui.steps_box:
+            gr.Markdown("Each method's training also kept earlier steps of its last third. Here they are "
+                        "side by side, on the grid's prompts and seeds (the last block is the final LoRA, "
+                        "as in the grid above). Pick one to download it; Try it and the Hub push offer them too.")
+            ui.steps = gr.Gallery(label="Steps side by side", columns=1, height="auto", interactive=False,
+                                  elem_id="steps", object_fit="contain")
+            ui.step_choice = gr.Dropdown([], label="LoRA to download", allow_custom_value=True,
+                                         elem_id="step-choice")
+            ui.step_downloads = gr.File(label="Its files: diffusers / kohya .safetensors (and the trigger's "
+                                        "vectors)", file_count="multiple", interactive=False,
+                                        elem_id="step-downloads", buttons=[])
         with gr.Accordion("Push to the Hugging Face Hub", open=False):
             with gr.Row():
-                ui.hub_method = gr.Dropdown([], label="Method", scale=1, allow_custom_value=True)
+                ui.hub_method = gr.Dropdown([], label="LoRA (method, or a step it kept)", scale=1, allow_custom_value=True)
                 ui.hub_repo = gr.Textbox(label="Repository", placeholder="my-subject-lora or user/name", scale=2)
                 ui.hub_token = gr.Textbox(label="Hugging Face token (write)", type="password", scale=2,
                                           info="used for this upload only; never stored or logged")
@@ -50,14 +65,21 @@ def events(ui, demo) -> None:
 
     @guarded
     def on_methods(job):
-        res_methods = views.job_results(settings, job)
-        choice = res_methods.methods[-1]
-        return (gr.Dropdown(choices=res_methods.methods, value=choice),
-                gr.Dropdown(choices=res_methods.methods, value=choice),
-                tryit.suggested_prompt(res_methods.config))
+        res = views.job_results(settings, job)
+        choice = res.methods[-1]  # the last method's final LoRA (earlier steps follow in the list)
+        return (gr.Dropdown(choices=res.choices, value=choice), gr.Dropdown(choices=res.choices, value=choice),
+                tryit.suggested_prompt(res.config), gr.Accordion(visible=bool(res.steps)), res.steps,
+                gr.Dropdown(choices=res.choices, value=None), None)
+
+    @guarded
+    def on_step_choice(job, choice):
+        return views.step_files(settings, job, choice) if choice else None
 
     results_out = [ui.grids, ui.metrics, ui.downloads, ui.report]
-    methods_out = [ui.hub_method, ui.try_method, ui.prompt]
+    methods_out = [ui.hub_method, ui.try_method, ui.prompt, ui.steps_box, ui.steps, ui.step_choice,
+                   ui.step_downloads]
+    ui.step_choice.input(on_step_choice, [ui.job_id, ui.step_choice], ui.step_downloads,
+                         api_visibility="private")
     ui.show.click(on_results, ui.job_id, results_out, api_name="results").success(
         on_methods, ui.job_id, methods_out, api_visibility="private")
     ui.finished.change(on_results, ui.finished, results_out, api_visibility="private").success(

@@ -15,7 +15,7 @@ from ..public import client_id, scrub
 from .common import guarded
 
 ADVANCED = ("steps", "rank", "lr", "resolution", "seed", "k", "m", "aug_weight", "pivotal", "prior",
-            "num_class_images")
+            "num_class_images", "step_choices")
 
 
 def _preset_of(model: str | None) -> str | None:
@@ -94,8 +94,13 @@ def layout(ui) -> None:
                 class_images = gr.Number(adv["num_class_images"], label="class images", precision=0,
                                          info="how many the base model draws for prior preservation (once "
                                               "per model and class, then reused); " + info("num_class_images"))
+            with gr.Row():
+                step_choices = gr.Number(adv["step_choices"], label="earlier steps to choose from", precision=0,
+                                         info="steps of the last third also kept and drawn side by side in "
+                                              "Results, to keep the one that shows your subject best (0: only "
+                                              "the final LoRA); " + info("step_choices"))
         ui.advanced = [steps, rank, lr, resolution, seed, k, m, aug_weight, pivotal, prior,
-                       class_images]  # in ADVANCED's order
+                       class_images, step_choices]  # in ADVANCED's order
         ui.start = gr.Button("Start", variant="primary", elem_id="start")
         ui.start_info = gr.Markdown(elem_id="start-info")
 
@@ -140,9 +145,10 @@ def events(ui, demo) -> None:
 
     @guarded
     def on_start(value, token_, noun, model_, pool_, methods_, steps_, rank_, lr_, resolution_, seed_, k_, m_,
-                 aug_weight_, pivotal_=None, prior_=None, class_images_=None, captions_=None,
+                 aug_weight_, pivotal_=None, prior_=None, class_images_=None, captions_=None, step_choices_=None,
                  request: gr.Request = None):
-        adv_values = (steps_, rank_, lr_, resolution_, seed_, k_, m_, aug_weight_, pivotal_, prior_, class_images_)
+        adv_values = (steps_, rank_, lr_, resolution_, seed_, k_, m_, aug_weight_, pivotal_, prior_, class_images_,
+                      step_choices_)
         job = handlers.start_job(settings, value, client=client_id(request, settings.proxy_hops), token=token_,
                                  class_noun=noun, model=model_, pool=pool_, methods=methods_, captions=captions_,
                                  **dict(zip(ADVANCED, adv_values)))
@@ -158,9 +164,10 @@ def events(ui, demo) -> None:
     def follow(job, known):  # a new job to watch: "?" makes the next tick redraw the selection gallery
         return job, job, views.remember(known, job), gr.Timer(active=True), gr.Tabs(selected="progress"), "?"
 
-    # captions last: API clients that send the older argument list still work
-    ui.start.click(on_start, [ui.images, ui.token, ui.class_noun, ui.model, ui.pool, ui.methods, *ui.advanced,
-                              ui.captions],
+    # the newer inputs last (captions, then the step choices): API clients that send an older
+    # argument list still work
+    ui.start.click(on_start, [ui.images, ui.token, ui.class_noun, ui.model, ui.pool, ui.methods, *ui.advanced[:-1],
+                              ui.captions, ui.advanced[-1]],
                    [ui.job_id, ui.start_info], api_name="submit").success(
         follow, [ui.job_id, ui.history], [ui.watching, ui.remembered, ui.history, ui.timer, ui.tabs, ui.gallery_key],
         api_visibility="private")

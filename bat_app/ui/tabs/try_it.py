@@ -12,7 +12,7 @@ from .common import guarded
 def layout(ui) -> None:
     with gr.Tab("Try it", id="try"):
         with gr.Row():
-            ui.try_method = gr.Dropdown([], label="LoRA (method)", scale=1, allow_custom_value=True)
+            ui.try_method = gr.Dropdown([], label="LoRA (method, or a step it kept)", scale=1, allow_custom_value=True)
             ui.prompt = gr.Textbox(label="Prompt", placeholder="a sks dog on the beach", scale=3)
             ui.try_seed = gr.Number(0, label="seed", precision=0, scale=1)
         with gr.Row():
