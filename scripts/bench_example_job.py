@@ -9,6 +9,7 @@ stage timings. The issue's target is <= 3 minutes for the example job on an idle
 
     python scripts/bench_example_job.py                      # checkered_square, the shapes pool
     python scripts/bench_example_job.py --pool /path/to/shapes-pool   # reuse a built pool
+    python scripts/bench_example_job.py --step-choices 0     # without the earlier steps to choose from
     python scripts/bench_example_job.py --quick              # smoke run: 4 steps, 1 prompt; not a result
 
 Unlike ``take_screenshots.py`` no Chromium and no Gradio server share the CPU, so the figures
@@ -32,6 +33,8 @@ def main(argv=None) -> int:
                    "reuse the one under BAT_HOME)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=None, help="write the timings as JSON here")
+    p.add_argument("--step-choices", type=int, default=None, metavar="N",
+                   help="earlier steps kept to choose from (default: the recipe's; 0 to time the job without)")
     p.add_argument("--quick", action="store_true", help="smoke run: 4 training steps, 1 preview prompt, "
                    "a small shortlist, 4 class images")
     args = p.parse_args(argv)
@@ -55,6 +58,8 @@ def main(argv=None) -> int:
     pool = str(args.pool) if args.pool else str(ensure_shapes_pool())
     settings = AppSettings.from_env()
     overrides = {"steps": 4, "k": 16, "m": 4, "num_class_images": 4} if args.quick else {}
+    if args.step_choices is not None:
+        overrides["step_choices"] = args.step_choices
     config = build_config(settings, class_noun=example.class_noun, model="shapes", n_images=len(example.images),
                           **overrides)
     data = config.to_dict() | {"pool": pool}
@@ -62,7 +67,7 @@ def main(argv=None) -> int:
         data["num_prompts"] = 1
     config = type(config).from_dict(data)
     report = {"example": args.example, "photos": len(example.images), "methods": config.methods,
-              "threads": args.threads, "jobs": []}
+              "threads": args.threads, "step_choices": config.train_config().step_choices, "jobs": []}
     for job in ("first", "again"):
         start = time.perf_counter()
         result = run_compare(config, example.images, home / "jobs" / job)

@@ -26,6 +26,7 @@ one picture per subject (base and LoRA rows for every prompt).
     python scripts/shapes_personalize.py --pick-steps /tmp/l2 --step-records 200=/tmp/s200.json \
         300=/tmp/s300.json --out /tmp/picked.json                  # the step the shapes CLIP picks
     python scripts/shapes_personalize.py --pick-steps /tmp/l2 --pick-by pixels ...   # ... the pixel match picks
+    python scripts/shapes_personalize.py --pick-steps /tmp/l2 --pick-by picture ...  # ... the judge on the app's picture
     python scripts/shapes_personalize.py --judge /tmp/l2 --first-seed 1000 --out /tmp/far.json  # other draws
     python scripts/shapes_personalize.py --pool /tmp/s300.json /tmp/far.json --out /tmp/both.json  # 32 samples
     python scripts/shapes_personalize.py --average-steps /tmp/l2 --at-steps 200 250 300 --out /tmp/l2-avg
@@ -131,7 +132,7 @@ def main(argv=None) -> int:
     p.add_argument("--pick-steps", type=Path, default=None, metavar="DIR",
                    help="no training: score the steps a --keep-loras --save-every run kept in DIR with "
                    "bat_app.preview.step_pick; with --step-records, write the picked steps' record to --out")
-    p.add_argument("--pick-by", choices=("clip", "pixels", "pixels-zero", "judge"), default="clip",
+    p.add_argument("--pick-by", choices=("clip", "pixels", "pixels-zero", "judge", "picture"), default="clip",
                    help="with --pick-steps: CLIP-I + CLIP-T (twentieth session), the pixel match + CLIP-T "
                    "(pixels-zero: as first stated, a sample with no subject found counts 0), or the judge "
                    "itself on other sampling seeds (--pick-records: the ceiling of any self-check)")
@@ -426,7 +427,7 @@ def pick_steps(args) -> int:
         final = records[max(records)]
         rows = {name: records[step]["subjects"][name] | {"step": step} for name, step in picks.items()}
         by = {"clip": "CLIP", "pixels": "pixel-match", "pixels-zero": "pixel-match (no subject: 0)",
-              "judge": "judge-at-other-seeds"}[args.pick_by]
+              "judge": "judge-at-other-seeds", "picture": "judge-on-the-app's-steps-picture"}[args.pick_by]
         summary = {**final["summary"], **figures(rows), "picked": f"step {by} picks of "
                    + "/".join(str(s) for s in sorted(records)), "picks": picks}
         args.out.write_text(record_text(summary, rows))
@@ -444,6 +445,10 @@ def step_picks(args) -> dict[str, int]:
     if args.pick_by == "judge":
         others = step_records(args.pick_records)
         return {name: oracle_step(others, name) for name in next(iter(others.values()))["subjects"]}
+    if args.pick_by == "picture":
+        scores = step_picture(args.pick_steps)
+        print("scores:", json.dumps(scores))
+        return {name: best_step({int(s): v for s, v in by_step.items()}) for name, by_step in scores.items()}
     scores = step_scores(args.pick_steps)
     if args.pick_by != "clip":
         matches = step_appearance(args.pick_steps)
@@ -513,6 +518,16 @@ def step_appearance(kept: Path) -> dict[str, dict]:
 
     return cached_per_step(kept, "step_appearance.json", lambda components, folders, photos, noun: appearance_steps(
         components, folders, photos, "sks", noun))
+
+
+def step_picture(kept: Path) -> dict[str, dict]:
+    """subject -> step -> the judge's reading of the app's steps picture (cached in step_picture.json)."""
+    from bat_app.shapes.personalization import judge_picture
+
+    classifier = load_attribute_classifier(shapes_paths().classifier)
+    by_noun = {s.class_noun: s.name for s in SUBJECTS}
+    return cached_per_step(kept, "step_picture.json", lambda components, folders, photos, noun: judge_picture(
+        components, classifier, by_noun[noun], folders))
 
 
 def step_scores(kept: Path) -> dict[str, dict]:

@@ -3,7 +3,7 @@
 Starts the real app (``python app.py``, its embedded worker, a fresh data dir) and drives
 Debian's Chromium through Playwright: Use example (checkered_square) -> Start with every default
 (the preset's recipe, the default methods, the shapes pool built on first use) -> Progress ->
-Results -> Try it -> Jobs. Prints the wall time from Start to Finished: the issue's target is
+Results (and its earlier steps) -> Try it -> Jobs. Prints the wall time from Start to Finished: the issue's target is
 <= 3 minutes on an idle 2-core machine for the default example job.
 
     python scripts/take_screenshots.py                       # writes docs/screenshots/*.png
@@ -133,8 +133,10 @@ def main(argv=None) -> int:
             page.get_by_role("tab", name="Results").click()
             page.get_by_role("button", name="Show results of the current job").click()
             expect(page.locator("#grids img").first).to_be_visible(timeout=60_000)
+            expect(page.locator("#steps img").first).to_be_visible(timeout=60_000)  # the recipe keeps steps
             page.wait_for_timeout(2000)
             page.screenshot(path=str(out / "results.png"), full_page=True)
+            page.locator("#steps-box").screenshot(path=str(out / "steps.png"))
 
             page.get_by_role("tab", name="Try it").click()
             page.get_by_label("Prompt").fill("a sks square on a green background")

@@ -1,7 +1,8 @@
 """The app in a real browser: Playwright driving Debian's headless Chromium (no browser download).
 
 Upload example images, start a two-method job, watch progress, see both columns in the results,
-download the LoRA and load it, try a prompt, reconnect after a reload. Runs on the shapes
+download the LoRA and load it, pick an earlier step the training kept and download that one, try
+a prompt, reconnect after a reload. Runs on the shapes
 backbone when its assets are there, else on the tiny test model. Screenshots of every tab go to
 docs/screenshots/ with BAT_UPDATE_SCREENSHOTS=1 (else to a temporary folder); timings are
 printed (pytest -s) and written to ``browser_timings.json`` next to the screenshots.
@@ -97,7 +98,8 @@ def test_train_compare_download_in_the_browser(server, browser, tmp_path):
     page.get_by_label("random backbone images").check()
     page.get_by_text("Advanced settings").click()
     for label, value in (("steps", plan["steps"]), ("m: backbone images kept", plan["m"]),
-                         ("K: retrieval candidates", plan["k"]), ("class images", plan["class_images"])):
+                         ("K: retrieval candidates", plan["k"]), ("class images", plan["class_images"]),
+                         ("earlier steps to choose from", 2)):
         box = page.get_by_label(label, exact=True)
         expect(box).not_to_have_value("")  # filled from the number of photos
         box.fill(str(value))
@@ -143,6 +145,24 @@ def test_train_compare_download_in_the_browser(server, browser, tmp_path):
     weights = tmp_path / "downloaded.safetensors"
     info.value.save_as(weights)
     _check_lora_loads(server["model"], weights)
+
+    # --- the earlier steps each training kept: their picture, and one of them downloaded ----
+    from bat_app.train.tail_average import tail_points
+
+    kept = tail_points(plan["steps"], 3)[0]  # 2 choices: the first of the last third's points
+    expect(page.locator("#steps img").first).to_be_visible(timeout=30_000)
+    page.locator("#step-choice input").click()
+    page.get_by_role("option", name=f"DreamBooth-LoRA · step {kept}").click()
+    step_link = page.locator(f'#step-downloads a[download="none_step{kept}_pytorch_lora_weights.safetensors"]')
+    expect(step_link).to_be_visible(timeout=30_000)
+    page.locator("#steps-box").screenshot(path=str(shots / "steps.png"))
+    with page.expect_download() as info:
+        step_link.click()
+    step_weights = tmp_path / "step" / "downloaded.safetensors"
+    step_weights.parent.mkdir()
+    info.value.save_as(step_weights)
+    _check_lora_loads(server["model"], step_weights)
+    assert step_weights.read_bytes() != weights.read_bytes()  # another step's LoRA
 
     # --- try it ----------------------------------------------------------------------------
     tab("Try it").click()

@@ -58,6 +58,9 @@ def test_the_kept_steps_are_drawn_beside_the_final_one_by_the_lanes_and_read_bac
         final = np.asarray(Image.open(out / "previews" / "samples" / method / "p00_s0.png"))
         assert earlier.shape == final.shape and not np.array_equal(earlier, final)  # another LoRA draws it
     assert result.timings["steps"] > 0  # the cost the lanes' drawing had
+    report = (out / "report.md").read_text()
+    assert "## Earlier steps" in report and "![none: its steps side by side](previews/steps_none.png)" in report
+    assert "- none:steps" not in report  # a picture to look at, not a download
 
     # a sequential rerun reads every step back: nothing drawn, same cost reported
     drawn.clear()
@@ -75,3 +78,4 @@ def test_without_kept_steps_there_is_no_steps_picture(tiny_model_dir, tiny_pool_
     assert not [k for k in result.outputs if k.endswith(":steps")]
     assert not list((tmp_path / "cmp" / "previews").glob("steps*"))
     assert result.timings["steps"] == 0
+    assert "## Earlier steps" not in (tmp_path / "cmp" / "report.md").read_text()

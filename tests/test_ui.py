@@ -362,6 +362,62 @@ def test_results_of_a_finished_job(settings, tmp_path):
         try_prompt(settings, job_id, "none", "a sks disc", guidance=0.5)
 
 
+def with_kept_steps(settings, job_id: str, steps=(2, 4, 5), final: int = 6) -> Path:
+    """The finished job's training given a final step and earlier steps it kept, and their picture."""
+    out = jobs.job_dir(job_id, settings=settings.jobs) / "out"
+    lora = out / "methods" / "none" / "lora"
+    (lora / "training_log.json").write_text(json.dumps({"config": {"steps": final}}))
+    for step in steps:
+        folder = lora / "steps" / f"step-{step:06d}"
+        folder.mkdir(parents=True)
+        (folder / "pytorch_lora_weights.safetensors").write_bytes(b"s" * step)
+        (folder / "sks_disc_kohya.safetensors").write_bytes(b"t" * step)
+        (folder / "sks.safetensors").write_bytes(b"v" * step)  # the trigger's pivotal vectors
+    Image.new("RGB", (60, 20)).save(out / "previews" / "steps_none.png")
+    return out
+
+
+def test_the_steps_a_training_kept_are_shown_downloaded_and_refused_by_name(settings, tmp_path, monkeypatch):
+    import bat_app.export.hub as hub
+    from bat_app.ui.tryit import push_job_to_hub
+
+    monkeypatch.setattr(views, "find_embeddings", lambda folder: [folder / "sks.safetensors"]
+                        if (folder / "sks.safetensors").is_file() else None)
+    job_id = finished_job(settings, tmp_path)
+    res = views.job_results(settings, job_id)
+    assert res.steps == [] and res.choices == [("DreamBooth-LoRA", "none")]  # no log, no steps: the final only
+    out = with_kept_steps(settings, job_id)
+    res = views.job_results(settings, job_id)
+    # step 2 is not in the last third of 6: only 4 and 5 are offered, after the final LoRA
+    assert res.choices == [("DreamBooth-LoRA (final, step 6)", "none"), ("DreamBooth-LoRA · step 4", "none@4"),
+                           ("DreamBooth-LoRA · step 5", "none@5")]
+    [(picture, caption)] = res.steps
+    assert Path(picture).name == "steps_none.png" and Path(picture).parent.name == job_id
+    assert caption == "DreamBooth-LoRA: its steps side by side"
+    files = views.step_files(settings, job_id, "none@4")
+    assert [Path(p).name for p in files] == ["none_step4_pytorch_lora_weights.safetensors",
+                                             "none_step4_sks_disc_kohya.safetensors", "none_step4_sks.safetensors"]
+    assert Path(files[0]).read_bytes() == b"s" * 4 and all(Path(p).parent.name == job_id for p in files)
+    assert [Path(p).name for p in views.step_files(settings, job_id, "none")][:2] == [
+        "none_pytorch_lora_weights.safetensors", "none_sks_disc_kohya.safetensors"]
+    assert views.lora_dir(settings, job_id, "none@5")[0] == out / "methods" / "none" / "lora" / "steps" / "step-000005"
+    with pytest.raises(InputError, match="kept no step 2; it kept steps 4, 5"):
+        views.lora_dir(settings, job_id, "none@2")
+    with pytest.raises(InputError, match="names no step"):
+        views.lora_dir(settings, job_id, "none@last")
+    with pytest.raises(InputError, match="did not train method 'albat'"):
+        views.step_files(settings, job_id, "albat@4")
+    # the Hub gets the step's LoRA and the step's own samples
+    samples = out / "previews" / "steps" / "none" / "step-000004"
+    samples.mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(samples / "p00_s1.png")
+    calls = []
+    monkeypatch.setattr(hub, "push_lora", lambda *a, **kw: calls.append((a, kw)) or "https://huggingface.co/a/b")
+    push_job_to_hub(settings, job_id, "none@4", "a/b", "hf_x")
+    (folder, _, _), kw = calls[0]
+    assert folder.name == "step-000004" and [p.name for p in kw["samples"]] == ["p00_s1.png"]
+
+
 def test_try_it_draws_with_the_strength_and_guidance_asked(settings, tmp_path, monkeypatch):
     import bat_app.preview as preview
     from bat_app.ui import tryit

@@ -37,9 +37,16 @@ def write_report(out: Path, config, metrics: dict, timings: dict, outputs: dict)
         lines += ["", f"Safety checker: {describe_safety(safety['enabled'], safety['present'], safety['hidden'])}."]
     if "grid" in outputs:
         lines += ["", f"![comparison grid]({outputs['grid']})", ""]
+    steps = {k.partition(":")[0]: v for k, v in outputs.items() if k.endswith(":steps")}
+    if steps:
+        lines += ["## Earlier steps", "", "Each training also kept steps of its last third: the same prompts "
+                  "and seeds, the final LoRA last. Keep the step that shows the subject best "
+                  "(`methods/<method>/lora/steps/`).", ""]
+        lines += [f"![{method}: its steps side by side]({picture})" for method, picture in steps.items()] + [""]
     lines += ["## Cost (wall time per stage)", "", "| stage | seconds |", "|---|---:|"]
     lines += [f"| {name} | {seconds:.1f} |" for name, seconds in timings.items()]
-    lines += ["", "## Downloads", ""] + [f"- {k}: `{v}`" for k, v in outputs.items() if ":" in k]
+    lines += ["", "## Downloads", ""] + [f"- {k}: `{v}`" for k, v in outputs.items()
+                                         if ":" in k and not k.endswith(":steps")]
     path = Path(out) / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -172,3 +172,48 @@ def grid_image(row: dict, cell: int = 40, per_row: int = 8):
             strips.extend(row["_grids"][label][i][:per_row])
             titles.append(f"{label}: {prompt}")
     return image_grid(strips, columns=per_row, cell=cell, row_titles=titles, title_width=330, pad=2)
+
+
+PICTURE_SEEDS = (0, 1)  # the app's preview seeds (ui.settings.AppSettings.seeds): what the user sees
+
+
+def asked_attributes(prompt: str, class_noun: str) -> dict:
+    """What a preview prompt asks the judge can read: a background colour, a position, a size.
+
+    >>> asked_attributes("a sks star on a blue background", "star"), asked_attributes("a small sks star", "star")
+    ({'background': 'blue'}, {'size': 'small'})
+    """
+    from bat_app.shapes.world import SIZES
+
+    asked = {"background": c for c in COLOURS if f"on a {c} background" in prompt}
+    asked |= {"position": p for p, phrase in POSITION_PHRASES.items() if prompt.endswith(phrase)}
+    asked |= {"size": s for s in SIZES if f"a {s} " in prompt.split(class_noun)[0]}
+    return asked
+
+
+def judge_picture(components, classifier, name: str, folders: dict, token: str = "sks",
+                  seeds=PICTURE_SEEDS) -> dict[int, dict]:
+    """step -> the judge's reading of the app's steps picture (``compare.steps``) for subject
+    ``name``: each LoRA folder sampled on the shapes preview prompts at the preview seeds, as the
+    app draws it, then
+
+        trait     share of the samples of every prompt with the trigger that show the trait
+        fidelity  share of the samples of prompts asking a background, position or size that
+                  show it
+        score     trait + fidelity
+
+    The judge stands in for a user's eye: what a pick from the picture alone can be worth."""
+    from bat_app.preview import load_prompt_set, sample_images
+
+    subject = get_subject(name)
+    pairs = load_prompt_set("shapes").prompts(token, subject.class_noun)
+    prompts = [p for _, p in pairs]
+    wanted = [asked_attributes(p, subject.class_noun) for p in prompts]
+    out = {}
+    for step, folder in sorted(folders.items()):
+        rows = sample_images(components, prompts, list(seeds), folder)
+        judged = [_judge(classifier, row, subject, want or None) for row, want in zip(rows, wanted)]
+        trait = float(np.mean([j["trait"] for j in judged]))
+        fidelity = float(np.mean([j["fidelity"] for j in judged if "fidelity" in j]))
+        out[step] = {"trait": round(trait, 4), "fidelity": round(fidelity, 4), "score": round(trait + fidelity, 4)}
+    return out
