@@ -166,6 +166,15 @@ def test_kept_loras_are_judged_again_at_other_strengths(tmp_path):
     trained = json.loads((kept / "record.json").read_text())
     name = next(iter(trained["subjects"]))
     assert (kept / name / "pytorch_lora_weights.safetensors").is_file()
+    # the recipe keeps earlier steps; the judge reads the app's steps picture of each and picks one
+    out = run("--pick-steps", str(kept), "--pick-by", "picture")
+    assert out.returncode == 0, out.stderr[-3000:]
+    scores = json.loads((kept / "step_picture.json").read_text())[name]
+    assert len(scores) >= 2 and max(map(int, scores)) == trained["summary"]["train"]["steps"]
+    for v in scores.values():
+        assert 0 <= v["trait"] <= 1 and 0 <= v["fidelity"] <= 1 and v["score"] == round(v["trait"] + v["fidelity"], 4)
+    picked = json.loads(out.stdout.split("picked:", 1)[1].splitlines()[0])
+    assert str(picked[name]) in scores
     out = run("--judge", str(kept), "--samples", "2", "--lora-scale", "0", "1", "--out", str(tmp_path / "j-{scale}.json"))
     assert out.returncode == 0, out.stderr[-3000:]
     same = json.loads((tmp_path / "j-1.json").read_text())

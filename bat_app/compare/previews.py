@@ -24,7 +24,7 @@ from ..lending import result_or_cancel
 from ..paths import private_tmp
 from ..preview import comparison_grid, default_prompt_set, load_prompt_set, sample_images
 from ..preview.safety import check_rows, has_safety_checker
-from ..progress import ProgressEvent
+from ..progress import ProgressEvent, RateMeter
 from .stages import StageRecord, stage_key
 
 if TYPE_CHECKING:
@@ -132,11 +132,13 @@ def _draw(run: CompareRun, prompts: list[str], seeds: list[int], lora, emit) -> 
     half = len(prompts) // 2
     done = [0, 0]
     total = len(prompts) * len(seeds)
+    meter = RateMeter(0)
 
     def tally(side: int):
         def report(d: int, _total: int) -> None:
             done[side] = d
-            emit(ProgressEvent("preview", done[0] + done[1], total))
+            emit(ProgressEvent("preview", done[0] + done[1], total, it_per_s=meter.rate(done[0] + done[1]),
+                               eta_s=meter.eta(done[0] + done[1], total)))
         return report
 
     future = run.helper(lambda components: sample_images(components, prompts[half:], seeds, lora,

@@ -55,8 +55,8 @@ def draw_steps(run: CompareRun, method: str, lora: tuple[Path | None, str]) -> t
     for step, step_folder in steps.items():
         record = StageRecord(run.out / "previews" / "steps" / method / f"step-{step:06d}")
 
-        def relabel(event, step=step):  # the job's progress reads "steps · step 200", not "preview"
-            emit(dataclasses.replace(event, stage="steps", message=f"{method}: step {step}"))
+        def relabel(event, step=step):  # the job's progress names the stage and the step being drawn
+            emit(dataclasses.replace(event, stage="steps", message=f"drawing step {step} of the {method} training"))
 
         out[step], cost, hidden = column_samples(run, record, column_key(run, texts, lora=lora_key, step=step), texts,
                                         step_folder, relabel, safety_checked(run),
