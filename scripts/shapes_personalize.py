@@ -138,6 +138,8 @@ def main(argv=None) -> int:
                    "itself on other sampling seeds (--pick-records: the ceiling of any self-check)")
     p.add_argument("--pick-records", nargs="+", default=[], metavar="STEP=RECORD",
                    help="with --pick-by judge: each step judged at other seeds (--judge --first-seed)")
+    p.add_argument("--picture-seeds", type=int, default=2, metavar="N",
+                   help="with --pick-by picture: the steps picture drawn at seeds 0..N-1 (the app's: 2)")
     p.add_argument("--step-records", nargs="+", default=[], metavar="STEP=RECORD",
                    help="with --pick-steps: the judged record of each step (the final step: the training record)")
     p.add_argument("--average-steps", type=Path, default=None, metavar="DIR",
@@ -446,7 +448,7 @@ def step_picks(args) -> dict[str, int]:
         others = step_records(args.pick_records)
         return {name: oracle_step(others, name) for name in next(iter(others.values()))["subjects"]}
     if args.pick_by == "picture":
-        scores = step_picture(args.pick_steps)
+        scores = step_picture(args.pick_steps, args.picture_seeds)
         print("scores:", json.dumps(scores))
         return {name: best_step({int(s): v for s, v in by_step.items()}) for name, by_step in scores.items()}
     scores = step_scores(args.pick_steps)
@@ -520,14 +522,17 @@ def step_appearance(kept: Path) -> dict[str, dict]:
         components, folders, photos, "sks", noun))
 
 
-def step_picture(kept: Path) -> dict[str, dict]:
-    """subject -> step -> the judge's reading of the app's steps picture (cached in step_picture.json)."""
-    from bat_app.shapes.personalization import judge_picture
+def step_picture(kept: Path, n_seeds: int = 2) -> dict[str, dict]:
+    """subject -> step -> the judge's reading of the app's steps picture drawn at seeds
+    0..n_seeds-1 (cached in step_picture.json; step_picture-seeds4.json for 4 seeds)."""
+    from bat_app.shapes.personalization import PICTURE_SEEDS, judge_picture
 
     classifier = load_attribute_classifier(shapes_paths().classifier)
     by_noun = {s.class_noun: s.name for s in SUBJECTS}
-    return cached_per_step(kept, "step_picture.json", lambda components, folders, photos, noun: judge_picture(
-        components, classifier, by_noun[noun], folders))
+    seeds = tuple(range(n_seeds))
+    cache = "step_picture.json" if seeds == PICTURE_SEEDS else f"step_picture-seeds{n_seeds}.json"
+    return cached_per_step(kept, cache, lambda components, folders, photos, noun: judge_picture(
+        components, classifier, by_noun[noun], folders, seeds=seeds))
 
 
 def step_scores(kept: Path) -> dict[str, dict]:
