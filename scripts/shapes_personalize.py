@@ -429,7 +429,8 @@ def pick_steps(args) -> int:
         final = records[max(records)]
         rows = {name: records[step]["subjects"][name] | {"step": step} for name, step in picks.items()}
         by = {"clip": "CLIP", "pixels": "pixel-match", "pixels-zero": "pixel-match (no subject: 0)",
-              "judge": "judge-at-other-seeds", "picture": "judge-on-the-steps-picture"}[args.pick_by]
+              "judge": "judge-at-other-seeds", "picture": "judge-on-the-steps-picture"
+              + (f"-at-{args.picture_seeds}-seeds" if args.picture_seeds != 2 else "")}[args.pick_by]
         summary = {**final["summary"], **figures(rows), "picked": f"step {by} picks of "
                    + "/".join(str(s) for s in sorted(records)), "picks": picks}
         args.out.write_text(record_text(summary, rows))
