@@ -8,6 +8,7 @@ import logging
 
 import gradio as gr
 
+from ...albat import METHODS
 from ...errors import BatError
 from .. import tryit, views
 from ..public import public_message
@@ -34,8 +35,11 @@ def layout(ui) -> None:
             gr.Markdown("Each method's training also kept earlier steps of its last third. Here they are "
                         "side by side, on the grid's prompts and seeds (the last block is the final LoRA, "
                         "as in the grid above). Pick one to download it; Try it and the Hub push offer them too.")
-            ui.steps = gr.Gallery(label="Steps side by side", columns=1, height="auto", interactive=False,
-                                  elem_id="steps", object_fit="contain")
+            # one picture per method the job may train (the ones it did not are hidden), each shown
+            # whole: a gallery would crop these tall pictures to its thumbnails' height
+            with gr.Column(elem_id="steps"):
+                ui.steps = [gr.Image(type="filepath", interactive=False, visible=False, buttons=["download", "fullscreen"],
+                                     elem_id=f"steps-{method}") for method in METHODS]
             ui.step_choice = gr.Dropdown([], label="LoRA to download", allow_custom_value=True,
                                          elem_id="step-choice")
             ui.step_downloads = gr.File(label="Its files: diffusers / kohya .safetensors (and the trigger's "
@@ -67,8 +71,10 @@ def events(ui, demo) -> None:
     def on_methods(job):
         res = views.job_results(settings, job)
         choice = res.methods[-1]  # the last method's final LoRA (earlier steps follow in the list)
+        pictures = [gr.Image(value=path, label=caption, visible=True) for path, caption in res.steps]
+        pictures += [gr.Image(value=None, visible=False)] * (len(ui.steps) - len(pictures))
         return (gr.Dropdown(choices=res.choices, value=choice), gr.Dropdown(choices=res.choices, value=choice),
-                tryit.suggested_prompt(res.config), gr.Accordion(visible=bool(res.steps)), res.steps,
+                tryit.suggested_prompt(res.config), gr.Accordion(visible=bool(res.steps)), *pictures,
                 gr.Dropdown(choices=res.choices, value=None), None)
 
     @guarded
@@ -76,7 +82,7 @@ def events(ui, demo) -> None:
         return views.step_files(settings, job, choice) if choice else None
 
     results_out = [ui.grids, ui.metrics, ui.downloads, ui.report]
-    methods_out = [ui.hub_method, ui.try_method, ui.prompt, ui.steps_box, ui.steps, ui.step_choice,
+    methods_out = [ui.hub_method, ui.try_method, ui.prompt, ui.steps_box, *ui.steps, ui.step_choice,
                    ui.step_downloads]
     ui.step_choice.input(on_step_choice, [ui.job_id, ui.step_choice], ui.step_downloads,
                          api_visibility="private")
