@@ -58,9 +58,9 @@ def draw_steps(run: CompareRun, method: str, lora: tuple[Path | None, str]) -> t
         def relabel(event, step=step):  # the job's progress names the stage and the step being drawn
             emit(dataclasses.replace(event, stage="steps", message=f"drawing step {step} of the {method} training"))
 
-        out[step], cost, hidden = column_samples(run, record, column_key(run, texts, lora=lora_key, step=step), texts,
-                                        step_folder, relabel, safety_checked(run),
-                                        reuse=run.resume or f"{method}@steps" in run.drawn)
+        key = column_key(run, texts, lora=lora_key, step=step)
+        out[step], cost, hidden = column_samples(run, record, key, texts, step_folder, relabel, safety_checked(run),
+                                                 reuse=run.resume or f"{method}@steps" in run.drawn)
         run.safety.setdefault("hidden", {})[f"{method}@{step}"] = hidden
         seconds += cost
     return out, seconds
@@ -75,11 +75,12 @@ def steps_stage(run: CompareRun, loras: dict[str, tuple[Path | None, str]], colu
     for method, lora in loras.items():
         earlier, cost = draw_steps(run, method, lora)
         seconds += cost
-        if not earlier:
+        rel = PICTURE.format(method=method)
+        if not earlier:  # a picture left by an earlier run into this folder would show steps that are gone
+            (run.out / rel).unlink(missing_ok=True)
             continue
         picture = steps_picture({**earlier, run.train_config.steps: columns[method]}, texts, len(run.config.seeds),
                                 cell=64 if run.resolution <= 64 else 128)
-        rel = PICTURE.format(method=method)
         picture.save(run.out / rel)
         pictures[method] = run.result.outputs[f"{method}:steps"] = rel
     # like the preview stage: what drawing took when it ran (a lane may have drawn them earlier)
