@@ -87,6 +87,12 @@ def test_the_save_every_flag_reaches_the_training_config(tiny_model_dir, subject
             "--out", "o"]
     assert train_config_from_args(build_parser().parse_args(base), 4).save_every == 0
     assert train_config_from_args(build_parser().parse_args([*base, "--save-every", "50"]), 4).save_every == 50
+    # the step choices: the recipe's (a folder model gets the SD-sized recipe: none), or the flag's
+    assert train_config_from_args(build_parser().parse_args(base), 4).step_choices == 0
+    chosen = train_config_from_args(build_parser().parse_args([*base, "--step-choices", "2", "--steps", "300"]), 4)
+    assert chosen.step_choices == 2 and chosen.export_steps() == [200, 250]
+    shapes = train_config_from_args(build_parser().parse_args([*base[:-4], "--model", "shapes", "--out", "o"]), 5)
+    assert shapes.step_choices == 2 and shapes.export_steps() == [200, 250]  # the shapes recipe's 300 steps
 
 
 def _square(background, at, size, dot=True, fill=(200, 30, 30)):
