@@ -185,9 +185,16 @@ def asked_attributes(prompt: str, class_noun: str) -> dict:
     """
     from bat_app.shapes.world import SIZES
 
-    asked = {"background": c for c in COLOURS if f"on a {c} background" in prompt}
-    asked |= {"position": p for p, phrase in POSITION_PHRASES.items() if prompt.endswith(phrase)}
-    asked |= {"size": s for s in SIZES if f"a {s} " in prompt.split(class_noun)[0]}
+    asked = {}
+    for colour in COLOURS:
+        if f"on a {colour} background" in prompt:
+            asked["background"] = colour
+    for position, phrase in POSITION_PHRASES.items():
+        if prompt.endswith(phrase):
+            asked["position"] = position
+    for size in SIZES:
+        if f"a {size} " in prompt.split(class_noun)[0]:
+            asked["size"] = size
     return asked
 
 
