@@ -1,7 +1,7 @@
 """What a job runs, by name: the record stores the name, the worker imports the function.
 
     compare   bat_app.compare:run_compare  (validate -> select -> train each method ->
-              previews -> metrics -> package)
+              previews -> steps -> metrics -> package)
 
 Every pipeline has run_compare's signature::
 
