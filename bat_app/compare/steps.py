@@ -22,8 +22,7 @@ import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..preview.step_pick import candidate_steps, steps_picture
-from ..train.checkpoint import saved_steps
+from ..preview.step_pick import earlier_choices, steps_picture
 from .previews import column_key, column_samples, preview_prompts, safety_checked
 from .stages import StageRecord
 
@@ -33,20 +32,13 @@ if TYPE_CHECKING:
 PICTURE = "previews/steps_{method}.png"  # one per method, served to the job's owner (ui.served)
 
 
-def earlier_steps(run: CompareRun, lora: Path) -> dict[int, Path]:
-    """step -> LoRA folder of the saved steps in the last third (``candidate_steps``), the final
-    step left out: its samples are the preview column."""
-    final = run.train_config.steps
-    return {step: folder for step, folder in candidate_steps(saved_steps(lora), final, lora).items()
-            if step != final}
-
-
 def draw_steps(run: CompareRun, method: str, lora: tuple[Path | None, str]) -> tuple[dict[int, list], float]:
     """(step -> [prompt][seed] samples of each earlier step of ``method``'s LoRA, the seconds
     drawing them took when they were drawn); ``lora``: its folder and training key. Drawn, or
     read back from ``previews/steps/<method>/step-N``."""
     folder, lora_key = lora
-    steps = earlier_steps(run, folder) if folder is not None else {}
+    # the final step's samples are the preview column
+    steps = earlier_choices(folder, run.train_config.steps) if folder is not None else {}
     if not steps:
         return {}, 0.0
     texts = [p for _, p in preview_prompts(run)[1]]

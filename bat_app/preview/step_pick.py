@@ -52,6 +52,15 @@ def candidate_steps(saved: dict[int, Path], final_step: int, final_dir: Path) ->
     return {step: folder for step, folder in saved.items() if first <= step < final_step} | {final_step: final_dir}
 
 
+def earlier_choices(lora_dir: Path, final_step: int) -> dict[int, Path]:
+    """step -> folder of the earlier steps a training in ``lora_dir`` kept in its last third
+    (``candidate_steps`` without the final one): what the user may keep instead of the final LoRA."""
+    from ..train.checkpoint import saved_steps
+
+    return {step: folder for step, folder in candidate_steps(saved_steps(lora_dir), final_step, lora_dir).items()
+            if step != final_step}
+
+
 GRID_SEEDS = (0, 1, 2, 3)  # starts with the compare previews' default seeds (0, 1): their columns match
 
 

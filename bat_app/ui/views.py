@@ -228,8 +228,7 @@ def lora_choices(out: Path, methods: list[str]) -> list[tuple[str, str]]:
     """(label, value) of each LoRA of a finished job: every method's final one ("albat"), then
     the earlier steps its training kept in the last third ("albat@250"; the steps picture shows
     them, ``compare.steps``)."""
-    from ..preview.step_pick import candidate_steps
-    from ..train.checkpoint import saved_steps
+    from ..preview.step_pick import earlier_choices
 
     finals, earlier = [], []
     for method in methods:
@@ -238,8 +237,7 @@ def lora_choices(out: Path, methods: list[str]) -> list[tuple[str, str]]:
         final = _final_step(lora)
         finals.append((f"{label}" + (f" (final, step {final})" if final else ""), method))
         if final:
-            earlier += [(f"{label} · step {step}", f"{method}@{step}")
-                        for step in candidate_steps(saved_steps(lora), final, lora) if step != final]
+            earlier += [(f"{label} · step {step}", f"{method}@{step}") for step in earlier_choices(lora, final)]
     return finals + earlier
 
 
@@ -342,7 +340,7 @@ def job_out(settings: AppSettings, job_id: str) -> Path:
 def lora_dir(settings: AppSettings, job_id: str, choice: str) -> tuple[Path, dict]:
     """(LoRA folder, job config) of a finished job's method, or of an earlier step its training
     kept (``choice``: "albat" or "albat@250", as in ``lora_choices``)."""
-    from ..train.checkpoint import saved_steps
+    from ..preview.step_pick import earlier_choices
 
     res_status = jobs.status(normalize_job_id(job_id), settings=settings.jobs)
     if res_status["status"] != jobs.DONE:
@@ -355,11 +353,11 @@ def lora_dir(settings: AppSettings, job_id: str, choice: str) -> tuple[Path, dic
     lora = folder / OUT / "methods" / method / "lora"
     if step is None:
         return lora, config
-    kept = [value.partition("@")[2] for _, value in lora_choices(folder / OUT, [method]) if "@" in value]
-    if str(step) not in kept:
+    kept = earlier_choices(lora, _final_step(lora) or 0)
+    if step not in kept:
         raise InputError(f"Job {job_id}'s {method} training kept no step {step}; "
-                         + (f"it kept steps {', '.join(kept)}." if kept else "it kept only its final LoRA."))
-    return saved_steps(lora)[step], config
+                         + (f"it kept steps {', '.join(map(str, kept))}." if kept else "it kept only its final LoRA."))
+    return kept[step], config
 
 
 # --- this browser's jobs -------------------------------------------------------------------
