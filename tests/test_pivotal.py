@@ -159,7 +159,7 @@ def test_model_card_tells_how_to_load_the_embeddings():
 
 def test_the_results_tab_offers_the_trigger_vectors_for_download(tmp_path):
     from bat_app.export.embeddings import save_embeddings
-    from bat_app.ui.views import download_files
+    from bat_app.ui.loras import download_files
 
     lora = tmp_path / "methods" / "albat" / "lora"
     lora.mkdir(parents=True)

@@ -14,7 +14,7 @@ from bat_app import jobs
 from bat_app.errors import ImageError, InputError
 from bat_app.models.presets import presets
 from bat_app.paths import assets_dir
-from bat_app.ui import handlers, model_note, views
+from bat_app.ui import handlers, loras, model_note, views
 from bat_app.ui.captions import caption_count_note, parse_captions
 from bat_app.ui.defaults import suggested_settings
 from bat_app.ui.settings import AppSettings
@@ -351,7 +351,7 @@ def test_results_of_a_finished_job(settings, tmp_path):
         assert Path(path).parent.name == job_id and folder not in Path(path).parents
     assert views.api_status(settings, job_id)["status"] == "done"
     with pytest.raises(InputError, match="did not train method 'albat'"):
-        views.lora_dir(settings, job_id, "albat")
+        loras.lora_dir(settings, job_id, "albat")
     from bat_app.ui.tryit import try_prompt
 
     with pytest.raises(InputError, match="prompt is empty"):
@@ -381,7 +381,7 @@ def test_the_steps_a_training_kept_are_shown_downloaded_and_refused_by_name(sett
     import bat_app.export.hub as hub
     from bat_app.ui.tryit import push_job_to_hub
 
-    monkeypatch.setattr(views, "find_embeddings", lambda folder: [folder / "sks.safetensors"]
+    monkeypatch.setattr(loras, "find_embeddings", lambda folder: [folder / "sks.safetensors"]
                         if (folder / "sks.safetensors").is_file() else None)
     job_id = finished_job(settings, tmp_path)
     res = views.job_results(settings, job_id)
@@ -394,19 +394,19 @@ def test_the_steps_a_training_kept_are_shown_downloaded_and_refused_by_name(sett
     [(picture, caption)] = res.steps
     assert Path(picture).name == "steps_none.png" and Path(picture).parent.name == job_id
     assert caption == "DreamBooth-LoRA: its steps side by side"
-    files = views.step_files(settings, job_id, "none@4")
+    files = loras.step_files(settings, job_id, "none@4")
     assert [Path(p).name for p in files] == ["none_step4_pytorch_lora_weights.safetensors",
                                              "none_step4_sks_disc_kohya.safetensors", "none_step4_sks.safetensors"]
     assert Path(files[0]).read_bytes() == b"s" * 4 and all(Path(p).parent.name == job_id for p in files)
-    assert [Path(p).name for p in views.step_files(settings, job_id, "none")][:2] == [
+    assert [Path(p).name for p in loras.step_files(settings, job_id, "none")][:2] == [
         "none_pytorch_lora_weights.safetensors", "none_sks_disc_kohya.safetensors"]
-    assert views.lora_dir(settings, job_id, "none@5")[0] == out / "methods" / "none" / "lora" / "steps" / "step-000005"
+    assert loras.lora_dir(settings, job_id, "none@5")[0] == out / "methods" / "none" / "lora" / "steps" / "step-000005"
     with pytest.raises(InputError, match="kept no step 2; it kept steps 4, 5"):
-        views.lora_dir(settings, job_id, "none@2")
+        loras.lora_dir(settings, job_id, "none@2")
     with pytest.raises(InputError, match="names no step"):
-        views.lora_dir(settings, job_id, "none@last")
+        loras.lora_dir(settings, job_id, "none@last")
     with pytest.raises(InputError, match="did not train method 'albat'"):
-        views.step_files(settings, job_id, "albat@4")
+        loras.step_files(settings, job_id, "albat@4")
     # the Hub gets the step's LoRA and the step's own samples
     samples = out / "previews" / "steps" / "none" / "step-000004"
     samples.mkdir(parents=True)

@@ -1,6 +1,6 @@
 """The compare run's steps stage: the earlier steps each training kept, beside its final LoRA, on
 the preview's prompts and seeds, one picture per method, for the user to keep the step that
-shows the subject best (the Results tab; ``ui.views.lora_choices``).
+shows the subject best (the Results tab; ``ui.loras.lora_choices``).
 
     draw_steps(lane, "albat", loras["albat"])          # a lane, after its preview column
     pictures = steps_stage(run, loras, columns)         # the stage, after the previews

@@ -14,8 +14,8 @@ from PIL import Image
 
 from ..errors import InputError
 from ..limits import GUIDANCE_MAX, GUIDANCE_MIN, STRENGTH_MAX, STRENGTH_MIN, check_range
+from .loras import OUT, finished_job, lora_dir, lora_in, split_choice
 from .settings import AppSettings
-from .views import job_out, lora_dir, split_choice
 
 # One sampling at a time: loading a LoRA changes the shared UNet's modules in place.
 _LOCK = threading.Lock()
@@ -74,9 +74,10 @@ def push_job_to_hub(settings: AppSettings, job_id: str, method: str, repo_id: st
     "albat@250"), with its preview samples in the model card."""
     from ..export.hub import push_lora
 
-    folder, _ = lora_dir(settings, job_id, method)
+    job, config = finished_job(settings, job_id)
+    folder = lora_in(job, config, job_id, method)
     name, step = split_choice(method)
-    out = job_out(settings, job_id)
+    out = job / OUT
     previews = (out / "previews" / "samples" / name if step is None
                 else out / "previews" / "steps" / name / f"step-{step:06d}")
     return push_lora(folder, repo_id, token, samples=sorted(previews.glob("*.png"))[:8], private=bool(private))

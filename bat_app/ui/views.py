@@ -12,8 +12,6 @@ paths), files through ``served`` (only a job's results, copied out of the jobs f
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,14 +19,13 @@ from PIL import Image
 
 from .. import jobs
 from ..errors import InputError
-from ..export.embeddings import find_embeddings
 from ..export.plots import loss_curve
 from .handlers import METHOD_LABELS, normalize_job_id
+from .loras import OUT, download_files, lora_choices
 from .public import public_job_text
 from .served import publish
 from .settings import AppSettings
 
-OUT = "out"           # the pipeline's folder inside a job folder (bat_app.jobs.store.OUT)
 GALLERY_LIMIT = 24    # selected backbone images shown per method
 THUMB = 128           # the shapes world is 32 px: show it larger, pixels kept sharp
 
@@ -224,56 +221,6 @@ def job_results(settings: AppSettings, job_id: str) -> Results:
                    lora_choices(out, methods))
 
 
-def lora_choices(out: Path, methods: list[str]) -> list[tuple[str, str]]:
-    """(label, value) of each LoRA of a finished job: every method's final one ("albat"), then
-    the earlier steps its training kept in the last third ("albat@250"; the steps picture shows
-    them, ``compare.steps``)."""
-    from ..preview.step_pick import earlier_choices
-
-    finals, earlier = [], []
-    for method in methods:
-        lora = out / "methods" / method / "lora"
-        label = METHOD_LABELS.get(method, method)
-        final = _final_step(lora)
-        finals.append((f"{label}" + (f" (final, step {final})" if final else ""), method))
-        if final:
-            earlier += [(f"{label} · step {step}", f"{method}@{step}") for step in earlier_choices(lora, final)]
-    return finals + earlier
-
-
-def _final_step(lora: Path) -> int | None:
-    """The final step of a LoRA folder's training (its training_log.json), None if unreadable."""
-    try:
-        return int(json.loads((lora / "training_log.json").read_text())["config"]["steps"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def split_choice(choice: str) -> tuple[str, int | None]:
-    """("albat", 250) from "albat@250"; ("albat", None) from "albat" (the final LoRA).
-
-    >>> split_choice("albat@250"), split_choice("none")
-    (('albat', 250), ('none', None))
-    """
-    method, at, step = (choice or "").partition("@")
-    if not at:
-        return method, None
-    if not step.isdigit():
-        raise InputError(f"{choice!r} names no step: give a method ('albat') or a method and a step ('albat@250').")
-    return method, int(step)
-
-
-def step_files(settings: AppSettings, job_id: str, choice: str) -> list[str]:
-    """The served files of one LoRA (``choice`` as in ``lora_choices``): diffusers and kohya
-    .safetensors and the trigger's vectors, named ``<method>[_step<N>]_<file>``."""
-    folder, _ = lora_dir(settings, job_id, choice)
-    method, step = split_choice(choice)
-    out = job_out(settings, job_id)
-    prefix = method if step is None else f"{method}_step{step}"
-    return publish(normalize_job_id(job_id), out,
-                   [f"downloads/{p.name}" for p in _lora_downloads(folder, out / "downloads", prefix)])
-
-
 def metrics_table(metrics: dict) -> tuple[list[str], list[list]]:
     """Rows per method; ``method`` is the name the grid's column titles use, ``name`` what it is."""
     per_method = metrics.get("methods", {})
@@ -291,73 +238,6 @@ def _round(value):
     if value is None:
         return "—"  # not measured for this run (e.g. diversity with one seed)
     return round(value, 4) if isinstance(value, float) else value
-
-
-def download_files(out: Path, methods: list[str]) -> list[str]:
-    """Per method: diffusers and kohya .safetensors, the trigger's pivotal-tuning vectors (saved
-    as ``<method>_<trigger>.safetensors``: drop the prefix for AUTOMATIC1111, where the file name
-    is the trigger; the zip has them under the plain name), and the zip (card, samples, selection).
-
-    The LoRA files are hard-linked as ``downloads/<method>_<name>`` so that downloads of
-    several methods do not all arrive as ``pytorch_lora_weights.safetensors``.
-    """
-    files = []
-    for method in methods:
-        files += [str(p) for p in _lora_downloads(out / "methods" / method / "lora", out / "downloads", method)]
-        zip_path = out / "downloads" / f"{method}_lora.zip"
-        if zip_path.is_file():
-            files.append(str(zip_path))
-    return files
-
-
-def _lora_downloads(lora: Path, downloads: Path, prefix: str) -> list[Path]:
-    """A LoRA folder's files users load, linked into ``downloads`` as ``<prefix>_<name>``."""
-    embeddings = find_embeddings(lora) if lora.is_dir() else None  # pivotal tuning's trigger vectors
-    return [_named_copy(src, downloads / f"{prefix}_{src.name}")
-            for src in [lora / "pytorch_lora_weights.safetensors", *sorted(lora.glob("*_kohya.safetensors")),
-                        *([embeddings[0]] if embeddings else [])]
-            if src.is_file() and not src.is_symlink()]  # a copy would follow a link anywhere
-
-
-def _named_copy(src: Path, dst: Path) -> Path:
-    if not dst.is_file() or dst.stat().st_size != src.stat().st_size:
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dst.with_name(dst.name + ".tmp")
-        tmp.unlink(missing_ok=True)
-        try:
-            os.link(src, tmp)
-        except OSError:
-            shutil.copyfile(src, tmp)
-        tmp.replace(dst)
-    return dst
-
-
-def job_out(settings: AppSettings, job_id: str) -> Path:
-    """The pipeline's folder of a job (its ``out/``)."""
-    return Path(jobs.status(normalize_job_id(job_id), settings=settings.jobs)["dir"]) / OUT
-
-
-def lora_dir(settings: AppSettings, job_id: str, choice: str) -> tuple[Path, dict]:
-    """(LoRA folder, job config) of a finished job's method, or of an earlier step its training
-    kept (``choice``: "albat" or "albat@250", as in ``lora_choices``)."""
-    from ..preview.step_pick import earlier_choices
-
-    res_status = jobs.status(normalize_job_id(job_id), settings=settings.jobs)
-    if res_status["status"] != jobs.DONE:
-        raise InputError(f"Job {job_id} is {res_status['status']}: pick a finished job (the Jobs tab shows yours).")
-    folder = Path(res_status["dir"])
-    config = json.loads((folder / "config.json").read_text())
-    method, step = split_choice(choice)
-    if method not in config["methods"]:
-        raise InputError(f"Job {job_id} did not train method {method!r}; it trained {', '.join(config['methods'])}.")
-    lora = folder / OUT / "methods" / method / "lora"
-    if step is None:
-        return lora, config
-    kept = earlier_choices(lora, _final_step(lora) or 0)
-    if step not in kept:
-        raise InputError(f"Job {job_id}'s {method} training kept no step {step}; "
-                         + (f"it kept steps {', '.join(map(str, kept))}." if kept else "it kept only its final LoRA."))
-    return kept[step], config
 
 
 # --- this browser's jobs -------------------------------------------------------------------

@@ -10,7 +10,7 @@ import gradio as gr
 
 from ...albat import METHODS
 from ...errors import BatError
-from .. import tryit, views
+from .. import loras, tryit, views
 from ..public import public_message
 from .common import guarded
 
@@ -79,7 +79,7 @@ def events(ui, demo) -> None:
 
     @guarded
     def on_step_choice(job, choice):
-        return views.step_files(settings, job, choice) if choice else None
+        return loras.step_files(settings, job, choice) if choice else None
 
     results_out = [ui.grids, ui.metrics, ui.downloads, ui.report]
     methods_out = [ui.hub_method, ui.try_method, ui.prompt, ui.steps_box, *ui.steps, ui.step_choice,
