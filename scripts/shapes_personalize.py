@@ -27,6 +27,7 @@ one picture per subject (base and LoRA rows for every prompt).
         300=/tmp/s300.json --out /tmp/picked.json                  # the step the shapes CLIP picks
     python scripts/shapes_personalize.py --pick-steps /tmp/l2 --pick-by pixels ...   # ... the pixel match picks
     python scripts/shapes_personalize.py --pick-steps /tmp/l2 --pick-by picture ...  # ... the judge on the app's picture
+    python scripts/shapes_personalize.py --pick-steps /tmp/l2 --pick-by identity ... # ... the identity network on it
     python scripts/shapes_personalize.py --judge /tmp/l2 --first-seed 1000 --out /tmp/far.json  # other draws
     python scripts/shapes_personalize.py --pool /tmp/s300.json /tmp/far.json --out /tmp/both.json  # 32 samples
     python scripts/shapes_personalize.py --average-steps /tmp/l2 --at-steps 200 250 300 --out /tmp/l2-avg
@@ -132,10 +133,14 @@ def main(argv=None) -> int:
     p.add_argument("--pick-steps", type=Path, default=None, metavar="DIR",
                    help="no training: score the steps a --keep-loras --save-every run kept in DIR with "
                    "bat_app.preview.step_pick; with --step-records, write the picked steps' record to --out")
-    p.add_argument("--pick-by", choices=("clip", "pixels", "pixels-zero", "judge", "picture"), default="clip",
+    p.add_argument("--pick-by", choices=("clip", "pixels", "pixels-zero", "judge", "picture", "identity"),
+                   default="clip",
                    help="with --pick-steps: CLIP-I + CLIP-T (twentieth session), the pixel match + CLIP-T "
-                   "(pixels-zero: as first stated, a sample with no subject found counts 0), or the judge "
-                   "itself on other sampling seeds (--pick-records: the ceiling of any self-check)")
+                   "(pixels-zero: as first stated, a sample with no subject found counts 0), the judge "
+                   "itself on other sampling seeds (--pick-records: the ceiling of any self-check), the "
+                   "judge on the app's steps picture, or the identity network + CLIP-T on that picture")
+    p.add_argument("--identity", type=Path, default=None, metavar="DIR",
+                   help="with --pick-by identity: the identity network (default: assets/shapes/identity)")
     p.add_argument("--pick-records", nargs="+", default=[], metavar="STEP=RECORD",
                    help="with --pick-by judge: each step judged at other seeds (--judge --first-seed)")
     p.add_argument("--picture-seeds", type=int, default=2, metavar="N",
@@ -430,7 +435,8 @@ def pick_steps(args) -> int:
         rows = {name: records[step]["subjects"][name] | {"step": step} for name, step in picks.items()}
         by = {"clip": "CLIP", "pixels": "pixel-match", "pixels-zero": "pixel-match (no subject: 0)",
               "judge": "judge-at-other-seeds", "picture": "judge-on-the-steps-picture"
-              + (f"-at-{args.picture_seeds}-seeds" if args.picture_seeds != 2 else "")}[args.pick_by]
+              + (f"-at-{args.picture_seeds}-seeds" if args.picture_seeds != 2 else ""),
+              "identity": "identity-network-on-the-steps-picture"}[args.pick_by]
         summary = {**final["summary"], **figures(rows), "picked": f"step {by} picks of "
                    + "/".join(str(s) for s in sorted(records)), "picks": picks}
         args.out.write_text(record_text(summary, rows))
@@ -448,8 +454,9 @@ def step_picks(args) -> dict[str, int]:
     if args.pick_by == "judge":
         others = step_records(args.pick_records)
         return {name: oracle_step(others, name) for name in next(iter(others.values()))["subjects"]}
-    if args.pick_by == "picture":
-        scores = step_picture(args.pick_steps, args.picture_seeds)
+    if args.pick_by in ("picture", "identity"):
+        scores = (step_picture(args.pick_steps, args.picture_seeds) if args.pick_by == "picture"
+                  else step_identity(args.pick_steps, args.identity))
         print("scores:", json.dumps(scores))
         return {name: best_step({int(s): v for s, v in by_step.items()}) for name, by_step in scores.items()}
     scores = step_scores(args.pick_steps)
@@ -534,6 +541,25 @@ def step_picture(kept: Path, n_seeds: int = 2) -> dict[str, dict]:
     cache = "step_picture.json" if seeds == PICTURE_SEEDS else f"step_picture-seeds{n_seeds}.json"
     return cached_per_step(kept, cache, lambda components, folders, photos, noun: judge_picture(
         components, classifier, by_noun[noun], folders, seeds=seeds))
+
+
+def step_identity(kept: Path, network: Path | None) -> dict[str, dict]:
+    """subject -> step -> the identity network's and CLIP's reading of the app's steps picture
+    (``step_pick.picture_scores``; cached in step_identity.json)."""
+    from bat_app.compare.pools import default_embedder
+    from bat_app.preview import load_prompt_set, sample_images
+    from bat_app.preview.step_pick import picture_scores
+    from bat_app.shapes.identity import load_identity
+    from bat_app.shapes.personalization import PICTURE_SEEDS
+
+    identity = load_identity(network)
+
+    def score(components, folders, photos, noun):
+        pairs = load_prompt_set("shapes").prompts("sks", noun)
+        samples = {step: sample_images(components, [p for _, p in pairs], list(PICTURE_SEEDS), folder)
+                   for step, folder in folders.items()}
+        return picture_scores(samples, pairs, photos, identity, default_embedder(components, None, None), "sks")
+    return cached_per_step(kept, "step_identity.json", score)
 
 
 def step_scores(kept: Path) -> dict[str, dict]:

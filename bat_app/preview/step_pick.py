@@ -14,9 +14,11 @@ module scores each one the way DreamBooth's paper scores a model:
     scores = score_steps(components, {200: dir200, 300: out_dir}, photos, embedder, "sks", "dog")
     keep = best_step(scores)
 
-Neither check is in the product: the shapes CLIP barely sees a dot or a checker (twentieth
-session), and the pixel match of ``appearance_steps`` (``metrics.subject_match``) does not see it
-either (twenty-first). A judge that sees the subject, on draws it is not graded on, picks steps
+No check is in the product: the shapes CLIP barely sees a dot or a checker (twentieth session),
+the pixel match of ``appearance_steps`` (``metrics.subject_match``) does not see it either
+(twenty-first), and the identity network (``shapes.identity``, the shapes world's DINO) read by
+``picture_scores`` off the app's own steps picture follows the dot but not the outline, and picks
+no better than the final step (twenty-third). A judge that sees the subject, on draws it is not graded on, picks steps
 that meet both targets in 25 of 30 cells against the final step's 19 (docs/shapes.md): the
 differences between steps are real, and the eye that sees them is the user's. So ``steps_grid``
 draws the candidate steps side by side on the same prompts and seeds, for the user to choose.
@@ -115,6 +117,31 @@ def score_steps(components, folders: dict[int, Path], references: Sequence, embe
         scores[step] = {"clip_i": round(ci, 4), "clip_t": round(ct, 4), "score": round(ci + ct, 4)}
         if progress is not None:
             progress(done + 1, len(folders))
+    return scores
+
+
+def picture_scores(samples: dict[int, list[list]], pairs: Sequence[tuple[str, str]], references: Sequence,
+                   subject_embedder, text_embedder, token: str) -> dict[int, dict]:
+    """step -> {"subject", "clip_t", "score"} read from samples already drawn (``samples``: step ->
+    [prompt][seed], rows in the order of ``pairs``, as the app's steps picture draws them); no
+    sample is drawn here.
+
+        subject  ``subject_embedder``'s cosine (clip_i) of every sample whose prompt has the
+                 trigger to the user's photos (the identity network on shapes, DINO on SD:
+                 a subject eye that ignores background, position and size)
+        clip_t   the context and property prompts' samples against their prompts without the
+                 trigger (``text_embedder``: CLIP)
+    """
+    photos = subject_embedder.encode_images(list(references))
+    with_token = [i for i, (_, prompt) in enumerate(pairs) if token in prompt.split()]
+    text_rows = [i for i, (kind, _) in enumerate(pairs) if kind in ("context", "property")]
+    texts = text_embedder.encode_texts([strip_token(pairs[i][1], token) for i in text_rows])
+    scores = {}
+    for step, rows in sorted(samples.items()):
+        subject = clip_i(subject_embedder.encode_images([im for i in with_token for im in rows[i]]), photos)
+        emb = text_embedder.encode_images([im for i in text_rows for im in rows[i]])
+        ct = clip_t(emb, np.repeat(texts, len(rows[0]), axis=0))
+        scores[step] = {"subject": round(subject, 4), "clip_t": round(ct, 4), "score": round(subject + ct, 4)}
     return scores
 
 

@@ -28,20 +28,24 @@ from bat_app.shapes.world import ATTRIBUTES, RESOLUTION
 HEADS = {key: list(values) for key, values in ATTRIBUTES.items()}
 
 
+def conv_trunk(width: int = 16) -> nn.Sequential:
+    """Three conv stages (32 -> 16 -> 8 -> 4 px), flattened to 256 features: the judge's eye,
+    also the identity network's (``identity.py``)."""
+    def stage(cin, cout):
+        return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout),
+                             nn.ReLU(), nn.Conv2d(cout, cout, 3, padding=1),
+                             nn.BatchNorm2d(cout), nn.ReLU(), nn.MaxPool2d(2))
+
+    return nn.Sequential(stage(3, width), stage(width, 2 * width), stage(2 * width, 4 * width),
+                         nn.Flatten(), nn.Linear(4 * width * 16, 256), nn.ReLU())
+
+
 class AttributeNet(nn.Module):
-    """Three conv stages (32 -> 16 -> 8 -> 4 px) and one linear head per attribute."""
+    """The conv trunk and one linear head per attribute."""
 
     def __init__(self, width: int = 16):
         super().__init__()
-
-        def stage(cin, cout):
-            return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout),
-                                 nn.ReLU(), nn.Conv2d(cout, cout, 3, padding=1),
-                                 nn.BatchNorm2d(cout), nn.ReLU(), nn.MaxPool2d(2))
-
-        self.features = nn.Sequential(stage(3, width), stage(width, 2 * width),
-                                      stage(2 * width, 4 * width), nn.Flatten(),
-                                      nn.Linear(4 * width * 16, 256), nn.ReLU())
+        self.features = conv_trunk(width)
         self.heads = nn.ModuleDict({k: nn.Linear(256, len(v)) for k, v in HEADS.items()})
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -62,7 +66,7 @@ def to_tensor(images) -> torch.Tensor:
     return x / 127.5 - 1.0
 
 
-def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+def soften(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Soften like a decoded latent: random blur on half the batch, light noise on all."""
     n = x.shape[0]
     blurred = F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
@@ -115,7 +119,7 @@ def train_classifier(images: np.ndarray, attributes: list[dict], steps: int = 15
     bar = tqdm(range(steps), desc="classifier", disable=not progress, mininterval=10)
     for step in bar:
         idx = torch.randint(0, len(x_all), (batch_size,), generator=gen).to(device)
-        logits = net(_augment(x_all[idx], gen))
+        logits = net(soften(x_all[idx], gen))
         loss = sum(F.cross_entropy(logits[k], labels[k][idx]) for k in HEADS)
         opt.zero_grad()
         loss.backward()
@@ -151,7 +155,7 @@ def load_classifier(folder: Path) -> AttributeClassifier:
 
 
 @torch.no_grad()
-def _through_vae(vae, images: np.ndarray, batch_size: int = 500, device: str = "cpu") -> np.ndarray:
+def through_vae(vae, images: np.ndarray, batch_size: int = 500, device: str = "cpu") -> np.ndarray:
     """Encode and decode with the backbone's VAE: what its samples look like at best."""
     vae = vae.to(device)
     out = []
@@ -183,7 +187,7 @@ def build_classifier(folder: Path, seed: int, n_train: int = 40000, n_test: int 
     images, _, attrs = render(seed + 101, n_train)
     if vae is not None:
         half = n_train // 2
-        images = np.concatenate([images[:half], _through_vae(vae, images[half:], device=device)])
+        images = np.concatenate([images[:half], through_vae(vae, images[half:], device=device)])
     clf = train_classifier(images, attrs, steps=steps, seed=seed, batch_size=batch_size,
                            device=device)
     test_images, _, test_attrs = render(seed + 202, n_test)
@@ -193,7 +197,7 @@ def build_classifier(folder: Path, seed: int, n_train: int = 40000, n_test: int 
             "train_seconds": round(time.time() - t0, 1)}
     if vae is not None:
         meta["held_out_accuracy_through_vae"] = accuracy(
-            clf, _through_vae(vae, test_images, device=device), test_attrs)
+            clf, through_vae(vae, test_images, device=device), test_attrs)
         meta["vae_reconstructions"] = "half of the training images"
     save_classifier(clf, folder, meta)
     return meta

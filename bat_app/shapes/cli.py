@@ -1,9 +1,10 @@
-"""``python -m bat_app shapes {build,pool,targets}``: the Shapes world from the command line.
+"""``python -m bat_app shapes {build,identity,pool,targets}``: the Shapes world from the command line.
 
     python -m bat_app shapes build                      # all stages, seed 0, ~40 CPU-minutes
     python -m bat_app shapes build --out /tmp/shapes    # rebuild elsewhere (resumes per stage)
     python -m bat_app shapes pool --out pool/ --n 10000 --seed 0
     python -m bat_app shapes targets                    # print the target figures
+    python -m bat_app shapes identity                   # the identity network (~10 CPU-minutes)
 """
 
 from __future__ import annotations
@@ -41,6 +42,15 @@ def register(subparsers) -> None:
     b.add_argument("--eval-every", type=int, default=None, help="default 250")
     b.set_defaults(func=_run_build)
 
+    i = sub.add_parser("identity", help="train the identity network (subject fidelity) on the built VAE")
+    i.add_argument("--root", type=Path, default=None, help="the shapes assets with the backbone; default: assets/shapes")
+    i.add_argument("--out", type=Path, default=None, help="default: ROOT/identity")
+    i.add_argument("--pairs", type=int, default=12000, help="objects with a sibling each (two views per object)")
+    i.add_argument("--steps", type=int, default=2500)
+    i.add_argument("--seed", type=int, default=0)
+    i.add_argument("--threads", type=int, default=2)
+    i.set_defaults(func=_run_identity)
+
     q = sub.add_parser("pool", help="write N pretraining samples as image + .txt caption")
     q.add_argument("--out", type=Path, required=True)
     q.add_argument("--n", type=int, required=True)
@@ -66,6 +76,22 @@ def _run_build(args: argparse.Namespace) -> int:
             "continue_steps", "continue_lr", "time_budget_min", "eval_every")
     # replace() re-runs BuildConfig's checks on the merged settings.
     build(replace(cfg, **{k: getattr(args, k) for k in keys if getattr(args, k) is not None}))
+    return 0
+
+
+def _run_identity(args: argparse.Namespace) -> int:
+    import torch
+    from diffusers import AutoencoderKL
+
+    from bat_app.shapes.identity import build_identity
+    from bat_app.shapes.paths import shapes_paths
+
+    torch.set_num_threads(args.threads)
+    paths = shapes_paths(args.root)
+    vae = AutoencoderKL.from_pretrained(paths.backbone, subfolder="vae").eval()
+    meta = build_identity(args.out or paths.root / "identity", vae, seed=args.seed, n_pairs=args.pairs,
+                          steps=args.steps)
+    print(json.dumps(meta, indent=2))
     return 0
 
 
