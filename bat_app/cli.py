@@ -218,7 +218,7 @@ def run_train(args) -> int:
     finally:
         bars.close()
     if config.export_steps():
-        grid = render_steps_grid(components, config, Path(args.out), result.steps)
+        grid = render_steps_grid(components, config, Path(args.out), result.steps, [u.image for u in images])
         print(f"the saved steps side by side (same prompts and seeds; keep the one that shows your subject best, "
               f"its LoRA is in {Path(args.out) / 'steps'}): {grid}")
     print(f"done: {result.steps} steps ({result.steps_per_s:.2f} steps/s"
@@ -228,8 +228,9 @@ def run_train(args) -> int:
     return 0
 
 
-def render_steps_grid(components, config, out_dir: Path, final_step: int) -> Path:
-    """``out_dir/steps.png``: the last third's saved steps and the final one, on the preview prompts."""
+def render_steps_grid(components, config, out_dir: Path, final_step: int, photos) -> Path:
+    """``out_dir/steps.png``: the last third's saved steps and the final one, on the preview
+    prompts, under the user's ``photos``."""
     from .preview.step_pick import candidate_steps, steps_grid
     from .progress import ProgressEvent
     from .train.checkpoint import saved_steps
@@ -237,7 +238,7 @@ def render_steps_grid(components, config, out_dir: Path, final_step: int) -> Pat
     bars = TqdmProgress()
     try:
         folders = candidate_steps(saved_steps(out_dir), final_step, out_dir)
-        grid = steps_grid(components, folders, config.token, config.class_noun,
+        grid = steps_grid(components, folders, config.token, config.class_noun, photos=photos,
                           progress=lambda done, total: bars(ProgressEvent("steps grid", done, total)))
     finally:
         bars.close()

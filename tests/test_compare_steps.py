@@ -9,8 +9,10 @@ from PIL import Image
 from bat_app.compare import CompareConfig, run_compare
 from bat_app.compare import previews as compare_previews
 from bat_app.compare import run as compare_run
+from bat_app.images import load_user_images
 from bat_app.preview import load_prompt_set
 from bat_app.preview.step_pick import steps_picture
+from bat_app.testing import TINY_RESOLUTION
 
 
 def config(tiny_model_dir, tiny_pool_dir, tiny_clip_dir, step_choices: int) -> CompareConfig:
@@ -45,13 +47,15 @@ def test_the_kept_steps_are_drawn_beside_the_final_one_by_the_lanes_and_read_bac
     assert "none" in {e.method for e in events if e.stage == "steps"} <= {None, "none", "random"}
     prompt_set = load_prompt_set("object")
     texts = [p for _, p in prompt_set.prompts("sks", "disc", limit=1)] + [prompt_set.class_text("disc")]
+    # the user's photos as the run checked them, on top of the picture to compare with
+    photos = [u.image for u in load_user_images(subject_dir, resolution=TINY_RESOLUTION).images]
     for method in ("none", "random"):
         # the picture is the kept steps' samples and, as the last block, the method's preview column
         blocks = {step: out / "previews" / "steps" / method / f"step-{step:06d}" for step in (4, 5)}
         blocks[6] = out / "previews" / "samples" / method
         expected = steps_picture({step: [[Image.open(folder / f"p{p:02d}_s{s}.png") for s in (0, 1)]
                                          for p in range(len(texts))] for step, folder in blocks.items()},
-                                 texts, 2)
+                                 texts, 2, photos=photos)
         picture = Image.open(out / result.outputs[f"{method}:steps"])
         assert np.array_equal(np.asarray(picture.convert("RGB")), np.asarray(expected.convert("RGB")))
         earlier = np.asarray(Image.open(out / "previews" / "steps" / method / "step-000004" / "p00_s0.png"))

@@ -175,6 +175,13 @@ def test_kept_loras_are_judged_again_at_other_strengths(tmp_path):
         assert 0 <= v["trait"] <= 1 and 0 <= v["fidelity"] <= 1 and v["score"] == round(v["trait"] + v["fidelity"], 4)
     picked = json.loads(out.stdout.split("picked:", 1)[1].splitlines()[0])
     assert str(picked[name]) in scores
+    # the identity network (shipped in assets/shapes/identity) and CLIP-T read the same picture
+    out = run("--pick-steps", str(kept), "--pick-by", "identity")
+    assert out.returncode == 0, out.stderr[-3000:]
+    seen = json.loads((kept / "step_identity.json").read_text())[name]
+    assert seen.keys() == scores.keys()
+    for v in seen.values():
+        assert -1 <= v["subject"] <= 1 and v["score"] == round(v["subject"] + v["clip_t"], 4)
     out = run("--judge", str(kept), "--samples", "2", "--lora-scale", "0", "1", "--out", str(tmp_path / "j-{scale}.json"))
     assert out.returncode == 0, out.stderr[-3000:]
     same = json.loads((tmp_path / "j-1.json").read_text())

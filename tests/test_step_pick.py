@@ -13,7 +13,8 @@ from bat_app.export.embeddings import find_embeddings
 from bat_app.preview import sample_images
 from bat_app.metrics.subject_match import appearance, sample_matches
 from bat_app.preview.prompts import load_prompt_set
-from bat_app.preview.step_pick import appearance_steps, best_step, candidate_steps, score_steps, steps_grid
+from bat_app.preview.step_pick import (appearance_steps, best_step, candidate_steps, score_steps, steps_grid,
+                                       steps_picture)
 from bat_app.train import TrainConfig, train_lora
 from bat_app.train.checkpoint import saved_steps
 
@@ -155,3 +156,20 @@ def test_the_steps_grid_shows_each_candidate_step_on_the_same_prompts_and_seeds(
         x0 = left + pad + step_index * 2 * (cell + pad)
         return pixels[top + pad:top + pad + cell, x0:x0 + 2 * cell + pad]
     assert np.abs(block(0) - block(1)).mean() > 0.5  # other weights, same seeds: another picture
+
+
+def test_the_steps_picture_puts_the_users_photos_on_top_to_compare_with():
+    cell, pad, left, top = 32, 4, 260, 16 + 4
+    step = lambda colour: [[Image.new("RGB", (cell, cell), colour)] * 2]  # noqa: E731  one prompt, two seeds
+    samples = {200: step("red"), 300: step("blue")}
+    photos = [Image.new("RGB", (cell, cell), "green") for _ in range(6)]  # more photos than the 4 columns
+    plain = steps_picture(samples, ["a sks disc"], 2, cell)
+    shown = np.asarray(steps_picture(samples, ["a sks disc"], 2, cell, photos=photos))
+    assert shown.shape[0] == plain.size[1] + cell + pad and shown.shape[1] == plain.size[0]
+    first_row = shown[top + pad:top + pad + cell, left + pad:]
+    greens = [first_row[:, c * (cell + pad):c * (cell + pad) + cell] for c in range(4)]
+    assert all((g == (0, 128, 0)).all() for g in greens)  # four photos, one per column
+    # the samples keep their blocks, one row down
+    assert (shown[top + 2 * pad + cell:top + 2 * pad + 2 * cell, left + pad:left + pad + cell] == (255, 0, 0)).all()
+    one = np.asarray(steps_picture(samples, ["a sks disc"], 2, cell, photos=photos[:1]))
+    assert (one[top + pad:top + pad + cell, left + 2 * pad + cell:left + 2 * pad + 2 * cell] == 255).all()  # blank

@@ -72,7 +72,7 @@ def steps_stage(run: CompareRun, loras: dict[str, tuple[Path | None, str]], colu
             (run.out / rel).unlink(missing_ok=True)
             continue
         picture = steps_picture({**earlier, run.train_config.steps: columns[method]}, texts, len(run.config.seeds),
-                                cell=64 if run.resolution <= 64 else 128)
+                                cell=64 if run.resolution <= 64 else 128, photos=[u.image for u in run.images])
         picture.save(run.out / rel)
         pictures[method] = run.result.outputs[f"{method}:steps"] = rel
     # like the preview stage: what drawing took when it ran (a lane may have drawn them earlier)

@@ -31,7 +31,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..images.grid import image_grid
+from PIL import Image
+
+from ..images.grid import BACKGROUND, image_grid
 from ..metrics.clip_scores import clip_i, clip_t, strip_token
 from ..metrics.subject_match import sample_matches
 from .prompts import default_prompt_set, load_prompt_set
@@ -74,28 +76,38 @@ def _prompt_pairs(components, token: str, class_noun: str, prompt_set: str | Non
 
 
 def steps_grid(components, folders: dict[int, Path], token: str, class_noun: str, prompt_set: str | None = None,
-               seeds: Sequence[int] = GRID_SEEDS, cell: int = 64,
+               seeds: Sequence[int] = GRID_SEEDS, cell: int = 64, photos: Sequence = (),
                progress: Callable[[int, int], None] | None = None):
     """One picture: a row per preview prompt, and for each step (``folders``: step -> LoRA folder,
-    e.g. ``candidate_steps``) a block of columns, one per seed (``steps_picture``)."""
+    e.g. ``candidate_steps``) a block of columns, one per seed (``steps_picture``, with the
+    user's ``photos`` on top)."""
     prompts = [p for _, p in _prompt_pairs(components, token, class_noun, prompt_set)]
     samples = {}
     for done, (step, folder) in enumerate(sorted(folders.items())):
         samples[step] = sample_images(components, prompts, list(seeds), folder)
         if progress is not None:
             progress(done + 1, len(folders))
-    return steps_picture(samples, prompts, len(seeds), cell)
+    return steps_picture(samples, prompts, len(seeds), cell, photos)
 
 
-def steps_picture(samples: dict[int, list[list]], prompts: Sequence[str], n_seeds: int, cell: int = 64):
+PHOTOS_ROW = "your photos, to compare with"
+
+
+def steps_picture(samples: dict[int, list[list]], prompts: Sequence[str], n_seeds: int, cell: int = 64,
+                  photos: Sequence = ()):
     """``samples``: step -> [prompt][seed] images, drawn with the same prompts and seeds for every
     step, so a column differs from its neighbour block only by the training steps. A row per
-    prompt, a block of ``n_seeds`` columns per step, titled with the step."""
+    prompt, a block of ``n_seeds`` columns per step, titled with the step; with ``photos``, a first
+    row of the user's photos (as many as there are columns), so that a lost dot or outline is
+    judged against the subject itself rather than from memory."""
     steps = sorted(samples)
-    images = [im for row in range(len(prompts)) for step in steps for im in samples[step][row]]
+    columns = len(steps) * n_seeds
+    shown = [im.convert("RGB") for im in list(photos)[:columns]]
+    top = shown + [Image.new("RGB", (cell, cell), BACKGROUND)] * (columns - len(shown)) if shown else []
+    images = top + [im for row in range(len(prompts)) for step in steps for im in samples[step][row]]
     titles = [f"step {step}" if i == 0 else "" for step in steps for i in range(n_seeds)]
-    return image_grid(images, columns=len(steps) * n_seeds, cell=cell, column_titles=titles,
-                      row_titles=list(prompts), title_width=260)
+    return image_grid(images, columns=columns, cell=cell, column_titles=titles,
+                      row_titles=([PHOTOS_ROW] if shown else []) + list(prompts), title_width=260)
 
 
 def score_steps(components, folders: dict[int, Path], references: Sequence, embedder, token: str, class_noun: str,
