@@ -34,7 +34,8 @@ def layout(ui) -> None:
                           visible=False, elem_id="steps-box") as ui.steps_box:
             gr.Markdown("Each method's training also kept earlier steps of its last third. Here they are "
                         "side by side, on the grid's prompts and seeds (the last block is the final LoRA, "
-                        "as in the grid above). Pick one to download it; Try it and the Hub push offer them too.")
+                        "as in the grid above), under your photos: look for the marks that make your subject "
+                        "yours. Pick one to download it; Try it and the Hub push offer them too.")
             # one picture per method the job may train (the ones it did not are hidden), each shown
             # whole: a gallery would crop these tall pictures to its thumbnails' height
             with gr.Column(elem_id="steps"):
