@@ -108,6 +108,9 @@ def main(argv=None) -> int:
                    "background (\"a photo of sks heart at the bottom on a black background\"), as the app's "
                    "'Use example' does; the value is the trainer's caption_mix ('half': each photo also once "
                    "with the plain instance prompt)")
+    p.add_argument("--caption-source", choices=("shipped", "clip-backgrounds"), default="shipped",
+                   help="with --context-captions: the example's shipped captions (position and background), "
+                   "or each photo's background as the shapes CLIP names it (what the app could write)")
     p.add_argument("--prior-contexts", choices=("world",), default=None,
                    help="'world': the class images' prompts take in turn the bare class prompt, each position "
                    "phrase and each background phrase of the shapes world (TrainConfig.prior_contexts); "
@@ -190,7 +193,8 @@ def main(argv=None) -> int:
                                            checkpoint_every=0, seed=args.seed, mixed_precision="no",
                                            captions=bool(args.context_captions),
                                            caption_mix=args.context_captions or "half", **overrides)
-            photos = (captioned_copies(name, args.images, Path(tmp) / "photos" / name)
+            photos = (captioned_copies(name, args.images, Path(tmp) / "photos" / name,
+                                       components if args.caption_source == "clip-backgrounds" else None)
                       if args.context_captions else None)
             row = measure_subject(name, config, args.images, args.samples, work, components, classifier,
                                   args.method, pool_dir, args.selection, photo_folder=photos)
@@ -204,6 +208,8 @@ def main(argv=None) -> int:
     summary = summarize(results, config, args.images, args.method)
     summary["selection"] = args.selection
     summary["context_captions"] = args.context_captions
+    if args.context_captions and args.caption_source != "shipped":
+        summary["caption_source"] = args.caption_source
     record = record_text(summary, results)
     out = args.out or (None if args.quick else shapes_paths().root / "personalization.json")
     if out is not None:
@@ -291,18 +297,37 @@ def world_contexts() -> list[str]:
     return ["", *POSITION_PHRASES.values(), *(f"on {_article(c)} {c} background" for c in COLOURS)]
 
 
-def captioned_copies(name: str, n_images: int, folder: Path) -> Path:
-    """The subject's first photos copied into ``folder``, each with its shipped .txt caption."""
-    import shutil
-
+def captioned_copies(name: str, n_images: int, folder: Path, namer=None) -> Path:
+    """The subject's first photos copied into ``folder``, each with its shipped .txt caption, or
+    with ``namer`` (the shapes components) the background its CLIP names (``clip_backgrounds``)."""
     from bat_app.shapes.personalization import subject_photos_used
 
     folder.mkdir(parents=True, exist_ok=True)
-    for photo in subject_photos_used(name, n_images):
-        image = shapes_paths().subjects / name / photo["file"]
-        for source in (image, image.with_suffix(".txt")):
-            shutil.copy(source, folder / source.name)
+    photos = [shapes_paths().subjects / name / photo["file"] for photo in subject_photos_used(name, n_images)]
+    named = clip_backgrounds(namer, photos, get_subject(name).class_noun) if namer is not None else None
+    for i, image in enumerate(photos):
+        shutil.copy(image, folder / image.name)
+        if named is None:
+            shutil.copy(image.with_suffix(".txt"), folder / image.with_suffix(".txt").name)
+        else:
+            (folder / image.with_suffix(".txt").name).write_text(named[i] + "\n")
     return folder
+
+
+def clip_backgrounds(components, photos: list[Path], class_noun: str) -> list[str]:
+    """Each photo's background phrase ("on a blue background") as the shapes CLIP names it: the
+    world's colour whose "a photo of a <class> on a <colour> background" is nearest the photo."""
+    from PIL import Image
+
+    from bat_app.compare.pools import default_embedder
+    from bat_app.shapes.world import COLOURS, _article
+
+    embedder = default_embedder(components, None, None)
+    texts = embedder.encode_texts([f"a photo of {_article(class_noun)} {class_noun} on {_article(c)} {c} background"
+                                   for c in COLOURS])
+    images = embedder.encode_images([Image.open(p).convert("RGB") for p in photos])
+    # written in the words of the recontext prompts and the shipped captions ("on a orange background")
+    return [f"on a {list(COLOURS)[i]} background" for i in (images @ texts.T).argmax(1)]
 
 
 TABLE_METRICS = (("trait", "trait", 0.8), ("recontext", "recontext_fidelity", 0.7),
@@ -315,6 +340,8 @@ def method_label(summary: dict) -> str:
     whether its class images went through contexts."""
     captions = summary.get("context_captions")
     suffix = {"half": " + context captions (half)"}.get(captions, " + context captions") if captions else ""
+    if captions and summary.get("caption_source") == "clip-backgrounds":
+        suffix = suffix.replace("context captions", "CLIP background captions")
     train = summary["train"]
     if train.get("prior_contexts"):
         suffix += f" + prior contexts ({len(train['prior_contexts'])})"

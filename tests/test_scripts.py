@@ -147,6 +147,33 @@ def test_the_personalization_table_names_each_arm_by_what_it_changed():
     assert script.method_label(redrawn) == "albat at step 250 (judged at seeds 1000+)"
     pooled = {"method": "albat", "train": {}, "sampling": {"pooled_first_seeds": [0, 1000]}}
     assert script.method_label(pooled) == "albat (judged at seeds 0+, 1000+, pooled)"
+    named = {"method": "albat", "train": {}, "context_captions": "half", "caption_source": "clip-backgrounds"}
+    assert script.method_label(named) == "albat + CLIP background captions (half)"
+
+
+def test_the_shapes_clip_names_the_example_photos_backgrounds(tmp_path):
+    """--caption-source clip-backgrounds: captions the app could write, in the recontext prompts' words."""
+    import importlib.util
+
+    from bat_app.models import load_components
+    from bat_app.paths import assets_dir
+    from bat_app.shapes import SUBJECTS
+
+    if not (assets_dir() / "shapes" / "backbone" / "model_index.json").is_file():
+        pytest.skip("shapes backbone not built")
+    spec = importlib.util.spec_from_file_location("shapes_personalize", SCRIPTS / "shapes_personalize.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    components = load_components("shapes", device="cpu")
+    right = 0
+    for subject in SUBJECTS:
+        folder = script.captioned_copies(subject.name, 5, tmp_path / subject.name, components)
+        info = json.loads((assets_dir() / "subjects" / subject.name / "subject.json").read_text())
+        for photo in info["photos"][:5]:
+            caption = (folder / photo["file"]).with_suffix(".txt").read_text().strip()
+            assert caption.startswith("on a ") and caption.endswith(" background")
+            right += caption == f"on a {photo['background']} background"
+    assert right >= 22  # 24 of 25 measured (docs/shapes.md, twenty-third session)
 
 
 def test_kept_loras_are_judged_again_at_other_strengths(tmp_path):
