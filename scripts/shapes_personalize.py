@@ -108,9 +108,10 @@ def main(argv=None) -> int:
                    "background (\"a photo of sks heart at the bottom on a black background\"), as the app's "
                    "'Use example' does; the value is the trainer's caption_mix ('half': each photo also once "
                    "with the plain instance prompt)")
-    p.add_argument("--caption-source", choices=("shipped", "clip-backgrounds"), default="shipped",
+    p.add_argument("--caption-source", choices=("shipped", "clip-backgrounds", "backgrounds"), default="shipped",
                    help="with --context-captions: the example's shipped captions (position and background), "
-                   "or each photo's background as the shapes CLIP names it (what the app could write)")
+                   "each photo's background as the shapes CLIP names it (what the app could write), or "
+                   "its true background only (what a user who corrects that writes)")
     p.add_argument("--prior-contexts", choices=("world",), default=None,
                    help="'world': the class images' prompts take in turn the bare class prompt, each position "
                    "phrase and each background phrase of the shapes world (TrainConfig.prior_contexts); "
@@ -193,9 +194,8 @@ def main(argv=None) -> int:
                                            checkpoint_every=0, seed=args.seed, mixed_precision="no",
                                            captions=bool(args.context_captions),
                                            caption_mix=args.context_captions or "half", **overrides)
-            photos = (captioned_copies(name, args.images, Path(tmp) / "photos" / name,
-                                       components if args.caption_source == "clip-backgrounds" else None)
-                      if args.context_captions else None)
+            photos = (captioned_copies(name, args.images, Path(tmp) / "photos" / name, args.caption_source,
+                                       components) if args.context_captions else None)
             row = measure_subject(name, config, args.images, args.samples, work, components, classifier,
                                   args.method, pool_dir, args.selection, photo_folder=photos)
             if args.grids:
@@ -297,14 +297,20 @@ def world_contexts() -> list[str]:
     return ["", *POSITION_PHRASES.values(), *(f"on {_article(c)} {c} background" for c in COLOURS)]
 
 
-def captioned_copies(name: str, n_images: int, folder: Path, namer=None) -> Path:
-    """The subject's first photos copied into ``folder``, each with its shipped .txt caption, or
-    with ``namer`` (the shapes components) the background its CLIP names (``clip_backgrounds``)."""
+def captioned_copies(name: str, n_images: int, folder: Path, source: str = "shipped", components=None) -> Path:
+    """The subject's first photos copied into ``folder``, each with a .txt caption: the shipped one
+    (``source`` "shipped": position and background), the background the shapes CLIP names
+    ("clip-backgrounds", ``clip_backgrounds``; needs the shapes ``components``), or its true
+    background ("backgrounds")."""
     from bat_app.shapes.personalization import subject_photos_used
 
     folder.mkdir(parents=True, exist_ok=True)
-    photos = [shapes_paths().subjects / name / photo["file"] for photo in subject_photos_used(name, n_images)]
-    named = clip_backgrounds(namer, photos, get_subject(name).class_noun) if namer is not None else None
+    used = subject_photos_used(name, n_images)
+    photos = [shapes_paths().subjects / name / photo["file"] for photo in used]
+    named = {"shipped": None, "backgrounds": [f"on a {photo['background']} background" for photo in used],
+             "clip-backgrounds": None}[source]
+    if source == "clip-backgrounds":
+        named = clip_backgrounds(components, photos, get_subject(name).class_noun)
     for i, image in enumerate(photos):
         shutil.copy(image, folder / image.name)
         if named is None:
@@ -340,8 +346,9 @@ def method_label(summary: dict) -> str:
     whether its class images went through contexts."""
     captions = summary.get("context_captions")
     suffix = {"half": " + context captions (half)"}.get(captions, " + context captions") if captions else ""
-    if captions and summary.get("caption_source") == "clip-backgrounds":
-        suffix = suffix.replace("context captions", "CLIP background captions")
+    if captions and summary.get("caption_source") in ("clip-backgrounds", "backgrounds"):
+        suffix = suffix.replace("context captions", {"clip-backgrounds": "CLIP background captions",
+                                                     "backgrounds": "true background captions"}[summary["caption_source"]])
     train = summary["train"]
     if train.get("prior_contexts"):
         suffix += f" + prior contexts ({len(train['prior_contexts'])})"

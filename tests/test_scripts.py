@@ -167,7 +167,7 @@ def test_the_shapes_clip_names_the_example_photos_backgrounds(tmp_path):
     components = load_components("shapes", device="cpu")
     right = 0
     for subject in SUBJECTS:
-        folder = script.captioned_copies(subject.name, 5, tmp_path / subject.name, components)
+        folder = script.captioned_copies(subject.name, 5, tmp_path / subject.name, "clip-backgrounds", components)
         info = json.loads((assets_dir() / "subjects" / subject.name / "subject.json").read_text())
         for photo in info["photos"][:5]:
             caption = (folder / photo["file"]).with_suffix(".txt").read_text().strip()
