@@ -321,19 +321,15 @@ def captioned_copies(name: str, n_images: int, folder: Path, source: str = "ship
 
 
 def clip_backgrounds(components, photos: list[Path], class_noun: str) -> list[str]:
-    """Each photo's background phrase ("on a blue background") as the shapes CLIP names it: the
-    world's colour whose "a photo of a <class> on a <colour> background" is nearest the photo."""
+    """Each photo's background phrase ("on a blue background") as the shapes CLIP names it: what
+    the Train tab's *Suggest backgrounds* writes (``images.background_captions``)."""
     from PIL import Image
 
     from bat_app.compare.pools import default_embedder
-    from bat_app.shapes.world import COLOURS, _article
+    from bat_app.images.background_captions import background_phrases, suggest_backgrounds
 
-    embedder = default_embedder(components, None, None)
-    texts = embedder.encode_texts([f"a photo of {_article(class_noun)} {class_noun} on {_article(c)} {c} background"
-                                   for c in COLOURS])
-    images = embedder.encode_images([Image.open(p).convert("RGB") for p in photos])
-    # written in the words of the recontext prompts and the shipped captions ("on a orange background")
-    return [f"on a {list(COLOURS)[i]} background" for i in (images @ texts.T).argmax(1)]
+    return suggest_backgrounds(default_embedder(components, None, None), [Image.open(p).convert("RGB") for p in photos],
+                               class_noun, background_phrases("shapes"))
 
 
 TABLE_METRICS = (("trait", "trait", 0.8), ("recontext", "recontext_fidelity", 0.7),

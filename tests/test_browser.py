@@ -91,6 +91,11 @@ def test_train_compare_download_in_the_browser(server, browser, tmp_path):
     page.locator("#uploads input[type=file]").set_input_files(images)
     expect(page.locator("#uploads img")).to_have_count(len(images), timeout=30_000)
     page.get_by_label("Class noun").fill(class_noun)
+    if server["model"] == "shapes":
+        # the model's CLIP suggests each photo's background, one line per photo, for the user to check
+        page.locator("#suggest-captions").click()
+        expect(page.locator("#captions textarea")).to_have_value(
+            re.compile(r"^(on a [a-z]+ background\n){%d}on a [a-z]+ background$" % (len(images) - 1)), timeout=60_000)
     captions = [f"on a {colour} background" for colour in ("red", "green", "blue", "white", "black")][:len(images)]
     captions[1] = ""  # a photo without a caption trains on the plain instance prompt
     page.locator("#captions textarea").fill("\n".join(captions))

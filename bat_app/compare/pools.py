@@ -166,6 +166,14 @@ def default_embedder(components, clip_model: str | None = None, clip_pretrained:
 
     if clip_model is not None:
         return load_embedder(clip_model, clip_pretrained)
-    if components.spec.preset == "shapes":
+    return preset_embedder(components.spec.preset)
+
+
+def preset_embedder(preset: str | None):
+    """A preset's own CLIP (the shapes CLIP on shapes, else open_clip ViT-B/32, LAION-2B): what
+    scores previews without a pool and names the photos' backgrounds (``ui.captions``)."""
+    from ..pool import load_embedder
+
+    if preset == "shapes":
         return load_embedder("shapes")
     return load_embedder("ViT-B-32", "laion2b_s34b_b79k")

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from bat_app.shapes._train import warmup_cosine
+from bat_app.shapes._train import load_half, save_half, warmup_cosine
 from bat_app.shapes.world import ATTRIBUTES, RESOLUTION
 
 HEADS = {key: list(values) for key, values in ATTRIBUTES.items()}
@@ -131,27 +131,12 @@ def train_classifier(images: np.ndarray, attributes: list[dict], steps: int = 15
 
 
 def save_classifier(clf: AttributeClassifier, folder: Path, meta: dict) -> None:
-    from safetensors.torch import save_file
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().half().contiguous() if v.is_floating_point() else v.contiguous()
-             for k, v in clf.net.state_dict().items()}
-    save_file(state, str(folder / "model.safetensors"))
-    (folder / "classifier.json").write_text(json.dumps({"heads": clf.heads, **meta}, indent=2)
-                                            + "\n")
+    save_half(clf.net, folder, "classifier.json", {"heads": clf.heads, **meta})
 
 
 def load_classifier(folder: Path) -> AttributeClassifier:
-    from safetensors.torch import load_file
-
-    folder = Path(folder)
-    meta = json.loads((folder / "classifier.json").read_text())
-    net = AttributeNet()
-    state = {k: v.float() if v.is_floating_point() else v
-             for k, v in load_file(str(folder / "model.safetensors")).items()}
-    net.load_state_dict(state)
-    return AttributeClassifier(net, meta["heads"], meta)
+    meta = json.loads((Path(folder) / "classifier.json").read_text())
+    return AttributeClassifier(load_half(AttributeNet(), folder), meta["heads"], meta)
 
 
 @torch.no_grad()

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bat_app.shapes._train import warmup_cosine
+from bat_app.shapes._train import load_half, save_half, warmup_cosine
 from bat_app.shapes.classifier import conv_trunk, soften, through_vae, to_tensor
 from bat_app.shapes.world import ATTRIBUTES, RESOLUTION, ShapesWorld, render
 
@@ -197,20 +197,11 @@ def build_identity(folder: Path, vae, seed: int = 0, n_pairs: int = 20000, n_tes
 
 
 def save_identity(embedder: IdentityEmbedder, folder: Path, meta: dict) -> None:
-    from safetensors.torch import save_file
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().half().contiguous() if v.is_floating_point() else v.contiguous()
-             for k, v in embedder.net.state_dict().items()}
-    save_file(state, str(folder / "model.safetensors"))
-    (folder / "identity.json").write_text(json.dumps(meta, indent=2) + "\n")
+    save_half(embedder.net, folder, "identity.json", meta)
 
 
 def load_identity(folder: Path | str | None = None) -> IdentityEmbedder:
     """The shipped identity network (``assets/shapes/identity``) or the one in ``folder``."""
-    from safetensors.torch import load_file
-
     from bat_app.errors import ModelLoadError
     from bat_app.shapes.paths import shapes_paths
 
@@ -218,7 +209,4 @@ def load_identity(folder: Path | str | None = None) -> IdentityEmbedder:
     if not (folder / "model.safetensors").is_file():
         raise ModelLoadError(f"No identity network at {folder}: build it with "
                              "`python -m bat_app shapes identity --out FOLDER` (about 10 CPU-minutes).")
-    net = IdentityNet()
-    net.load_state_dict({k: v.float() if v.is_floating_point() else v
-                         for k, v in load_file(str(folder / "model.safetensors")).items()})
-    return IdentityEmbedder(net, json.loads((folder / "identity.json").read_text()))
+    return IdentityEmbedder(load_half(IdentityNet(), folder), json.loads((folder / "identity.json").read_text()))

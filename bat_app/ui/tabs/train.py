@@ -8,7 +8,7 @@ import gradio as gr
 from ...limits import Limits, bounds
 from ...models.presets import presets
 from .. import handlers, served, views
-from ..captions import caption_count_note
+from ..captions import caption_count_note, suggest_captions
 from ..defaults import suggested_settings
 from ..model_note import model_note
 from ..public import client_id, scrub
@@ -44,6 +44,9 @@ def layout(ui) -> None:
                     info="say what differs from photo to photo (place, background, position) so the LoRA "
                          "learns the subject, not its surroundings; a line without the trigger continues "
                          "'a photo of <trigger> <class>'")
+                # the model's CLIP names each photo's background; the user checks the lines
+                # (docs/shapes.md, twenty-third session: a suggestion, not a default)
+                ui.suggest_captions = gr.Button("Suggest backgrounds", size="sm", elem_id="suggest-captions")
                 if examples:
                     with gr.Row():
                         ui.example = gr.Dropdown([e.name for e in examples], value=examples[0].name,
@@ -128,6 +131,14 @@ def events(ui, demo) -> None:
 
     ui.model.change(on_model, [ui.model, ui.images], [ui.pool, ui.model_info, *ui.advanced],
                     api_visibility="private")
+
+    @guarded
+    def on_suggest(value, model_name, noun):
+        text = suggest_captions(handlers.image_paths(value), _preset_of(model_name), noun)
+        gr.Info("Each photo's background as the model's CLIP names it: check every line before Start.")
+        return text
+
+    ui.suggest_captions.click(on_suggest, [ui.images, ui.model, ui.class_noun], ui.captions, api_visibility="private")
 
     if ui.examples:
         @guarded
