@@ -131,24 +131,26 @@ def test_records_of_one_judgement_on_other_draws_pool_into_one(tmp_path):
 def test_the_personalization_table_names_each_arm_by_what_it_changed():
     import importlib.util
 
+    from bat_app.shapes.records import method_label
+
     spec = importlib.util.spec_from_file_location("shapes_personalize", SCRIPTS / "shapes_personalize.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    assert script.method_label({"method": "albat", "train": {"seed": 1, "batch_size": 2}}) == "albat"
+    assert method_label({"method": "albat", "train": {"seed": 1, "batch_size": 2}}) == "albat"
     arm = {"method": "none", "context_captions": "half",
            "train": {"batch_size": 4, "prior_contexts": ["", "on the left"], "target_modules": ["attn2.to_k"],
                      "lr_schedule": "drop", "lr": 1e-3, "embedding_retract": 0.1}}
-    assert script.method_label(arm) == ("none + context captions (half) + prior contexts (2) + LoRA on attn2.to_k"
+    assert method_label(arm) == ("none + context captions (half) + prior contexts (2) + LoRA on attn2.to_k"
                                         " + batch 4 + drop lr 0.001 + retract 0.1")
     assert len(script.world_contexts()) == 16 and "on an orange background" in script.world_contexts()
     sampled = {"method": "albat", "train": {}, "sampling": {"guidance": 6.0, "lora_scale": 0.75}}
-    assert script.method_label(sampled) == "albat + guidance 6 + LoRA scale 0.75"
+    assert method_label(sampled) == "albat + guidance 6 + LoRA scale 0.75"
     redrawn = {"method": "albat", "train": {}, "step": 250, "sampling": {"first_seed": 1000}}
-    assert script.method_label(redrawn) == "albat at step 250 (judged at seeds 1000+)"
+    assert method_label(redrawn) == "albat at step 250 (judged at seeds 1000+)"
     pooled = {"method": "albat", "train": {}, "sampling": {"pooled_first_seeds": [0, 1000]}}
-    assert script.method_label(pooled) == "albat (judged at seeds 0+, 1000+, pooled)"
+    assert method_label(pooled) == "albat (judged at seeds 0+, 1000+, pooled)"
     named = {"method": "albat", "train": {}, "context_captions": "half", "caption_source": "clip-backgrounds"}
-    assert script.method_label(named) == "albat + CLIP background captions (half)"
+    assert method_label(named) == "albat + CLIP background captions (half)"
 
 
 def test_the_shapes_clip_names_the_example_photos_backgrounds(tmp_path):
