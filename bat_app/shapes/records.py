@@ -64,10 +64,9 @@ def method_label(summary: dict) -> str:
     """A record's method as the table names it: the selector, the captions it trained on, and
     whether its class images went through contexts."""
     captions = summary.get("context_captions")
-    suffix = {"half": " + context captions (half)"}.get(captions, " + context captions") if captions else ""
-    if captions and summary.get("caption_source") in ("clip-backgrounds", "backgrounds"):
-        suffix = suffix.replace("context captions", {"clip-backgrounds": "CLIP background captions",
-                                                     "backgrounds": "true background captions"}[summary["caption_source"]])
+    kind = {"clip-backgrounds": "CLIP background captions", "backgrounds": "true background captions"}.get(
+        summary.get("caption_source"), "context captions")
+    suffix = f" + {kind}" + (" (half)" if captions == "half" else "") if captions else ""
     train = summary["train"]
     if train.get("prior_contexts"):
         suffix += f" + prior contexts ({len(train['prior_contexts'])})"
