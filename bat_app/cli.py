@@ -106,7 +106,8 @@ def _add_train(sub) -> None:
                         "instance prompt: 'on the beach' -> 'a photo of sks dog on the beach')")
     p.add_argument("--caption-mix", choices=CAPTION_MIXES, default=None,
                    help="with --captions: 'half' (default) also trains each image with the plain instance "
-                        "prompt, so the bare trigger keeps the subject; 'all': the captions only")
+                        "prompt, so the bare trigger keeps the subject; 'third': twice with it; 'all': the "
+                        "captions only")
     p.add_argument("--train-text-encoder", action="store_true", help="also train a text-encoder LoRA")
     p.add_argument("--checkpoint-every", type=int, default=None)
     p.add_argument("--save-every", type=int, default=None, metavar="N",

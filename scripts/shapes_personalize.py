@@ -55,6 +55,7 @@ from bat_app.models import load_components
 from bat_app.shapes import SUBJECTS, get_subject, load_attribute_classifier, shapes_paths
 from bat_app.shapes.personalization import grid_image, measure_subject
 from bat_app.train import TrainConfig
+from bat_app.train.config import CAPTION_MIXES
 from bat_app.train.checkpoint import saved_steps
 from bat_app.shapes.records import figures, oracle_step, record_text, records_table, summarize
 from bat_app.train.tail_average import average_lora, average_vectors
@@ -103,11 +104,11 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2, help="torch threads (1 on a busy machine)")
     p.add_argument("--quick", action="store_true", help="smoke run: one subject, 5 steps, 2 samples; "
                    "prints the result and leaves assets/ alone (unless --out is given)")
-    p.add_argument("--context-captions", nargs="?", const="all", choices=("all", "half"), default=None,
+    p.add_argument("--context-captions", nargs="?", const="all", choices=CAPTION_MIXES, default=None,
                    help="train on the example photos' shipped captions, which state each photo's position and "
                    "background (\"a photo of sks heart at the bottom on a black background\"), as the app's "
                    "'Use example' does; the value is the trainer's caption_mix ('half': each photo also once "
-                   "with the plain instance prompt)")
+                   "with the plain instance prompt, 'third': twice)")
     p.add_argument("--caption-source", choices=("shipped", "clip-backgrounds", "backgrounds"), default="shipped",
                    help="with --context-captions: the example's shipped captions (position and background), "
                    "each photo's background as the shapes CLIP names it (what the app could write), or "

@@ -121,6 +121,8 @@ def test_the_card_of_a_captioned_training_says_how_to_prompt_it():
     card = model_card(config, "stable-diffusion-v1-5/stable-diffusion-v1-5", "sks_dog_kohya.safetensors")
     assert "**Captions:** trained on a caption per photo (each photo also with the plain trigger prompt)" in card
     assert "after `a photo of sks dog` steer the scene" in card
+    assert "(each photo also twice with the plain trigger prompt)" in model_card(
+        replace(config, caption_mix="third"), "stable-diffusion-v1-5/stable-diffusion-v1-5", "x.safetensors")
     assert "also with the plain" not in model_card(replace(config, caption_mix="all"),
                                                    "stable-diffusion-v1-5/stable-diffusion-v1-5", "x.safetensors")
 

@@ -39,6 +39,10 @@ def test_a_context_caption_states_position_and_background_as_the_prompts_do(tmp_
     half = instance_examples(images, prompt, "sks", use_captions=True, caption_mix="half")
     assert [e.caption for e in half] == [c for pair in zip(captioned, [prompt] * 3) for c in pair]
     assert [e.name for e in half] == [e.name for e in all_captions for _ in range(2)]
+    # "third": twice with the plain prompt, so the caption is a third of each photo's draws
+    third = instance_examples(images, prompt, "sks", use_captions=True, caption_mix="third")
+    assert [e.caption for e in third] == [c for cap in captioned for c in (cap, prompt, prompt)]
+    assert [e.name for e in third] == [e.name for e in all_captions for _ in range(3)]
     # a caption with the trigger is used as written; without captions, the prompt alone
     (tmp_path / photos[0]["file"]).with_suffix(".txt").write_text("sks circle, close up")
     assert instance_examples(images, prompt, "sks", True, "all")[0].caption == "sks circle, close up"
@@ -60,5 +64,5 @@ def test_a_caption_mix_outside_the_known_ones_is_refused():
     from bat_app.errors import InputError
     from bat_app.train import TrainConfig
 
-    with pytest.raises(InputError, match="`caption_mix` must be one of \\('half', 'all'\\), got 'some'"):
+    with pytest.raises(InputError, match="`caption_mix` must be one of \\('half', 'third', 'all'\\), got 'some'"):
         TrainConfig(caption_mix="some")

@@ -151,6 +151,8 @@ def test_the_personalization_table_names_each_arm_by_what_it_changed():
     assert method_label(pooled) == "albat (judged at seeds 0+, 1000+, pooled)"
     named = {"method": "albat", "train": {}, "context_captions": "half", "caption_source": "clip-backgrounds"}
     assert method_label(named) == "albat + CLIP background captions (half)"
+    assert method_label(named | {"context_captions": "third"}) == "albat + CLIP background captions (third)"
+    assert method_label(named | {"context_captions": "all"}) == "albat + CLIP background captions"
 
 
 def test_the_shapes_clip_names_the_example_photos_backgrounds(tmp_path):

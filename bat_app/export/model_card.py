@@ -120,7 +120,8 @@ def model_card(config: TrainConfig, base_model, kohya_name: str, method: str = "
         f"**Trigger:** put `{config.token} {config.class_noun}` in the prompt, e.g. `{trigger}`.", "",
     ]
     if config.captions:
-        half = " (each photo also with the plain trigger prompt)" if config.caption_mix == "half" else ""
+        half = {"half": " (each photo also with the plain trigger prompt)",
+                "third": " (each photo also twice with the plain trigger prompt)"}.get(config.caption_mix, "")
         lines += [f"**Captions:** trained on a caption per photo{half}; words like the captions' (a place, a "
                   f"background, a position) after `{trigger}` steer the scene.", ""]
     if base.license:

@@ -66,7 +66,7 @@ def method_label(summary: dict) -> str:
     captions = summary.get("context_captions")
     kind = {"clip-backgrounds": "CLIP background captions", "backgrounds": "true background captions"}.get(
         summary.get("caption_source"), "context captions")
-    suffix = f" + {kind}" + (" (half)" if captions == "half" else "") if captions else ""
+    suffix = f" + {kind}" + (f" ({captions})" if captions != "all" else "") if captions else ""
     train = summary["train"]
     if train.get("prior_contexts"):
         suffix += f" + prior contexts ({len(train['prior_contexts'])})"

@@ -23,7 +23,9 @@ PRECISIONS = ("auto", "no", "fp16", "bf16")
 OPTIMIZERS = ("adamw", "adamw8bit")
 QUANTIZATIONS = ("nf4",)
 LR_SCHEDULES = ("constant", "constant_with_warmup", "cosine", "linear", "drop")
-CAPTION_MIXES = ("half", "all")
+# caption_mix -> how many times each captioned photo comes again with the plain instance prompt.
+CAPTION_PLAIN_COPIES = {"half": 1, "third": 2, "all": 0}
+CAPTION_MIXES = tuple(CAPTION_PLAIN_COPIES)
 # Settings that change how a training runs or what it writes, never the LoRA it makes.
 RUNNING_ONLY = ("checkpoint_every", "keep_checkpoints", "save_every", "step_choices", "memory_profile", "compile")
 
@@ -38,7 +40,8 @@ class TrainConfig:
     # With captions, "half": each photo is trained once with its caption and once with the plain
     # instance prompt (measured on shapes: captions that name the background and position teach
     # the LoRA to follow them, and the plain half keeps the trait on the bare trigger, which
-    # captions alone lost for one subject); "all": the captions only.
+    # captions alone lost for one subject); "third": the caption in a third of the draws (each
+    # photo also twice with the plain prompt); "all": the captions only.
     caption_mix: str = "half"
 
     # --- optimisation --------------------------------------------------------------------

@@ -19,6 +19,7 @@ from PIL import Image
 from ..errors import InputError
 from ..images import pixel_digest
 from ..images.subject_mask import backdrop_colours, backdrop_region, new_backdrop
+from .config import CAPTION_PLAIN_COPIES
 
 
 @dataclass
@@ -61,7 +62,9 @@ def instance_examples(images, prompt: str, token: str, use_captions: bool = Fals
     """Examples for the user's images. With ``use_captions`` each image's .txt caption is used: one
     with the trigger token as written, one without it continues the instance prompt ("on the
     beach" -> "a photo of sks dog on the beach"), so it still teaches the token. ``caption_mix``
-    "half" adds each image a second time with the plain instance prompt (see TrainConfig)."""
+    "half" adds each image a second time with the plain instance prompt, "third" twice more
+    (see TrainConfig)."""
+    plain_copies = CAPTION_PLAIN_COPIES[caption_mix] if use_captions else 0
     examples = []
     for item in images:
         caption = prompt
@@ -75,8 +78,7 @@ def instance_examples(images, prompt: str, token: str, use_captions: bool = Fals
                     f"missing or empty. Add a caption file or drop --captions.")
             caption = text if token in text.split() else f"{prompt} {text}"
         examples.append(Example(item.image, caption, name=item.name))
-        if use_captions and caption_mix == "half":
-            examples.append(Example(item.image, prompt, name=item.name))
+        examples += [Example(item.image, prompt, name=item.name)] * plain_copies
     return examples
 
 
