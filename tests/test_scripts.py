@@ -153,6 +153,9 @@ def test_the_personalization_table_names_each_arm_by_what_it_changed():
     assert method_label(named) == "albat + CLIP background captions (half)"
     assert method_label(named | {"context_captions": "third"}) == "albat + CLIP background captions (third)"
     assert method_label(named | {"context_captions": "all"}) == "albat + CLIP background captions"
+    longer = named | {"images_per_subject": 5, "train": {"steps": 450}}
+    assert method_label(longer) == "albat + CLIP background captions (half) + 450 steps"
+    assert method_label(longer | {"train": {"steps": 300}}) == "albat + CLIP background captions (half)"
 
 
 def test_the_shapes_clip_names_the_example_photos_backgrounds(tmp_path):

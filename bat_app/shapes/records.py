@@ -72,6 +72,9 @@ def method_label(summary: dict) -> str:
         suffix += f" + prior contexts ({len(train['prior_contexts'])})"
     if train.get("target_modules"):
         suffix += " + LoRA on " + " ".join(train["target_modules"])
+    recipe_steps = recipe_for("shapes").train_settings(summary.get("images_per_subject"))["steps"]
+    if train.get("steps") and train["steps"] != recipe_steps:
+        suffix += f" + {train['steps']} steps"
     if train.get("batch_size") and train["batch_size"] != recipe_for("shapes").batch_size:
         suffix += f" + batch {train['batch_size']}"
     if train.get("lr_schedule", "constant") != "constant":
