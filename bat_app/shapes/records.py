@@ -67,23 +67,22 @@ def method_label(summary: dict) -> str:
     kind = {"clip-backgrounds": "CLIP background captions", "backgrounds": "true background captions"}.get(
         summary.get("caption_source"), "context captions")
     suffix = f" + {kind}" + (f" ({captions})" if captions != "all" else "") if captions else ""
-    train = summary["train"]
+    train, recipe = summary["train"], recipe_for("shapes")
     if train.get("prior_contexts"):
         suffix += f" + prior contexts ({len(train['prior_contexts'])})"
     if train.get("target_modules"):
         suffix += " + LoRA on " + " ".join(train["target_modules"])
-    recipe_steps = recipe_for("shapes").train_settings(summary.get("images_per_subject"))["steps"]
-    if train.get("steps") and train["steps"] != recipe_steps:
+    if train.get("steps") and train["steps"] != recipe.train_settings(summary.get("images_per_subject"))["steps"]:
         suffix += f" + {train['steps']} steps"
-    if train.get("batch_size") and train["batch_size"] != recipe_for("shapes").batch_size:
+    if train.get("batch_size") and train["batch_size"] != recipe.batch_size:
         suffix += f" + batch {train['batch_size']}"
     if train.get("lr_schedule", "constant") != "constant":
         suffix += f" + {train['lr_schedule']} lr {train['lr']:g}"
     if train.get("embedding_retract"):
         suffix += f" + retract {train['embedding_retract']:g}"
-    if train.get("background_weight", 1.0) != recipe_for("shapes").background_weight:
+    if train.get("background_weight", 1.0) != recipe.background_weight:
         suffix += f" + background weight {train['background_weight']:g}"
-    if train.get("backdrop_swaps", 0) != recipe_for("shapes").backdrop_swaps:
+    if train.get("backdrop_swaps", 0) != recipe.backdrop_swaps:
         suffix += f" + {train['backdrop_swaps']} backdrop swaps"
     if summary.get("step"):
         suffix += f" at step {summary['step']}"
