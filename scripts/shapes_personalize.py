@@ -85,6 +85,9 @@ def main(argv=None) -> int:
     p.add_argument("--backdrop-swaps", type=int, default=None,
                    help="other plain backdrops each photo is also shown on (TrainConfig.backdrop_swaps; "
                    "default: the recipe's)")
+    p.add_argument("--refine-latents", type=int, default=None,
+                   help="decoder-inversion steps for the photos' latents (TrainConfig.refine_latents; "
+                   "default: the recipe's)")
     p.add_argument("--save-every", type=int, default=None,
                    help="also export the LoRA every N steps (TrainConfig.save_every; with --keep-loras: "
                    "DIR/<subject>/steps/step-N, judged with --judge DIR --step N)")
@@ -180,7 +183,8 @@ def main(argv=None) -> int:
                  "pivotal": args.pivotal, "embedding_lr": args.embedding_lr,
                  "embedding_retract": args.embedding_retract, "lr_schedule": args.lr_schedule,
                  "background_weight": args.background_weight, "backdrop_swaps": args.backdrop_swaps,
-                 "save_every": args.save_every, "tail_average": args.tail_average,
+                 "refine_latents": args.refine_latents, "save_every": args.save_every,
+                 "tail_average": args.tail_average,
                  "num_class_images": args.class_images, "target_modules": args.targets,
                  "prior_contexts": world_contexts() if args.prior_contexts == "world" else None}
     components = load_components("shapes", device="cpu")

@@ -174,6 +174,37 @@ def test_latents_are_encoded_once_across_runs(comps, images, tmp_path, monkeypat
     assert calls["n"] == first  # every latent came from the cache
 
 
+def test_refined_latents_decode_closer_to_the_photos_and_are_cached_apart(comps, images, tmp_path):
+    from bat_app.train.encode import to_pixels
+
+    examples = instance_examples(images[:2], "a photo of sks disc", "sks")
+    cache = LatentCache(comps, 32, tmp_path)
+    plain = cache.get(examples)
+    refined = cache.get(examples, refine=10)
+    assert cache.encoded == 4  # the refined means are their own cache entries, not the plain ones
+    assert cache.key(examples[0], 10) != cache.key(examples[0])
+    pixels = torch.stack([to_pixels(e, 32) for e in examples])
+
+    def error(stats):
+        with torch.no_grad():
+            return torch.nn.functional.mse_loss(comps.vae.decode(torch.stack([m for m, _ in stats])).sample, pixels)
+
+    assert error(refined) < error(plain)
+    assert all(torch.equal(a[1], b[1]) for a, b in zip(plain, refined))  # the std is the encoder's
+    assert all(p.grad is None for p in comps.vae.parameters())  # only the latent got gradients
+    again = LatentCache(comps, 32, tmp_path).get(examples, refine=10)  # from disk
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(refined, again))
+
+
+def test_refine_latents_trains_and_changes_only_the_photos_latents(comps, images, tmp_path):
+    cache = tmp_path / "cache"
+    train_lora(comps, images, quick(steps=2, refine_latents=5), tmp_path / "lora", cache_root=cache, export=False)
+    names = sorted(p.name for p in (cache / "latents").rglob("*.safetensors"))
+    assert len(names) == len(images) and all(n.endswith("-refine5.safetensors") for n in names)
+    with pytest.raises(InputError, match="refine_latents"):
+        quick(refine_latents=-1)
+
+
 def test_class_images_are_cached_and_topped_up(comps, tmp_path, monkeypatch):
     made = []
     real = prior_module.build_pipeline

@@ -84,6 +84,8 @@ def method_label(summary: dict) -> str:
         suffix += f" + background weight {train['background_weight']:g}"
     if train.get("backdrop_swaps", 0) != recipe.backdrop_swaps:
         suffix += f" + {train['backdrop_swaps']} backdrop swaps"
+    if train.get("refine_latents"):
+        suffix += f" + refined latents ({train['refine_latents']} steps)"
     if summary.get("step"):
         suffix += f" at step {summary['step']}"
     if summary.get("picked"):

@@ -6,6 +6,11 @@ The frozen VAE and text encoder never change during LoRA training, so re-encodin
 as ``latent_dist.sample()`` would. Cache files are keyed by the VAE's identity, resolution and
 the image's pixel hash (and, for a family with aspect-ratio buckets, the bucket's shape), so an
 unchanged image is never encoded twice, across runs and jobs.
+
+With ``refine`` steps (``TrainConfig.refine_latents``, the user's photos only) the mean is then
+moved to where the *decoder* reproduces the image best: the encoder blurs away thin detail that
+the decoder can draw (a 1-px outline on a light background, on shapes), and the LoRA can only
+learn what its target latents hold. Refined means are cached under their own key.
 """
 
 from __future__ import annotations
@@ -97,6 +102,24 @@ def stack_loss_weights(maps: list[torch.Tensor | None], hw, device) -> torch.Ten
     return torch.stack([torch.ones(1, *hw) if m is None else m for m in maps]).to(device)
 
 
+REFINE_LR = 0.05  # Adam's step on the latent; on shapes 50 steps cut the decoder's error 2-4x (docs/shapes.md)
+
+
+def refine_mean(vae, pixels: torch.Tensor, mean: torch.Tensor, steps: int, lr: float = REFINE_LR) -> torch.Tensor:
+    """Decoder inversion: ``steps`` Adam steps from the encoder's ``mean`` (1, c, h, w) toward the
+    latent whose decoding is closest (mean squared error) to ``pixels`` (1, 3, H, W, in [-1, 1]).
+    Only the latent gets gradients (``autograd.grad``): the frozen VAE's weights stay untouched."""
+    z = mean.detach().float().clone().requires_grad_(True)
+    target = pixels.float()
+    optimizer = torch.optim.Adam([z], lr=lr)
+    with torch.enable_grad():
+        for _ in range(steps):
+            decoded = vae.decode(z.to(vae.dtype)).sample.float()
+            (z.grad,) = torch.autograd.grad(F.mse_loss(decoded, target), z)
+            optimizer.step()
+    return z.detach()
+
+
 class LatentCache:
     """(mean, std) of each example's VAE latent at one resolution, on disk and in memory.
 
@@ -120,13 +143,16 @@ class LatentCache:
         width, height = example.image.size
         return place(height, width, self.buckets)
 
-    def key(self, example: Example) -> str:
+    def key(self, example: Example, refine: int = 0) -> str:
         placement = self.placement(example)
-        return example.key if placement is None else f"{example.key}-{placement.bucket[0]}x{placement.bucket[1]}"
+        key = example.key if placement is None else f"{example.key}-{placement.bucket[0]}x{placement.bucket[1]}"
+        return f"{key}-refine{refine}" if refine else key
 
     def get(self, examples: Sequence[Example], batch_size: int = 8,
-            progress: Callable[[int, int], None] | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        keys = [self.key(e) for e in examples]
+            progress: Callable[[int, int], None] | None = None,
+            refine: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(mean, std) per example; with ``refine`` the mean is decoder-inverted (``refine_mean``)."""
+        keys = [self.key(e, refine) for e in examples]
         missing = [(k, e) for k, e in dict(zip(keys, examples)).items() if not self._load(k)]
         # One VAE batch per bucket (a batch stacks images of one shape), at most batch_size each.
         shapes = [None if p is None else p.bucket for p in (self.placement(e) for _, e in missing)]
@@ -134,7 +160,7 @@ class LatentCache:
                    for i in range(0, len(group), batch_size)]
         done = 0
         for batch in batches:
-            self._encode([missing[i] for i in batch])
+            self._encode([missing[i] for i in batch], refine)
             done += len(batch)
             if progress:
                 progress(done, len(missing))
@@ -156,11 +182,15 @@ class LatentCache:
         return True
 
     @torch.no_grad()
-    def _encode(self, batch: Sequence[tuple[str, Example]]) -> None:
+    def _encode(self, batch: Sequence[tuple[str, Example]], refine: int = 0) -> None:
         vae = self.components.vae
         pixels = torch.stack([to_pixels(e, self.resolution, self.placement(e)) for _, e in batch])
-        dist = vae.encode(pixels.to(self.components.device, vae.dtype)).latent_dist
-        mean, std = dist.mean.float().cpu(), dist.std.float().cpu()
+        pixels = pixels.to(self.components.device, vae.dtype)
+        dist = vae.encode(pixels).latent_dist
+        mean, std = dist.mean, dist.std.float().cpu()
+        if refine:  # one image at a time: a decoder's backward pass at SD sizes is memory-hungry
+            mean = torch.cat([refine_mean(vae, pixels[i:i + 1], mean[i:i + 1], refine) for i in range(len(batch))])
+        mean = mean.float().cpu()
         self.encoded += len(batch)
         for i, (key, _) in enumerate(batch):
             entry = (mean[i].contiguous(), std[i].contiguous())

@@ -270,8 +270,9 @@ def encode_groups(components, groups, config, resolution, cache_root, emit, pivo
     texts = TextCache(components)
     encoded = []
     for group in groups:
-        stats = latents.get(group.examples, progress=lambda d, t, g=group.role: emit(
-            ProgressEvent("encode", d, t, message=f"{g} images")))
+        refine = config.refine_latents if group.role == "instance" else 0  # only the user's photos
+        stats = latents.get(group.examples, refine=refine, progress=lambda d, t, g=group.role: emit(
+            ProgressEvent("encode", d, t, message=f"{g} images" + (" (refining their latents)" if refine else ""))))
         captions = [e.caption for e in group.examples]
         if pivotal is not None:
             captions = [pivotal.expand(c) for c in captions]
