@@ -88,6 +88,8 @@ def main(argv=None) -> int:
     p.add_argument("--refine-latents", type=int, default=None,
                    help="decoder-inversion steps for the photos' latents (TrainConfig.refine_latents; "
                    "default: the recipe's)")
+    p.add_argument("--refine-anchor", type=float, default=None,
+                   help="with --refine-latents: the pull toward the encoder's latent (TrainConfig.refine_anchor)")
     p.add_argument("--save-every", type=int, default=None,
                    help="also export the LoRA every N steps (TrainConfig.save_every; with --keep-loras: "
                    "DIR/<subject>/steps/step-N, judged with --judge DIR --step N)")
@@ -183,7 +185,8 @@ def main(argv=None) -> int:
                  "pivotal": args.pivotal, "embedding_lr": args.embedding_lr,
                  "embedding_retract": args.embedding_retract, "lr_schedule": args.lr_schedule,
                  "background_weight": args.background_weight, "backdrop_swaps": args.backdrop_swaps,
-                 "refine_latents": args.refine_latents, "save_every": args.save_every,
+                 "refine_latents": args.refine_latents, "refine_anchor": args.refine_anchor,
+                 "save_every": args.save_every,
                  "tail_average": args.tail_average,
                  "num_class_images": args.class_images, "target_modules": args.targets,
                  "prior_contexts": world_contexts() if args.prior_contexts == "world" else None}

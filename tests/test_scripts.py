@@ -156,7 +156,10 @@ def test_the_personalization_table_names_each_arm_by_what_it_changed():
     longer = named | {"images_per_subject": 5, "train": {"steps": 450}}
     assert method_label(longer) == "albat + CLIP background captions (half) + 450 steps"
     assert method_label(longer | {"train": {"steps": 300}}) == "albat + CLIP background captions (half)"
-    assert method_label({"method": "albat", "train": {"refine_latents": 50}}) == "albat + refined latents (50 steps)"
+    refined = {"method": "albat", "train": {"refine_latents": 50}}
+    assert method_label(refined) == "albat + refined latents (50 steps, anchor 0)"
+    assert method_label(refined | {"train": {"refine_latents": 100, "refine_anchor": 0.3}}) == (
+        "albat + refined latents (100 steps, anchor 0.3)")
 
 
 def test_the_shapes_clip_names_the_example_photos_backgrounds(tmp_path):

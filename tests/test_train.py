@@ -200,9 +200,11 @@ def test_refine_latents_trains_and_changes_only_the_photos_latents(comps, images
     cache = tmp_path / "cache"
     train_lora(comps, images, quick(steps=2, refine_latents=5), tmp_path / "lora", cache_root=cache, export=False)
     names = sorted(p.name for p in (cache / "latents").rglob("*.safetensors"))
-    assert len(names) == len(images) and all(n.endswith("-refine5.safetensors") for n in names)
+    assert len(names) == len(images) and all(n.endswith("-refine5-anchor1.safetensors") for n in names)
     with pytest.raises(InputError, match="refine_latents"):
         quick(refine_latents=-1)
+    with pytest.raises(InputError, match="refine_anchor"):
+        quick(refine_anchor=-0.5)
 
 
 def test_class_images_are_cached_and_topped_up(comps, tmp_path, monkeypatch):

@@ -47,7 +47,7 @@ def summarize(results: dict, config: TrainConfig, images: int, method: str = "no
                                                        "captions", "caption_mix", "prior_contexts",
                                                        "embedding_retract", "lr_schedule",
                                                        "background_weight", "backdrop_swaps",
-                                                       "tail_average")},
+                                                       "tail_average", "refine_latents", "refine_anchor")},
             "target": "trait >= 0.80 of 'a photo of sks <class>' samples; recontext fidelity >= 0.70"}
 
 
@@ -85,7 +85,8 @@ def method_label(summary: dict) -> str:
     if train.get("backdrop_swaps", 0) != recipe.backdrop_swaps:
         suffix += f" + {train['backdrop_swaps']} backdrop swaps"
     if train.get("refine_latents"):
-        suffix += f" + refined latents ({train['refine_latents']} steps)"
+        # records from before the anchor existed refined without one
+        suffix += f" + refined latents ({train['refine_latents']} steps, anchor {train.get('refine_anchor', 0):g})"
     if summary.get("step"):
         suffix += f" at step {summary['step']}"
     if summary.get("picked"):

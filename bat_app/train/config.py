@@ -101,6 +101,10 @@ class TrainConfig:
     # the photo (decoder inversion, as in latent-space image editing), starting from the encoder's
     # mean. Only the user's photos: class and backbone images keep the encoder's latents. 0: off.
     refine_latents: int = 0
+    # The pull toward the encoder's mean during refinement (weight of the mean squared distance
+    # against the decoder's error): without it (0) the latents drift where the backbone's UNet was
+    # never trained (its loss on them 2.5x the encoder's) and the LoRA loses the prompts.
+    refine_anchor: float = 1.0
     # Tail average: the exported LoRA is the exact mean of the LoRAs at this many steps spread over
     # the last third of the training (bat_app.train.tail_average; a LoRA of rank n * rank). 1: the
     # final step's LoRA, as usual.
@@ -158,7 +162,7 @@ class TrainConfig:
         if not isinstance(self.background_weight, (int, float)) or not 0 <= self.background_weight <= 1:
             raise InputError(f"`background_weight` must be a number in [0, 1], got {self.background_weight!r}; "
                              f"1 trains the whole photo, 0.1 mostly the subject.")
-        for name in ("aug_weight", "prior_weight", "max_grad_norm"):
+        for name in ("aug_weight", "prior_weight", "max_grad_norm", "refine_anchor"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or value < 0:
                 raise InputError(f"`{name}` must be a number >= 0, got {value!r}.")
@@ -266,7 +270,8 @@ class TrainConfig:
         # set, so checkpoints made before them still resume.
         later = {"optimizer": "adamw", "quantize": None, "caption_mix": "half", "prior_contexts": None,
                  "embedding_retract": 0.0, "lr_drop_fraction": 0.2, "background_weight": 1.0,
-                 "backdrop_swaps": 0, "tail_average": 1, "refine_latents": 0}
+                 "backdrop_swaps": 0, "tail_average": 1, "refine_latents": 0,
+                 "refine_anchor": 1.0}
         data = {k: v for k, v in self.to_dict().items()
                 if k not in ignore and k not in RUNNING_ONLY
                 and not (k in later and v == later[k])}

@@ -105,17 +105,22 @@ def stack_loss_weights(maps: list[torch.Tensor | None], hw, device) -> torch.Ten
 REFINE_LR = 0.05  # Adam's step on the latent; on shapes 50 steps cut the decoder's error 2-4x (docs/shapes.md)
 
 
-def refine_mean(vae, pixels: torch.Tensor, mean: torch.Tensor, steps: int, lr: float = REFINE_LR) -> torch.Tensor:
+def refine_mean(vae, pixels: torch.Tensor, mean: torch.Tensor, steps: int, anchor: float = 0.0,
+                lr: float = REFINE_LR) -> torch.Tensor:
     """Decoder inversion: ``steps`` Adam steps from the encoder's ``mean`` (1, c, h, w) toward the
-    latent whose decoding is closest (mean squared error) to ``pixels`` (1, 3, H, W, in [-1, 1]).
-    Only the latent gets gradients (``autograd.grad``): the frozen VAE's weights stay untouched."""
-    z = mean.detach().float().clone().requires_grad_(True)
+    latent whose decoding is closest (mean squared error) to ``pixels`` (1, 3, H, W, in [-1, 1]),
+    with ``anchor`` times the mean squared distance to ``mean`` added, which keeps the latent
+    where the encoder's latents are. Only the latent gets gradients (``autograd.grad``): the
+    frozen VAE's weights stay untouched."""
+    start = mean.detach().float()
+    z = start.clone().requires_grad_(True)
     target = pixels.float()
     optimizer = torch.optim.Adam([z], lr=lr)
     with torch.enable_grad():
         for _ in range(steps):
             decoded = vae.decode(z.to(vae.dtype)).sample.float()
-            (z.grad,) = torch.autograd.grad(F.mse_loss(decoded, target), z)
+            loss = F.mse_loss(decoded, target) + anchor * (z - start).pow(2).mean()
+            (z.grad,) = torch.autograd.grad(loss, z)
             optimizer.step()
     return z.detach()
 
@@ -143,16 +148,16 @@ class LatentCache:
         width, height = example.image.size
         return place(height, width, self.buckets)
 
-    def key(self, example: Example, refine: int = 0) -> str:
+    def key(self, example: Example, refine: int = 0, anchor: float = 0.0) -> str:
         placement = self.placement(example)
         key = example.key if placement is None else f"{example.key}-{placement.bucket[0]}x{placement.bucket[1]}"
-        return f"{key}-refine{refine}" if refine else key
+        return f"{key}-refine{refine}" + (f"-anchor{anchor:g}" if anchor else "") if refine else key
 
     def get(self, examples: Sequence[Example], batch_size: int = 8,
             progress: Callable[[int, int], None] | None = None,
-            refine: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+            refine: int = 0, anchor: float = 0.0) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(mean, std) per example; with ``refine`` the mean is decoder-inverted (``refine_mean``)."""
-        keys = [self.key(e, refine) for e in examples]
+        keys = [self.key(e, refine, anchor) for e in examples]
         missing = [(k, e) for k, e in dict(zip(keys, examples)).items() if not self._load(k)]
         # One VAE batch per bucket (a batch stacks images of one shape), at most batch_size each.
         shapes = [None if p is None else p.bucket for p in (self.placement(e) for _, e in missing)]
@@ -160,7 +165,7 @@ class LatentCache:
                    for i in range(0, len(group), batch_size)]
         done = 0
         for batch in batches:
-            self._encode([missing[i] for i in batch], refine)
+            self._encode([missing[i] for i in batch], refine, anchor)
             done += len(batch)
             if progress:
                 progress(done, len(missing))
@@ -182,14 +187,15 @@ class LatentCache:
         return True
 
     @torch.no_grad()
-    def _encode(self, batch: Sequence[tuple[str, Example]], refine: int = 0) -> None:
+    def _encode(self, batch: Sequence[tuple[str, Example]], refine: int = 0, anchor: float = 0.0) -> None:
         vae = self.components.vae
         pixels = torch.stack([to_pixels(e, self.resolution, self.placement(e)) for _, e in batch])
         pixels = pixels.to(self.components.device, vae.dtype)
         dist = vae.encode(pixels).latent_dist
         mean, std = dist.mean, dist.std.float().cpu()
         if refine:  # one image at a time: a decoder's backward pass at SD sizes is memory-hungry
-            mean = torch.cat([refine_mean(vae, pixels[i:i + 1], mean[i:i + 1], refine) for i in range(len(batch))])
+            mean = torch.cat([refine_mean(vae, pixels[i:i + 1], mean[i:i + 1], refine, anchor)
+                              for i in range(len(batch))])
         mean = mean.float().cpu()
         self.encoded += len(batch)
         for i, (key, _) in enumerate(batch):
