@@ -101,6 +101,13 @@ def _add_train(sub) -> None:
     p.add_argument("--backdrop-swaps", type=int, default=None, metavar="N",
                    help="show each photo on a plain background also on N other plain colours, so the trigger "
                         "does not stand for the backdrops (default: the recipe's; 0 = off)")
+    p.add_argument("--refine-latents", type=int, default=None, metavar="N",
+                   help="refine each photo's latent with N steps of decoder inversion, so that thin detail the "
+                        "VAE's encoder blurs away (an outline, a small logo) is in what the LoRA learns "
+                        "(default: the recipe's; 0 = off)")
+    p.add_argument("--refine-anchor", type=float, default=None, metavar="W",
+                   help="with --refine-latents: how strongly the refined latent stays near the encoder's "
+                        "(default 1; 0 lets it drift where the model was never trained)")
     p.add_argument("--captions", action="store_true",
                    help="use each image's same-name .txt caption (one without the trigger continues the "
                         "instance prompt: 'on the beach' -> 'a photo of sks dog on the beach')")
@@ -187,6 +194,8 @@ def train_config_from_args(args, n_images: int | None = None):
              "prior_contexts": getattr(args, "prior_contexts", None),
              "background_weight": getattr(args, "background_weight", None),
              "backdrop_swaps": getattr(args, "backdrop_swaps", None),
+             "refine_latents": getattr(args, "refine_latents", None),
+             "refine_anchor": getattr(args, "refine_anchor", None),
              "save_every": getattr(args, "save_every", None),
              "step_choices": getattr(args, "step_choices", None),
              "tail_average": getattr(args, "tail_average", None)}

@@ -93,6 +93,18 @@ def test_caption_flags_reach_the_training_config(tiny_model_dir, subject_dir):
     assert given.captions is True and given.caption_mix == "all"
 
 
+def test_refine_flags_reach_the_training_config(tiny_model_dir, subject_dir):
+    from bat_app.cli import build_parser, train_config_from_args
+
+    base = ["train", "--images", str(subject_dir), "--class-noun", "disc", "--model", str(tiny_model_dir),
+            "--out", "o"]
+    plain = train_config_from_args(build_parser().parse_args(base), 4)
+    assert plain.refine_latents == 0 and plain.refine_anchor == 1.0
+    given = train_config_from_args(build_parser().parse_args(
+        [*base, "--refine-latents", "100", "--refine-anchor", "0.3"]), 4)
+    assert given.refine_latents == 100 and given.refine_anchor == 0.3
+
+
 def test_prior_context_flags_reach_the_training_config(tiny_model_dir, subject_dir):
     from bat_app.cli import build_parser, train_config_from_args
 
