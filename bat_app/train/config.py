@@ -95,11 +95,13 @@ class TrainConfig:
     # it was photographed on. Every photo keeps its share of the draws (one in 1 + n is the photo
     # as it is); photos with a stated context in their caption, or no plain backdrop, stay as they are.
     backdrop_swaps: int = 0
-    # Latent refinement: the VAE's encoder blurs thin detail away (on shapes a 1-px outline or a dot
-    # vanishes from 3 of 5 encoded photos on light backgrounds, though the decoder can draw it), so
-    # each photo's latent mean is refined by this many Adam steps that make the *decoder* reproduce
-    # the photo (decoder inversion, as in latent-space image editing), starting from the encoder's
+    # Latent refinement: the VAE's encoder blurs thin detail away (on shapes a 1-px outline fades
+    # from 3 of 5 encoded photos on light backgrounds, though the decoder can draw it), so each
+    # photo's latent mean is refined by this many Adam steps that make the *decoder* reproduce the
+    # photo (decoder inversion, as in latent-space image editing), starting from the encoder's
     # mean. Only the user's photos: class and backbone images keep the encoder's latents. 0: off.
+    # On shapes (100 steps) the outline was learnt at 5 of 6 seeds instead of 2, but no more cells
+    # met both targets (docs/shapes.md, twenty-fifth session), so no recipe turns it on.
     refine_latents: int = 0
     # The pull toward the encoder's mean during refinement (weight of the mean squared distance
     # against the decoder's error): without it (0) the latents drift where the backbone's UNet was
