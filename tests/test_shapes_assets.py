@@ -134,7 +134,7 @@ def test_refined_latents_keep_the_outline_the_encoder_blurs_away():
     from bat_app.models import load_components
     from bat_app.shapes import get_subject
     from bat_app.train.data import Example
-    from bat_app.train.encode import refine_mean, to_pixels
+    from bat_app.train.encode import LatentCache, to_pixels
 
     subject = get_subject("outlined_circle")
     files = sorted((PATHS.subjects / subject.name).glob("*.png"))[:5]
@@ -145,9 +145,9 @@ def test_refined_latents_keep_the_outline_the_encoder_blurs_away():
     with torch.no_grad():
         mean = vae.encode(pixels).latent_dist.mean
 
-    def refined(steps, anchor):
-        return torch.cat([refine_mean(vae, pixels[i:i + 1], mean[i:i + 1], steps, anchor)
-                          for i in range(len(examples))])
+    def refined(steps, anchor):  # the trainer's own path: encode, then refine each photo's mean
+        stats = LatentCache(components, 32, None).get(examples, refine=steps, anchor=anchor)
+        return torch.stack([m for m, _ in stats])
 
     def decoded(z):
         with torch.no_grad():

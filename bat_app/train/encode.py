@@ -151,7 +151,9 @@ class LatentCache:
     def key(self, example: Example, refine: int = 0, anchor: float = 0.0) -> str:
         placement = self.placement(example)
         key = example.key if placement is None else f"{example.key}-{placement.bucket[0]}x{placement.bucket[1]}"
-        return f"{key}-refine{refine}" + (f"-anchor{anchor:g}" if anchor else "") if refine else key
+        if refine:
+            key += f"-refine{refine}" + (f"-anchor{anchor:g}" if anchor else "")
+        return key
 
     def get(self, examples: Sequence[Example], batch_size: int = 8,
             progress: Callable[[int, int], None] | None = None,

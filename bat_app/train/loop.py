@@ -271,9 +271,9 @@ def encode_groups(components, groups, config, resolution, cache_root, emit, pivo
     encoded = []
     for group in groups:
         refine = config.refine_latents if group.role == "instance" else 0  # only the user's photos
-        message = " (refining their latents)" if refine else ""
-        stats = latents.get(group.examples, refine=refine, anchor=config.refine_anchor, progress=lambda d, t, g=group.role:
-                            emit(ProgressEvent("encode", d, t, message=f"{g} images{message}")))
+        message = f"{group.role} images" + (" (refining their latents)" if refine else "")
+        stats = latents.get(group.examples, refine=refine, anchor=config.refine_anchor,
+                            progress=lambda d, t, m=message: emit(ProgressEvent("encode", d, t, message=m)))
         captions = [e.caption for e in group.examples]
         if pivotal is not None:
             captions = [pivotal.expand(c) for c in captions]
