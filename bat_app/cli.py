@@ -108,6 +108,9 @@ def _add_train(sub) -> None:
     p.add_argument("--refine-anchor", type=float, default=None, metavar="W",
                    help="with --refine-latents: how strongly the refined latent stays near the encoder's "
                         "(default 1; 0 lets it drift where the model was never trained)")
+    p.add_argument("--refine-subject-weight", type=float, default=None, metavar="W",
+                   help="with --refine-latents: how many times the subject's pixels count against the plain "
+                        "backdrop's (default 1: alike)")
     p.add_argument("--captions", action="store_true",
                    help="use each image's same-name .txt caption (one without the trigger continues the "
                         "instance prompt: 'on the beach' -> 'a photo of sks dog on the beach')")
@@ -196,6 +199,7 @@ def train_config_from_args(args, n_images: int | None = None):
              "backdrop_swaps": getattr(args, "backdrop_swaps", None),
              "refine_latents": getattr(args, "refine_latents", None),
              "refine_anchor": getattr(args, "refine_anchor", None),
+             "refine_subject_weight": getattr(args, "refine_subject_weight", None),
              "save_every": getattr(args, "save_every", None),
              "step_choices": getattr(args, "step_choices", None),
              "tail_average": getattr(args, "tail_average", None)}

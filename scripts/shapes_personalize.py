@@ -90,6 +90,8 @@ def main(argv=None) -> int:
                    "default: the recipe's)")
     p.add_argument("--refine-anchor", type=float, default=None,
                    help="with --refine-latents: the pull toward the encoder's latent (TrainConfig.refine_anchor)")
+    p.add_argument("--refine-subject-weight", type=float, default=None,
+                   help="with --refine-latents: the subject's pixels' weight (TrainConfig.refine_subject_weight)")
     p.add_argument("--save-every", type=int, default=None,
                    help="also export the LoRA every N steps (TrainConfig.save_every; with --keep-loras: "
                    "DIR/<subject>/steps/step-N, judged with --judge DIR --step N)")
@@ -186,6 +188,7 @@ def main(argv=None) -> int:
                  "embedding_retract": args.embedding_retract, "lr_schedule": args.lr_schedule,
                  "background_weight": args.background_weight, "backdrop_swaps": args.backdrop_swaps,
                  "refine_latents": args.refine_latents, "refine_anchor": args.refine_anchor,
+                 "refine_subject_weight": args.refine_subject_weight,
                  "save_every": args.save_every,
                  "tail_average": args.tail_average,
                  "num_class_images": args.class_images, "target_modules": args.targets,

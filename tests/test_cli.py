@@ -99,10 +99,10 @@ def test_refine_flags_reach_the_training_config(tiny_model_dir, subject_dir):
     base = ["train", "--images", str(subject_dir), "--class-noun", "disc", "--model", str(tiny_model_dir),
             "--out", "o"]
     plain = train_config_from_args(build_parser().parse_args(base), 4)
-    assert plain.refine_latents == 0 and plain.refine_anchor == 1.0
+    assert plain.refine_latents == 0 and plain.refine_anchor == 1.0 and plain.refine_subject_weight == 1.0
     given = train_config_from_args(build_parser().parse_args(
-        [*base, "--refine-latents", "100", "--refine-anchor", "0.3"]), 4)
-    assert given.refine_latents == 100 and given.refine_anchor == 0.3
+        [*base, "--refine-latents", "100", "--refine-anchor", "0.3", "--refine-subject-weight", "16"]), 4)
+    assert given.refine_latents == 100 and given.refine_anchor == 0.3 and given.refine_subject_weight == 16
 
 
 def test_prior_context_flags_reach_the_training_config(tiny_model_dir, subject_dir):

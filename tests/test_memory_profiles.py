@@ -138,13 +138,15 @@ def test_the_fingerprint_ignores_the_profile_name_and_compile_and_keeps_old_ones
            ("checkpoint_every", "keep_checkpoints", "memory_profile", "optimizer", "quantize", "compile",
             "caption_mix", "prior_contexts", "embedding_retract", "lr_drop_fraction", "background_weight",
             "backdrop_swaps", "save_every", "step_choices", "tail_average", "refine_latents",
-            "refine_anchor")}
+            "refine_anchor", "refine_subject_weight")}
     import hashlib
 
     assert base.fingerprint() == hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()[:16]
     assert TrainConfig(token="sks", class_noun="dog", optimizer="adamw8bit").fingerprint() != base.fingerprint()
     assert TrainConfig(token="sks", class_noun="dog", caption_mix="all").fingerprint() != base.fingerprint()
     assert TrainConfig(token="sks", class_noun="dog", refine_latents=50).fingerprint() != base.fingerprint()
+    assert TrainConfig(token="sks", class_noun="dog", refine_latents=50, refine_subject_weight=4).fingerprint() != (
+        TrainConfig(token="sks", class_noun="dog", refine_latents=50).fingerprint())
     assert TrainConfig(token="sks", class_noun="dog", background_weight=0.1).fingerprint() != base.fingerprint()
     assert TrainConfig(token="sks", class_noun="dog", tail_average=3).fingerprint() != base.fingerprint()
 

@@ -160,6 +160,8 @@ def test_the_personalization_table_names_each_arm_by_what_it_changed():
     assert method_label(refined) == "albat + refined latents (50 steps, anchor 0)"
     assert method_label(refined | {"train": {"refine_latents": 100, "refine_anchor": 0.3}}) == (
         "albat + refined latents (100 steps, anchor 0.3)")
+    assert method_label(refined | {"train": {"refine_latents": 100, "refine_anchor": 1.0, "refine_subject_weight": 16}}) == (
+        "albat + refined latents (100 steps, anchor 1, subject x16)")
 
 
 def test_the_shapes_clip_names_the_example_photos_backgrounds(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 
+import numpy as np
 import pytest
 import torch
 
@@ -194,6 +195,34 @@ def test_refined_latents_decode_closer_to_the_photos_and_are_cached_apart(comps,
     assert all(p.grad is None for p in comps.vae.parameters())  # only the latent got gradients
     again = LatentCache(comps, 32, tmp_path).get(examples, refine=10)  # from disk
     assert all(torch.equal(a[0], b[0]) for a, b in zip(refined, again))
+
+
+def test_refinement_can_weight_the_subjects_pixels(comps, images, busy_images, tmp_path):
+    from bat_app.images.subject_mask import subject_mask
+    from bat_app.train.encode import subject_pixel_weights, to_pixels, training_image
+
+    examples = instance_examples(images[:2], "a photo of sks disc", "sks")
+    cache = LatentCache(comps, 32, tmp_path)
+    alike = cache.get(examples, refine=10, anchor=1.0)
+    weighted = cache.get(examples, refine=10, anchor=1.0, subject_weight=16)
+    assert cache.encoded == 4 and cache.key(examples[0], 10, 1.0, 16).endswith("-refine10-anchor1-subject16")
+    pixels = torch.stack([to_pixels(e, 32) for e in examples])
+    subject = torch.stack([torch.from_numpy(np.asarray(subject_mask(training_image(e, 32)), dtype=np.float32) / 255)
+                           for e in examples])[:, None]
+
+    def subject_error(stats):
+        with torch.no_grad():
+            error = (comps.vae.decode(torch.stack([m for m, _ in stats])).sample - pixels).pow(2)
+        return float((error * subject).sum() / (subject.sum() * 3))
+
+    assert subject_error(weighted) < subject_error(alike)
+    weights = subject_pixel_weights(examples[0], 32, None, 16)
+    assert sorted(weights.unique().tolist()) == [1.0, 16.0]
+    assert subject_pixel_weights(examples[0], 32, None, 1) is None
+    busy = instance_examples(busy_images[:1], "a photo of sks disc", "sks")[0]
+    assert subject_pixel_weights(busy, 32, None, 16) is None  # no plain backdrop: every pixel alike
+    with pytest.raises(InputError, match="refine_subject_weight"):
+        quick(refine_subject_weight=-1)
 
 
 def test_refine_latents_trains_and_changes_only_the_photos_latents(comps, images, tmp_path):

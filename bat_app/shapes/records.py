@@ -47,7 +47,8 @@ def summarize(results: dict, config: TrainConfig, images: int, method: str = "no
                                                        "captions", "caption_mix", "prior_contexts",
                                                        "embedding_retract", "lr_schedule",
                                                        "background_weight", "backdrop_swaps",
-                                                       "tail_average", "refine_latents", "refine_anchor")},
+                                                       "tail_average", "refine_latents", "refine_anchor",
+                                                       "refine_subject_weight")},
             "target": "trait >= 0.80 of 'a photo of sks <class>' samples; recontext fidelity >= 0.70"}
 
 
@@ -86,7 +87,9 @@ def method_label(summary: dict) -> str:
         suffix += f" + {train['backdrop_swaps']} backdrop swaps"
     if train.get("refine_latents"):
         # records from before the anchor existed refined without one
-        suffix += f" + refined latents ({train['refine_latents']} steps, anchor {train.get('refine_anchor', 0):g})"
+        subject = train.get("refine_subject_weight", 1.0)
+        suffix += (f" + refined latents ({train['refine_latents']} steps, anchor {train.get('refine_anchor', 0):g}"
+                   + (f", subject x{subject:g})" if subject != 1 else ")"))
     if summary.get("step"):
         suffix += f" at step {summary['step']}"
     if summary.get("picked"):

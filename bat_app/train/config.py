@@ -107,6 +107,11 @@ class TrainConfig:
     # against the decoder's error): without it (0) the latents drift where the backbone's UNet was
     # never trained (its loss on them 2.5x the encoder's) and the LoRA loses the prompts.
     refine_anchor: float = 1.0
+    # How many times a subject's pixel counts against a backdrop's in that refinement (photos on a
+    # plain background; bat_app.images.subject_mask): the decoder's error is mostly the backdrop's
+    # (on shapes a 1-px outline is a few dozen of 1,024 pixels), so without a weight the anchor
+    # wins where the mark is. 1: every pixel alike.
+    refine_subject_weight: float = 1.0
     # Tail average: the exported LoRA is the exact mean of the LoRAs at this many steps spread over
     # the last third of the training (bat_app.train.tail_average; a LoRA of rank n * rank). 1: the
     # final step's LoRA, as usual.
@@ -164,7 +169,7 @@ class TrainConfig:
         if not isinstance(self.background_weight, (int, float)) or not 0 <= self.background_weight <= 1:
             raise InputError(f"`background_weight` must be a number in [0, 1], got {self.background_weight!r}; "
                              f"1 trains the whole photo, 0.1 mostly the subject.")
-        for name in ("aug_weight", "prior_weight", "max_grad_norm", "refine_anchor"):
+        for name in ("aug_weight", "prior_weight", "max_grad_norm", "refine_anchor", "refine_subject_weight"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or value < 0:
                 raise InputError(f"`{name}` must be a number >= 0, got {value!r}.")
@@ -273,7 +278,7 @@ class TrainConfig:
         later = {"optimizer": "adamw", "quantize": None, "caption_mix": "half", "prior_contexts": None,
                  "embedding_retract": 0.0, "lr_drop_fraction": 0.2, "background_weight": 1.0,
                  "backdrop_swaps": 0, "tail_average": 1, "refine_latents": 0,
-                 "refine_anchor": 1.0}
+                 "refine_anchor": 1.0, "refine_subject_weight": 1.0}
         data = {k: v for k, v in self.to_dict().items()
                 if k not in ignore and k not in RUNNING_ONLY
                 and not (k in later and v == later[k])}

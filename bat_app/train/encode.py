@@ -10,7 +10,10 @@ unchanged image is never encoded twice, across runs and jobs.
 With ``refine`` steps (``TrainConfig.refine_latents``, the user's photos only) the mean is then
 moved to where the *decoder* reproduces the image best: the encoder blurs away thin detail that
 the decoder can draw (a 1-px outline on a light background, on shapes), and the LoRA can only
-learn what its target latents hold. Refined means are cached under their own key.
+learn what its target latents hold. With a subject weight the subject's pixels (the photo on a
+plain background, ``subject_mask``) count that many times more than the backdrop's, so the
+decoder is made to draw the subject's marks rather than to repaint the backdrop. Refined means are
+cached under their own key.
 """
 
 from __future__ import annotations
@@ -106,23 +109,38 @@ REFINE_LR = 0.05  # Adam's step on the latent; on shapes 50 steps cut the decode
 
 
 def refine_mean(vae, pixels: torch.Tensor, mean: torch.Tensor, steps: int, anchor: float = 0.0,
-                lr: float = REFINE_LR) -> torch.Tensor:
+                lr: float = REFINE_LR, weights: torch.Tensor | None = None) -> torch.Tensor:
     """Decoder inversion: ``steps`` Adam steps from the encoder's ``mean`` (1, c, h, w) toward the
-    latent whose decoding is closest (mean squared error) to ``pixels`` (1, 3, H, W, in [-1, 1]),
-    with ``anchor`` times the mean squared distance to ``mean`` added, which keeps the latent
-    where the encoder's latents are. Only the latent gets gradients (``autograd.grad``): the
-    frozen VAE's weights stay untouched."""
+    latent whose decoding is closest (mean squared error, each pixel times ``weights`` (1, 1, H, W)
+    when given) to ``pixels`` (1, 3, H, W, in [-1, 1]), with ``anchor`` times the mean squared
+    distance to ``mean`` added, which keeps the latent where the encoder's latents are. Only the
+    latent gets gradients (``autograd.grad``): the frozen VAE's weights stay untouched."""
     start = mean.detach().float()
     z = start.clone().requires_grad_(True)
     target = pixels.float()
     optimizer = torch.optim.Adam([z], lr=lr)
     with torch.enable_grad():
         for _ in range(steps):
-            decoded = vae.decode(z.to(vae.dtype)).sample.float()
-            loss = F.mse_loss(decoded, target) + anchor * (z - start).pow(2).mean()
+            error = (vae.decode(z.to(vae.dtype)).sample.float() - target).pow(2)
+            if weights is not None:
+                error = error * weights
+            loss = error.mean() + anchor * (z - start).pow(2).mean()
             (z.grad,) = torch.autograd.grad(loss, z)
             optimizer.step()
     return z.detach()
+
+
+def subject_pixel_weights(example: Example, resolution: int, placement: Placement | None,
+                          subject_weight: float) -> torch.Tensor | None:
+    """(1, 1, H, W) refinement weights: ``subject_weight`` on the subject's pixels, 1 on the
+    backdrop; None when the weight is 1 or the photo has no plain background (``subject_mask``)."""
+    if subject_weight == 1:
+        return None
+    mask = subject_mask(training_image(example, resolution, placement))
+    if mask is None:
+        return None
+    subject = torch.from_numpy(np.asarray(mask, dtype=np.float32) / 255.0)[None, None]
+    return 1.0 + (subject_weight - 1.0) * subject
 
 
 class LatentCache:
@@ -148,18 +166,24 @@ class LatentCache:
         width, height = example.image.size
         return place(height, width, self.buckets)
 
-    def key(self, example: Example, refine: int = 0, anchor: float = 0.0) -> str:
+    def key(self, example: Example, refine: int = 0, anchor: float = 0.0, subject_weight: float = 1.0) -> str:
         placement = self.placement(example)
         key = example.key if placement is None else f"{example.key}-{placement.bucket[0]}x{placement.bucket[1]}"
         if refine:
-            key += f"-refine{refine}" + (f"-anchor{anchor:g}" if anchor else "")
+            key += f"-refine{refine}"
+            if anchor:
+                key += f"-anchor{anchor:g}"
+            if subject_weight != 1:
+                key += f"-subject{subject_weight:g}"
         return key
 
     def get(self, examples: Sequence[Example], batch_size: int = 8,
             progress: Callable[[int, int], None] | None = None,
-            refine: int = 0, anchor: float = 0.0) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """(mean, std) per example; with ``refine`` the mean is decoder-inverted (``refine_mean``)."""
-        keys = [self.key(e, refine, anchor) for e in examples]
+            refine: int = 0, anchor: float = 0.0,
+            subject_weight: float = 1.0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(mean, std) per example; with ``refine`` the mean is decoder-inverted (``refine_mean``),
+        the subject's pixels weighted ``subject_weight`` (``subject_pixel_weights``)."""
+        keys = [self.key(e, refine, anchor, subject_weight) for e in examples]
         missing = [(k, e) for k, e in dict(zip(keys, examples)).items() if not self._load(k)]
         # One VAE batch per bucket (a batch stacks images of one shape), at most batch_size each.
         shapes = [None if p is None else p.bucket for p in (self.placement(e) for _, e in missing)]
@@ -167,7 +191,7 @@ class LatentCache:
                    for i in range(0, len(group), batch_size)]
         done = 0
         for batch in batches:
-            self._encode([missing[i] for i in batch], refine, anchor)
+            self._encode([missing[i] for i in batch], refine, anchor, subject_weight)
             done += len(batch)
             if progress:
                 progress(done, len(missing))
@@ -189,15 +213,19 @@ class LatentCache:
         return True
 
     @torch.no_grad()
-    def _encode(self, batch: Sequence[tuple[str, Example]], refine: int = 0, anchor: float = 0.0) -> None:
+    def _encode(self, batch: Sequence[tuple[str, Example]], refine: int = 0, anchor: float = 0.0,
+                subject_weight: float = 1.0) -> None:
         vae = self.components.vae
         pixels = torch.stack([to_pixels(e, self.resolution, self.placement(e)) for _, e in batch])
         pixels = pixels.to(self.components.device, vae.dtype)
         dist = vae.encode(pixels).latent_dist
         mean, std = dist.mean, dist.std.float().cpu()
         if refine:  # one image at a time: a decoder's backward pass at SD sizes is memory-hungry
-            mean = torch.cat([refine_mean(vae, pixels[i:i + 1], mean[i:i + 1], refine, anchor)
-                              for i in range(len(batch))])
+            weights = [subject_pixel_weights(e, self.resolution, self.placement(e), subject_weight)
+                       for _, e in batch]
+            mean = torch.cat([refine_mean(vae, pixels[i:i + 1], mean[i:i + 1], refine, anchor,
+                                          weights=None if w is None else w.to(pixels.device))
+                              for i, w in enumerate(weights)])
         mean = mean.float().cpu()
         self.encoded += len(batch)
         for i, (key, _) in enumerate(batch):

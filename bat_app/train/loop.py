@@ -273,6 +273,7 @@ def encode_groups(components, groups, config, resolution, cache_root, emit, pivo
         refine = config.refine_latents if group.role == "instance" else 0  # only the user's photos
         message = f"{group.role} images" + (" (refining their latents)" if refine else "")
         stats = latents.get(group.examples, refine=refine, anchor=config.refine_anchor,
+                            subject_weight=config.refine_subject_weight,
                             progress=lambda d, t, m=message: emit(ProgressEvent("encode", d, t, message=m)))
         captions = [e.caption for e in group.examples]
         if pivotal is not None:
