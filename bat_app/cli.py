@@ -85,6 +85,9 @@ def _add_train(sub) -> None:
                    help="pivotal tuning: train the trigger's own embedding vectors with the LoRA "
                         "(default: the recipe's; `bat-app presets` shows it)")
     p.add_argument("--embedding-lr", type=float, default=None, help="pivotal tuning's learning rate")
+    p.add_argument("--embeddings-only-steps", type=int, default=None, metavar="N",
+                   help="with pivotal tuning: the first N steps train the trigger's vectors alone, then the "
+                        "LoRA joins (default 0: both from the start)")
     p.add_argument("--resolution", type=int, default=None, help="default: the model's native size")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--prior", action=argparse.BooleanOptionalAction, default=None,
@@ -192,6 +195,7 @@ def train_config_from_args(args, n_images: int | None = None):
              "seed": args.seed, "num_class_images": args.num_class_images,
              "checkpoint_every": args.checkpoint_every, "pivotal": getattr(args, "pivotal", None),
              "embedding_lr": getattr(args, "embedding_lr", None), "prior": args.prior,
+             "embeddings_only_steps": getattr(args, "embeddings_only_steps", None),
              "memory_profile": getattr(args, "memory_profile", None),
              "caption_mix": getattr(args, "caption_mix", None),
              "prior_contexts": getattr(args, "prior_contexts", None),

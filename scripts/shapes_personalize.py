@@ -76,6 +76,8 @@ def main(argv=None) -> int:
     p.add_argument("--pivotal", action=argparse.BooleanOptionalAction, default=None,
                    help="pivotal tuning on/off (default: the recipe's)")
     p.add_argument("--embedding-lr", type=float, default=None, help="default: the recipe's")
+    p.add_argument("--embeddings-only-steps", type=int, default=None,
+                   help="the first N steps train the trigger's vectors alone (TrainConfig.embeddings_only_steps)")
     p.add_argument("--embedding-retract", type=float, default=None,
                    help="pull the pivotal vectors' spread toward the table's by this power per step "
                    "(TrainConfig.embedding_retract; default: the recipe's)")
@@ -185,6 +187,7 @@ def main(argv=None) -> int:
         return average_steps(args)
     overrides = {"steps": args.steps, "lr": args.lr, "rank": args.rank, "batch_size": args.batch_size,
                  "pivotal": args.pivotal, "embedding_lr": args.embedding_lr,
+                 "embeddings_only_steps": args.embeddings_only_steps,
                  "embedding_retract": args.embedding_retract, "lr_schedule": args.lr_schedule,
                  "background_weight": args.background_weight, "backdrop_swaps": args.backdrop_swaps,
                  "refine_latents": args.refine_latents, "refine_anchor": args.refine_anchor,

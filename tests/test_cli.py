@@ -105,6 +105,16 @@ def test_refine_flags_reach_the_training_config(tiny_model_dir, subject_dir):
     assert given.refine_latents == 100 and given.refine_anchor == 0.3 and given.refine_subject_weight == 16
 
 
+def test_embeddings_only_steps_reach_the_training_config(tiny_model_dir, subject_dir):
+    from bat_app.cli import build_parser, train_config_from_args
+
+    base = ["train", "--images", str(subject_dir), "--class-noun", "disc", "--model", str(tiny_model_dir),
+            "--out", "o", "--pivotal", "--steps", "300"]
+    assert train_config_from_args(build_parser().parse_args(base), 4).embeddings_only_steps == 0
+    given = train_config_from_args(build_parser().parse_args([*base, "--embeddings-only-steps", "100"]), 4)
+    assert given.embeddings_only_steps == 100 and given.steps == 300
+
+
 def test_prior_context_flags_reach_the_training_config(tiny_model_dir, subject_dir):
     from bat_app.cli import build_parser, train_config_from_args
 

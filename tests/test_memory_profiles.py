@@ -138,7 +138,7 @@ def test_the_fingerprint_ignores_the_profile_name_and_compile_and_keeps_old_ones
            ("checkpoint_every", "keep_checkpoints", "memory_profile", "optimizer", "quantize", "compile",
             "caption_mix", "prior_contexts", "embedding_retract", "lr_drop_fraction", "background_weight",
             "backdrop_swaps", "save_every", "step_choices", "tail_average", "refine_latents",
-            "refine_anchor", "refine_subject_weight")}
+            "refine_anchor", "refine_subject_weight", "embeddings_only_steps")}
     import hashlib
 
     assert base.fingerprint() == hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()[:16]
@@ -147,6 +147,8 @@ def test_the_fingerprint_ignores_the_profile_name_and_compile_and_keeps_old_ones
     assert TrainConfig(token="sks", class_noun="dog", refine_latents=50).fingerprint() != base.fingerprint()
     assert TrainConfig(token="sks", class_noun="dog", refine_latents=50, refine_subject_weight=4).fingerprint() != (
         TrainConfig(token="sks", class_noun="dog", refine_latents=50).fingerprint())
+    assert TrainConfig(token="sks", class_noun="dog", pivotal=True, embeddings_only_steps=100).fingerprint() != (
+        TrainConfig(token="sks", class_noun="dog", pivotal=True).fingerprint())
     assert TrainConfig(token="sks", class_noun="dog", background_weight=0.1).fingerprint() != base.fingerprint()
     assert TrainConfig(token="sks", class_noun="dog", tail_average=3).fingerprint() != base.fingerprint()
 

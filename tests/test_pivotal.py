@@ -94,6 +94,32 @@ def test_training_with_retract_keeps_the_trigger_as_loud_as_a_word(comps, images
     assert abs(pulled_std / table_std - 1) < abs(free_std / table_std - 1) / 2
 
 
+def test_the_vectors_can_train_alone_before_the_lora_joins(comps, images, tmp_path):
+    from bat_app.train.pivotal import initial_vectors
+
+    seen = {}
+    keep = lambda name: (2, lambda lora: seen.__setitem__(name, {k: v.clone() for k, v in lora.items()}))
+    first = train_lora(comps, images, quick(steps=4, embeddings_only_steps=2), tmp_path / "first", export=False,
+                       snapshot=keep("first"))
+    train_lora(comps, images, quick(steps=4), tmp_path / "joint", export=False, snapshot=keep("joint"))
+    moved = lambda lora: max(float(v.abs().max()) for k, v in lora.items() if "lora_B" in k)
+    assert moved(seen["first"]) == 0.0   # after the vectors' two steps the LoRA is still its zero start
+    assert moved(seen["joint"]) > 0.0    # trained together, it has moved by then
+    assert moved(first.unet_lora) > 0.0  # and it joins for the last two steps
+    start = initial_vectors(comps, 2, seed=0)
+    assert (first.embeddings["emb_params"] - start).norm() > 1e-3
+
+
+@pytest.mark.parametrize("kw, message", [({"pivotal": False, "embeddings_only_steps": 2}, "needs pivotal"),
+                                         ({"embeddings_only_steps": 8}, "below `steps`"),
+                                         ({"embeddings_only_steps": -1}, "integer >= 0")])
+def test_embeddings_only_steps_that_cannot_work_are_refused(kw, message):
+    from bat_app.errors import InputError
+
+    with pytest.raises(InputError, match=message):
+        quick(**kw)
+
+
 @pytest.mark.parametrize("bad", [-0.1, 1.5, "0.1"])
 def test_embedding_retract_outside_0_to_1_is_refused(bad):
     from bat_app.errors import InputError

@@ -162,6 +162,8 @@ def test_the_personalization_table_names_each_arm_by_what_it_changed():
         "albat + refined latents (100 steps, anchor 0.3)")
     assert method_label(refined | {"train": {"refine_latents": 100, "refine_anchor": 1.0, "refine_subject_weight": 16}}) == (
         "albat + refined latents (100 steps, anchor 1, subject x16)")
+    first = {"method": "albat", "images_per_subject": 5, "train": {"steps": 400, "embeddings_only_steps": 100}}
+    assert method_label(first) == "albat + 400 steps + vectors alone for 100 steps"
 
 
 def test_the_shapes_clip_names_the_example_photos_backgrounds(tmp_path):

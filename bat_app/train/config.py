@@ -70,6 +70,11 @@ class TrainConfig:
     # After each step the vectors' spread is pulled toward the embedding table's by this power
     # (PivotalTokens.retract; diffusers' advanced script: 0.1). 0: free, as before.
     embedding_retract: float = 0.0
+    # The first this many of ``steps`` train the trigger's vectors alone; the LoRA joins after
+    # (Break-A-Scene's two stages, Avrahami et al. 2023: the subject is first put into the text
+    # embedding, where it composes with the prompt's other words, then the weights refine it).
+    # 0: both from the first step.
+    embeddings_only_steps: int = 0
 
     # --- data ----------------------------------------------------------------------------
     resolution: int | None = None      # None: the model's native resolution
@@ -155,7 +160,7 @@ class TrainConfig:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise InputError(f"`{name}` must be a positive integer, got {value!r}.")
         for name in ("checkpoint_every", "save_every", "step_choices", "warmup_steps", "seed", "backdrop_swaps",
-                     "refine_latents"):
+                     "refine_latents", "embeddings_only_steps"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise InputError(f"`{name}` must be an integer >= 0, got {value!r}.")
@@ -163,6 +168,12 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not 0 < value < 1:
                 raise InputError(f"`{name}` must be a number in (0, 1), got {value!r}; 1e-4 is typical.")
+        if self.embeddings_only_steps and not self.pivotal:
+            raise InputError("`embeddings_only_steps` trains the trigger's vectors first: it needs pivotal tuning "
+                             "(--pivotal, or pivotal: true), or set it to 0.")
+        if self.embeddings_only_steps >= self.steps:
+            raise InputError(f"`embeddings_only_steps` ({self.embeddings_only_steps}) must be below `steps` "
+                             f"({self.steps}), or the LoRA never trains.")
         if not isinstance(self.embedding_retract, (int, float)) or not 0 <= self.embedding_retract <= 1:
             raise InputError(f"`embedding_retract` must be a number in [0, 1], got {self.embedding_retract!r}; "
                              f"0.1 is diffusers' advanced script's.")
@@ -278,7 +289,7 @@ class TrainConfig:
         later = {"optimizer": "adamw", "quantize": None, "caption_mix": "half", "prior_contexts": None,
                  "embedding_retract": 0.0, "lr_drop_fraction": 0.2, "background_weight": 1.0,
                  "backdrop_swaps": 0, "tail_average": 1, "refine_latents": 0,
-                 "refine_anchor": 1.0, "refine_subject_weight": 1.0}
+                 "refine_anchor": 1.0, "refine_subject_weight": 1.0, "embeddings_only_steps": 0}
         data = {k: v for k, v in self.to_dict().items()
                 if k not in ignore and k not in RUNNING_ONLY
                 and not (k in later and v == later[k])}
