@@ -111,13 +111,28 @@ def test_the_vectors_can_train_alone_before_the_lora_joins(comps, images, tmp_pa
 
 
 @pytest.mark.parametrize("kw, message", [({"pivotal": False, "embeddings_only_steps": 2}, "needs pivotal"),
-                                         ({"embeddings_only_steps": 8}, "below `steps`"),
                                          ({"embeddings_only_steps": -1}, "integer >= 0")])
 def test_embeddings_only_steps_that_cannot_work_are_refused(kw, message):
     from bat_app.errors import InputError
 
     with pytest.raises(InputError, match=message):
         quick(**kw)
+
+
+def test_embeddings_only_steps_that_leave_the_lora_no_step_are_refused_before_training(comps, images, tmp_path):
+    from bat_app.errors import InputError
+
+    with pytest.raises(InputError, match="below `steps`"):
+        train_lora(comps, images, quick(embeddings_only_steps=8), tmp_path / "o")
+    assert not (tmp_path / "o").exists()  # refused before anything was written
+
+
+def test_albats_surrogate_trains_the_lora_from_its_first_step():
+    from bat_app.albat.surrogate import surrogate_config
+
+    config = quick(steps=300, embeddings_only_steps=100)
+    assert surrogate_config(config, 75).embeddings_only_steps == 0
+    assert surrogate_config(config, 75).fingerprint() == surrogate_config(quick(steps=300), 75).fingerprint()
 
 
 @pytest.mark.parametrize("bad", [-0.1, 1.5, "0.1"])

@@ -171,9 +171,6 @@ class TrainConfig:
         if self.embeddings_only_steps and not self.pivotal:
             raise InputError("`embeddings_only_steps` trains the trigger's vectors first: it needs pivotal tuning "
                              "(--pivotal, or pivotal: true), or set it to 0.")
-        if self.embeddings_only_steps >= self.steps:
-            raise InputError(f"`embeddings_only_steps` ({self.embeddings_only_steps}) must be below `steps` "
-                             f"({self.steps}), or the LoRA never trains.")
         if not isinstance(self.embedding_retract, (int, float)) or not 0 <= self.embedding_retract <= 1:
             raise InputError(f"`embedding_retract` must be a number in [0, 1], got {self.embedding_retract!r}; "
                              f"0.1 is diffusers' advanced script's.")

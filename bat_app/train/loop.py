@@ -226,6 +226,10 @@ def check_inputs(components: Components, images: Sequence, config: TrainConfig, 
         raise InputError(f"`resolution` has to be divisible by 8 but is {resolution}.")
     if components.family.uses_buckets:
         bucket_sizes(resolution, components.family.bucket_step(components))  # InputError if too small
+    # here, not in TrainConfig.validate: an export of an early step copies the config with fewer steps
+    if config.embeddings_only_steps >= config.steps:
+        raise InputError(f"`embeddings_only_steps` ({config.embeddings_only_steps}) must be below `steps` "
+                         f"({config.steps}), or the LoRA never trains.")
     if config.pivotal and not components.family.supports_pivotal:
         raise InputError(f"Pivotal tuning is not supported for {components.family.display_name} models yet: "
                          f"turn it off (--no-pivotal, or pivotal: false).")
