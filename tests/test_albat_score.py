@@ -192,7 +192,8 @@ def test_a_plain_trainings_first_steps_are_the_surrogate(comps, images, tmp_path
     # a run whose first steps differ from the surrogate's gives none
     for other in (replace(config, lr_schedule="cosine"), replace(config, train_text_encoder=True),
                   replace(config, warmup_steps=2, lr_schedule="constant_with_warmup"),
-                  replace(config, prior=True, num_class_images=2)):  # class images in every step
+                  replace(config, prior=True, num_class_images=2),  # class images in every step
+                  replace(config, pivotal=True, embeddings_only_steps=6)):  # the LoRA still zero at step 5
         assert surrogate_snapshot(comps, images, other, 5, tmp_path / "c") is None
 
 
