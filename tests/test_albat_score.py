@@ -129,7 +129,10 @@ def test_prompt_specific_score_removes_the_empty_caption_part(comps, images, tmp
     specific = get_score("prompt_specific")(replace(ctx, cache_root=tmp_path / "specific"), examples, surrogate)
     empty, _ = loss_matrix(comps, examples, 32, surrogate, CONFIG, draws=3, seed=5, captions=[""] * len(examples),
                            cache_root=tmp_path)
-    np.testing.assert_allclose(specific.values, plain.values - empty.mean(axis=0), atol=1e-12)
+    # float32 losses summed in another order with more torch threads differ by ~1e-7
+    tolerance = 1e-6
+    assert np.abs(empty.mean(axis=0)).max() > 100 * tolerance  # the part removed is far above it
+    np.testing.assert_allclose(specific.values, plain.values - empty.mean(axis=0), rtol=0, atol=tolerance)
     assert specific.forward_passes == 2 * plain.forward_passes == 4 * 3 * len(examples)
     np.testing.assert_array_equal(plain.delta, specific.delta)  # the reported Delta stays the plain one
 
