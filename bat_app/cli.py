@@ -88,6 +88,8 @@ def _add_train(sub) -> None:
     p.add_argument("--embeddings-only-steps", type=int, default=None, metavar="N",
                    help="with pivotal tuning: the first N steps train the trigger's vectors alone, then the "
                         "LoRA joins (default 0: both from the start)")
+    p.add_argument("--freeze-embeddings-after", action="store_true", default=None,
+                   help="with --embeddings-only-steps: the vectors stop when the LoRA joins")
     p.add_argument("--resolution", type=int, default=None, help="default: the model's native size")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--prior", action=argparse.BooleanOptionalAction, default=None,
@@ -196,6 +198,7 @@ def train_config_from_args(args, n_images: int | None = None):
              "checkpoint_every": args.checkpoint_every, "pivotal": getattr(args, "pivotal", None),
              "embedding_lr": getattr(args, "embedding_lr", None), "prior": args.prior,
              "embeddings_only_steps": getattr(args, "embeddings_only_steps", None),
+             "freeze_embeddings_after": getattr(args, "freeze_embeddings_after", None),
              "memory_profile": getattr(args, "memory_profile", None),
              "caption_mix": getattr(args, "caption_mix", None),
              "prior_contexts": getattr(args, "prior_contexts", None),

@@ -78,6 +78,8 @@ def main(argv=None) -> int:
     p.add_argument("--embedding-lr", type=float, default=None, help="default: the recipe's")
     p.add_argument("--embeddings-only-steps", type=int, default=None,
                    help="the first N steps train the trigger's vectors alone (TrainConfig.embeddings_only_steps)")
+    p.add_argument("--freeze-embeddings-after", action="store_true", default=None,
+                   help="with --embeddings-only-steps: the vectors stop when the LoRA joins")
     p.add_argument("--embedding-retract", type=float, default=None,
                    help="pull the pivotal vectors' spread toward the table's by this power per step "
                    "(TrainConfig.embedding_retract; default: the recipe's)")
@@ -188,6 +190,7 @@ def main(argv=None) -> int:
     overrides = {"steps": args.steps, "lr": args.lr, "rank": args.rank, "batch_size": args.batch_size,
                  "pivotal": args.pivotal, "embedding_lr": args.embedding_lr,
                  "embeddings_only_steps": args.embeddings_only_steps,
+                 "freeze_embeddings_after": args.freeze_embeddings_after,
                  "embedding_retract": args.embedding_retract, "lr_schedule": args.lr_schedule,
                  "background_weight": args.background_weight, "backdrop_swaps": args.backdrop_swaps,
                  "refine_latents": args.refine_latents, "refine_anchor": args.refine_anchor,

@@ -112,7 +112,10 @@ def test_embeddings_only_steps_reach_the_training_config(tiny_model_dir, subject
             "--out", "o", "--pivotal", "--steps", "300"]
     assert train_config_from_args(build_parser().parse_args(base), 4).embeddings_only_steps == 0
     given = train_config_from_args(build_parser().parse_args([*base, "--embeddings-only-steps", "100"]), 4)
-    assert given.embeddings_only_steps == 100 and given.steps == 300
+    assert given.embeddings_only_steps == 100 and given.steps == 300 and not given.freeze_embeddings_after
+    frozen = train_config_from_args(build_parser().parse_args(
+        [*base, "--embeddings-only-steps", "100", "--freeze-embeddings-after"]), 4)
+    assert frozen.freeze_embeddings_after
 
 
 def test_prior_context_flags_reach_the_training_config(tiny_model_dir, subject_dir):

@@ -138,7 +138,8 @@ def test_the_fingerprint_ignores_the_profile_name_and_compile_and_keeps_old_ones
            ("checkpoint_every", "keep_checkpoints", "memory_profile", "optimizer", "quantize", "compile",
             "caption_mix", "prior_contexts", "embedding_retract", "lr_drop_fraction", "background_weight",
             "backdrop_swaps", "save_every", "step_choices", "tail_average", "refine_latents",
-            "refine_anchor", "refine_subject_weight", "embeddings_only_steps")}
+            "refine_anchor", "refine_subject_weight", "embeddings_only_steps",
+            "freeze_embeddings_after")}
     import hashlib
 
     assert base.fingerprint() == hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()[:16]

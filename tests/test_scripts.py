@@ -164,6 +164,8 @@ def test_the_personalization_table_names_each_arm_by_what_it_changed():
         "albat + refined latents (100 steps, anchor 1, subject x16)")
     first = {"method": "albat", "images_per_subject": 5, "train": {"steps": 400, "embeddings_only_steps": 100}}
     assert method_label(first) == "albat + 400 steps + vectors alone for 100 steps"
+    first["train"]["freeze_embeddings_after"] = True
+    assert method_label(first) == "albat + 400 steps + vectors alone for 100 steps, then the LoRA alone"
 
 
 def test_the_shapes_clip_names_the_example_photos_backgrounds(tmp_path):

@@ -30,7 +30,8 @@ def surrogate_config(config: TrainConfig, steps: int) -> TrainConfig:
     """The final training's settings on G alone: same rank/targets/lr, fewer steps, UNet only,
     the LoRA from the first step (its few steps are all the surrogate has to point with)."""
     return replace(config, steps=steps, train_text_encoder=False, prior=False, checkpoint_every=0,
-                   lr_schedule="constant", warmup_steps=0, save_every=0, step_choices=0, embeddings_only_steps=0)
+                   lr_schedule="constant", warmup_steps=0, save_every=0, step_choices=0, embeddings_only_steps=0,
+                   freeze_embeddings_after=False)
 
 
 def surrogate_path(components, images, config: TrainConfig, steps: int, cache_root: Path) -> Path:

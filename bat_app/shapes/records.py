@@ -48,7 +48,8 @@ def summarize(results: dict, config: TrainConfig, images: int, method: str = "no
                                                        "embedding_retract", "lr_schedule",
                                                        "background_weight", "backdrop_swaps",
                                                        "tail_average", "refine_latents", "refine_anchor",
-                                                       "refine_subject_weight", "embeddings_only_steps")},
+                                                       "refine_subject_weight", "embeddings_only_steps",
+                                                       "freeze_embeddings_after")},
             "target": "trait >= 0.80 of 'a photo of sks <class>' samples; recontext fidelity >= 0.70"}
 
 
@@ -80,7 +81,8 @@ def method_label(summary: dict) -> str:
     if train.get("lr_schedule", "constant") != "constant":
         suffix += f" + {train['lr_schedule']} lr {train['lr']:g}"
     if train.get("embeddings_only_steps"):
-        suffix += f" + vectors alone for {train['embeddings_only_steps']} steps"
+        suffix += f" + vectors alone for {train['embeddings_only_steps']} steps" + (
+            ", then the LoRA alone" if train.get("freeze_embeddings_after") else "")
     if train.get("embedding_retract"):
         suffix += f" + retract {train['embedding_retract']:g}"
     if train.get("background_weight", 1.0) != recipe.background_weight:

@@ -75,6 +75,9 @@ class TrainConfig:
     # embedding, where it composes with the prompt's other words, then the weights refine it).
     # 0: both from the first step.
     embeddings_only_steps: int = 0
+    # With embeddings_only_steps: the vectors stop when the LoRA joins, so the LoRA learns what
+    # they did not take on (Break-A-Scene's second stage lowers their learning rate 250-fold).
+    freeze_embeddings_after: bool = False
 
     # --- data ----------------------------------------------------------------------------
     resolution: int | None = None      # None: the model's native resolution
@@ -168,6 +171,9 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not 0 < value < 1:
                 raise InputError(f"`{name}` must be a number in (0, 1), got {value!r}; 1e-4 is typical.")
+        if self.freeze_embeddings_after and not self.embeddings_only_steps:
+            raise InputError("`freeze_embeddings_after` stops the trigger's vectors after `embeddings_only_steps`: "
+                             "set those too (e.g. 100), or leave it off.")
         if self.embeddings_only_steps and not self.pivotal:
             raise InputError("`embeddings_only_steps` trains the trigger's vectors first: it needs pivotal tuning "
                              "(--pivotal, or pivotal: true), or set it to 0.")
@@ -286,7 +292,8 @@ class TrainConfig:
         later = {"optimizer": "adamw", "quantize": None, "caption_mix": "half", "prior_contexts": None,
                  "embedding_retract": 0.0, "lr_drop_fraction": 0.2, "background_weight": 1.0,
                  "backdrop_swaps": 0, "tail_average": 1, "refine_latents": 0,
-                 "refine_anchor": 1.0, "refine_subject_weight": 1.0, "embeddings_only_steps": 0}
+                 "refine_anchor": 1.0, "refine_subject_weight": 1.0, "embeddings_only_steps": 0,
+                 "freeze_embeddings_after": False}
         data = {k: v for k, v in self.to_dict().items()
                 if k not in ignore and k not in RUNNING_ONLY
                 and not (k in later and v == later[k])}

@@ -164,6 +164,9 @@ def train_lora(
                 if step <= config.embeddings_only_steps:  # the trigger's vectors alone; AdamW skips None grads
                     for p in unet_params + te_params:
                         p.grad = None
+                elif config.freeze_embeddings_after:  # then the LoRA alone
+                    for p in pivotal.params:
+                        p.grad = None
                 if config.max_grad_norm > 0:
                     scaler.unscale_(optimizer)
                     torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
