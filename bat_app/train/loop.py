@@ -161,18 +161,17 @@ def train_lora(
                 with autocast:
                     loss = training_step(components, config, encoded, generator)
                 scaler.scale(loss).backward()
-                if step <= config.embeddings_only_steps:  # the trigger's vectors alone; AdamW skips None grads
-                    for p in unet_params + te_params:
-                        p.grad = None
-                elif config.freeze_embeddings_after:  # then the LoRA alone
-                    for p in pivotal.params:
-                        p.grad = None
+                # the trigger's vectors alone first, then (frozen) the LoRA alone; AdamW skips None grads
+                vectors_only = step <= config.embeddings_only_steps
+                vectors_frozen = not vectors_only and config.freeze_embeddings_after
+                for p in unet_params + te_params if vectors_only else pivotal.params if vectors_frozen else []:
+                    p.grad = None
                 if config.max_grad_norm > 0:
                     scaler.unscale_(optimizer)
                     torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
                 scaler.step(optimizer)
                 scaler.update()
-                if pivotal is not None:
+                if pivotal is not None and not vectors_frozen:
                     pivotal.retract(config.embedding_retract)
                 lr_scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
