@@ -69,12 +69,7 @@ def _add_train(sub) -> None:
 
     p = sub.add_parser("train", help="train a DreamBooth-LoRA from a folder of images",
                        description="Train a DreamBooth-LoRA on a few images of one subject.")
-    p.add_argument("--images", required=True, nargs="+", help="folder of images, or image files")
-    p.add_argument("--class-noun", required=True, help="the subject's class, e.g. dog, backpack, star")
-    p.add_argument("--token", default="sks", help="trigger token (default: sks)")
-    p.add_argument("--model", default=None, help="preset (shapes, sd15), diffusers folder or hub id "
-                   "(default: sd15 with CUDA, else shapes)")
-    p.add_argument("--out", required=True, help="output folder (LoRA files, model card, checkpoints)")
+    _add_subject_args(p, class_noun_required=True, out_help="output folder (LoRA files, model card, checkpoints)")
     p.add_argument("--steps", type=int, default=None,
                    help="training steps (default: the preset's recipe for the number of photos)")
     p.add_argument("--rank", type=int, default=None, help="LoRA rank (default: the recipe's)")
@@ -136,14 +131,31 @@ def _add_train(sub) -> None:
                         "(a LoRA of rank N x rank; default: the recipe's, 1 = the final step's)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     p.add_argument("--config", type=Path, help="JSON file of training settings (flags override it)")
+    _add_machine_args(p)
+    add_memory_profile(p)
+    _add_selection_args(p, required=False)
+    p.set_defaults(func=run_train)
+
+
+def _add_subject_args(p, class_noun_required: bool, out_help: str) -> None:
+    """The subject's photos, its words and the model: the same flags for train and select."""
+    p.add_argument("--images", required=True, nargs="+", help="folder of images, or image files")
+    p.add_argument("--class-noun", required=class_noun_required, default=None if class_noun_required else "object",
+                   help="the subject's class, e.g. dog, backpack, star"
+                        + ("" if class_noun_required else " (default: object)"))
+    p.add_argument("--token", default="sks", help="trigger token (default: sks)")
+    p.add_argument("--model", default=None, help="preset (shapes, sd15), diffusers folder or hub id "
+                   "(default: sd15 with CUDA, else shapes)")
+    p.add_argument("--out", required=True, help=out_help)
+
+
+def _add_machine_args(p) -> None:
+    """How many photos are accepted and where the model runs: the same flags for train and select."""
     p.add_argument("--max-images", type=int, default=10)
     p.add_argument("--min-images", type=int, default=3)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--vae", default=None, metavar="HUB_ID|FOLDER",
                    help="a VAE to load in place of the model's own (default: the preset's, e.g. sdxl's fp16 fix)")
-    add_memory_profile(p)
-    _add_selection_args(p, required=False)
-    p.set_defaults(func=run_train)
 
 
 def add_memory_profile(p) -> None:
@@ -297,21 +309,14 @@ def _add_select(sub) -> None:
     p = sub.add_parser("select", help="select backbone items for a subject (ALBAT or a baseline)",
                        description="Select backbone-pool items for the subject in --images and write "
                                    "selection.jsonl, selection.json and contact_sheet.png to --out.")
-    p.add_argument("--images", required=True, nargs="+")
-    p.add_argument("--out", required=True)
-    p.add_argument("--class-noun", default="object")
-    p.add_argument("--token", default="sks")
-    p.add_argument("--model", default=None)
+    _add_subject_args(p, class_noun_required=False,
+                      out_help="output folder (selection.jsonl, selection.json, contact_sheet.png)")
     p.add_argument("--steps", type=int, default=None, help="the final training's steps (sets the surrogate's)")
     p.add_argument("--rank", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--resolution", type=int, default=None)
-    p.add_argument("--max-images", type=int, default=10)
-    p.add_argument("--min-images", type=int, default=3)
-    p.add_argument("--device", default=None)
-    p.add_argument("--vae", default=None, metavar="HUB_ID|FOLDER",
-                   help="a VAE to load in place of the model's own (default: the preset's, e.g. sdxl's fp16 fix)")
+    _add_machine_args(p)
     _add_selection_args(p, required=True)
     p.set_defaults(func=run_select, config=None, alpha=None, batch_size=None, num_class_images=None,
                    checkpoint_every=None, prior=None, captions=False, train_text_encoder=False)
