@@ -150,6 +150,10 @@ def train_lora(
             for te in lora_text_encoders(components):
                 te.train()
         params = unet_params + te_params + (pivotal.params if pivotal else [])
+        # with embeddings_only_steps the trigger's vectors train alone first (the LoRA rests), and
+        # with freeze_embeddings_after the LoRA alone after (the vectors rest)
+        resting_first = unet_params + te_params
+        resting_after = pivotal.params if pivotal is not None and config.freeze_embeddings_after else []
         # Conditioning computed once before the loop: the frozen encoders wait on the CPU meanwhile
         with idle_text_encoders_offloaded(components, needed=any(e.live for e in encoded)):
             for step in range(start_step + 1, config.steps + 1):
@@ -161,11 +165,10 @@ def train_lora(
                 with autocast:
                     loss = training_step(components, config, encoded, generator)
                 scaler.scale(loss).backward()
-                # the trigger's vectors alone first, then (frozen) the LoRA alone; AdamW skips None grads
                 vectors_only = step <= config.embeddings_only_steps
                 vectors_frozen = not vectors_only and config.freeze_embeddings_after
-                for p in unet_params + te_params if vectors_only else pivotal.params if vectors_frozen else []:
-                    p.grad = None
+                for p in resting_first if vectors_only else resting_after:
+                    p.grad = None  # AdamW skips parameters without a gradient
                 if config.max_grad_norm > 0:
                     scaler.unscale_(optimizer)
                     torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
